@@ -1,0 +1,1 @@
+"""Built-in rlvr environments. Each registers through the ``rlvr.environments`` entry points."""

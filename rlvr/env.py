@@ -1,0 +1,131 @@
+"""Environment plugin API: the base classes every reward environment implements, and the registry.
+
+An environment turns a model's output into a programmatic reward. Single-turn environments
+implement one method, ``score(task, response) -> Reward``. Multi-turn (tool-use) environments
+implement ``reset(task) -> Observation`` and ``step(action) -> Step`` and keep their episode
+state on the instance (one instance per episode).
+
+Environments are found through the entry-point group ``rlvr.environments``; the built-in ones
+register through that same group in ``pyproject.toml``, so a third-party package adds one with::
+
+    [project.entry-points."rlvr.environments"]
+    my_env = "my_package.module:MyEnvironment"
+
+Training and offline scoring (``rlvr score``) call the very same ``score`` method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from importlib import metadata
+from typing import Any, ClassVar
+
+ENTRY_POINT_GROUP = "rlvr.environments"
+
+
+@dataclasses.dataclass(frozen=True)
+class Reward:
+    """A scalar reward and a JSON-serialisable explanation of how it was reached."""
+
+    value: float
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    """What the environment shows the model: the first prompt at ``reset``, a tool result later."""
+
+    text: str
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """The outcome of one multi-turn ``step``: the next observation, its reward and whether the
+    episode ended (``reward`` is the episode's final reward when ``done``)."""
+
+    observation: Observation
+    reward: float = 0.0
+    done: bool = False
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class TaskError(ValueError):
+    """A dataset row is unusable for this environment (missing field, wrong type). Scoring reports
+    the row and moves on; it is a user's data problem, not a crash."""
+
+
+class Environment:
+    """Base class of single-turn environments.
+
+    Subclasses set ``task_fields``: the row fields ``score`` reads besides the response, with the
+    Python type each must have. The runner checks them before calling ``score`` so that a bad row
+    is reported by field name instead of failing inside the environment.
+    """
+
+    name: ClassVar[str] = ""
+    task_fields: ClassVar[Mapping[str, type | tuple[type, ...]]] = {}
+
+    def score(self, task: Mapping[str, Any], response: str) -> Reward:
+        raise NotImplementedError(f"{type(self).__name__} must implement score(task, response)")
+
+    def check_task(self, task: Mapping[str, Any]) -> None:
+        """Raise ``TaskError`` naming the first missing or mistyped field of ``task``."""
+        for field, kind in self.task_fields.items():
+            if field not in task or task[field] is None:
+                raise TaskError(f"missing field {field!r}")
+            if not isinstance(task[field], kind):
+                want = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+                raise TaskError(f"field {field!r} must be {want}, got {type(task[field]).__name__}")
+
+
+class MultiTurnEnvironment(Environment):
+    """Base class of multi-turn environments: the model acts, the environment answers, until
+    ``done`` or ``max_turns``. One instance holds one episode."""
+
+    max_turns: ClassVar[int] = 8
+
+    def reset(self, task: Mapping[str, Any]) -> Observation:
+        raise NotImplementedError(f"{type(self).__name__} must implement reset(task)")
+
+    def step(self, action: str) -> Step:
+        raise NotImplementedError(f"{type(self).__name__} must implement step(action)")
+
+
+_registered: dict[str, type[Environment]] = {}
+
+
+def register(name: str, cls: type[Environment]) -> type[Environment]:
+    """Register ``cls`` under ``name`` in this process (entry points are the durable way)."""
+    if not (isinstance(cls, type) and issubclass(cls, Environment)):
+        raise TypeError(f"environment {name!r} must be a subclass of rlvr.env.Environment")
+    _registered[name] = cls
+    return cls
+
+
+def available() -> dict[str, metadata.EntryPoint | type[Environment]]:
+    """All environment names: entry points of the group, overridden by in-process registrations."""
+    found: dict[str, metadata.EntryPoint | type[Environment]] = {
+        ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)
+    }
+    found.update(_registered)
+    return found
+
+
+def get_environment_class(name: str) -> type[Environment]:
+    """Resolve an environment name to its class, with an error that lists the known names."""
+    found = available()
+    if name not in found:
+        known = ", ".join(sorted(found)) or "none"
+        raise KeyError(f"unknown environment {name!r} (registered: {known})")
+    target = found[name]
+    cls = target if isinstance(target, type) else target.load()
+    if not (isinstance(cls, type) and issubclass(cls, Environment)):
+        raise TypeError(f"entry point {name!r} -> {cls!r} is not an rlvr.env.Environment subclass")
+    return cls
+
+
+def make_environment(name: str, **kwargs: Any) -> Environment:
+    """Instantiate the environment registered as ``name``."""
+    return get_environment_class(name)(**kwargs)
