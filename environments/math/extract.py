@@ -32,6 +32,8 @@ _NUMBER_RE = re.compile(
     r"(?<![A-Za-z0-9_.\\])-?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:[.,]\d+)?(?:/\d+)?|\\frac\{\d+\}\{\d+\})"
     r"(?![0-9])(?![.,]\d)"
 )
+# GSM8K's reference format: the answer on a last line after "####".
+_HASHES_RE = re.compile(r"^####\s*(.+?)\s*$", re.MULTILINE)
 # A response written with doubled backslashes (JSON-escaped LaTeX): ``\\frac`` -> ``\frac``.
 _DOUBLED_COMMAND_RE = re.compile(
     r"(?<!\\)\\\\(?=(?:boxed|frac|dfrac|tfrac|sqrt|left|right|le|leq|ge|geq|lt|gt|ne|neq|text|pi|"
@@ -83,22 +85,24 @@ def find_math_spans(text: str) -> list[tuple[int, int, str]]:
     ]
 
 
-def _joinable(separator: str) -> bool:
+def _joinable(separator: str, strict: bool = False) -> bool:
     """Whether the text between two answers makes them one list (``\\boxed{1} and \\boxed{2}``)."""
     sep = re.sub(r"\\text\{([^{}]*)\}|\\(?:quad|qquad|,|;| )|[$()\\\[\]]", r" \1 ", separator)
     sep = sep.replace(",", " , ").replace(";", " ; ")
     words = sep.lower().split()
+    if strict:  # math spans: only conjunctions between them ("$1$ and $2$")
+        return all(w in _JOINERS for w in words)
     if not any(c.isalpha() for c in sep):
         return True
     return len(words) <= _MAX_JOIN_WORDS and any(w in _JOINERS for w in words)
 
 
-def _last_group(matches: list[tuple[int, int, str]], text: str) -> str | None:
+def _last_group(matches: list[tuple[int, int, str]], text: str, strict: bool = False) -> str | None:
     if not matches:
         return None
     group = [matches[-1]]
     for prev in reversed(matches[:-1]):
-        if not _joinable(text[prev[1]:group[0][0]]):
+        if not _joinable(text[prev[1]:group[0][0]], strict):
             break
         group.insert(0, prev)
     return ", ".join(m[2] for m in group)
@@ -115,7 +119,7 @@ def _last_positioned(text: str) -> list[tuple[str, str]]:
     if numbers and (not spans or numbers[-1][0] > spans[-1][1]):
         out.append((numbers[-1][2], "last-number"))
     if spans:
-        out.append((_last_group(spans, text), "math-span"))
+        out.append((_last_group(spans, text, strict=True), "math-span"))
     if numbers and out[0][1] != "last-number":
         out.append((numbers[-1][2], "last-number"))
     return out
@@ -123,7 +127,7 @@ def _last_positioned(text: str) -> list[tuple[str, str]]:
 
 def looks_like_math(answer: str) -> bool:
     """No prose words: letters outside commands and ``\\text{}`` come in runs of at most two."""
-    bare = re.sub(r"\\text\w*\s*\{[^{}]*\}|\\[a-zA-Z]+", " ", answer)
+    bare = re.sub(r"\\(?:text\w*|begin|end)\s*\{[^{}]*\}|\\[a-zA-Z]+", " ", answer)
     return re.search(r"[A-Za-z]{3,}", bare) is None
 
 
@@ -131,6 +135,9 @@ def candidates(text: str) -> list[tuple[str, str]]:
     """Possible final answers in ``text`` as (answer, method), best first."""
     text = _DOUBLED_COMMAND_RE.sub(r"\\", text)
     out: list[tuple[str, str]] = []
+    hashes = _HASHES_RE.search(text)
+    if hashes:
+        out.append((hashes.group(1), "####"))
     boxes = find_boxed(text)
     said = list(_ANSWER_IS_RE.finditer(text))
     boxed = (_last_group(boxes, text), "boxed") if boxes else None
@@ -159,14 +166,24 @@ _UNIT_WORDS = (
     r"inches|inch|feet|foot|ft|miles?|hours?|minutes?|seconds?|days?|years?|dollars?|cents?|"
     r"kg|g|grams?|pounds?|lbs?|liters?|litres?|ml|yuan|euros?|points?|people|students|apples"
 )
-_TRAILING_UNIT_RE = re.compile(rf"^(.*?\d)\s*(?:\\?[$€£¥%]|m²|m\^2|(?:{_UNIT_WORDS})\b)+[\s.]*$", re.I)
+_TRAILING_UNIT_RE = re.compile(rf"^(.*?[\d}}])\s*(?:\\?[$€£¥%]|m²|m\^2|(?:{_UNIT_WORDS})\b)+[\s.]*$", re.I)
 _TEXT_UNIT_RE = re.compile(r"\\(?:text|textbf|textnormal|mbox|mathrm)\s*\{\s*(?:[a-zA-Z]+\s*)+\}(?:\^\{?\d\}?)?\s*$")
+def _mixed_number(m: re.Match) -> str:
+    """``15\\frac{39}{40}`` is the mixed number 15 + 39/40 when the fraction is proper."""
+    whole, num, den = m.groups()
+    if int(num) < int(den):
+        return f"({whole}+{num}/{den})"
+    return m.group()
+
+
 _REPLACEMENTS = [
     (re.compile(r"\\[dtc]frac"), r"\\frac"),
     (re.compile(r"\\left\s*\\?\{"), r"\\{"),
     (re.compile(r"\\right\s*\\?\}"), r"\\}"),
     (re.compile(r"\\(?:left|right)\s*\.?"), ""),
     (re.compile(r"\{,\s?\}"), ""),  # 1{,}000
+    (re.compile(r"\\(?:textbf|mathbf|boldsymbol|bf)\s*\{([^{}]*)\}"), r"\1"),  # emphasis, not text
+    (re.compile(r"(?<![\d.])(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}"), _mixed_number),
     (re.compile(r"(\d),\\!\s*(?=\d{3})"), r"\1"),  # 11,\! 111
     (re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°"), ""),
     (re.compile(r"\\(?:dollar|\$)"), ""),
