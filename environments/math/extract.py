@@ -128,7 +128,7 @@ def _last_positioned(text: str) -> list[tuple[str, str]]:
 def looks_like_math(answer: str) -> bool:
     """No prose words: letters outside commands and ``\\text{}`` come in runs of at most two."""
     bare = re.sub(r"\\(?:text\w*|begin|end)\s*\{[^{}]*\}|\\[a-zA-Z]+", " ", answer)
-    return re.search(r"[A-Za-z]{3,}", bare) is None
+    return re.search(r"[A-Za-z]{3,}|\b[A-Za-z]{2}\b", bare) is None
 
 
 def candidates(text: str) -> list[tuple[str, str]]:
@@ -156,6 +156,8 @@ def candidates(text: str) -> list[tuple[str, str]]:
             and looks_like_math(normalize(stripped))):
         out.append((stripped, "whole"))
     out.extend(_last_positioned(text))
+    if stripped and not out:
+        out.append((stripped, "whole-text"))  # a gold answer such as "Monday"
     return out
 
 

@@ -394,8 +394,6 @@ def expressions_equal(a, b, options: Options) -> bool:
         return False
     if a == b:
         return True
-    if a.free_symbols != b.free_symbols:
-        return False
     if a.is_number and b.is_number:
         return _numbers_equal(a, b, options)
     verdict = _sampled_equal(a, b)

@@ -1,0 +1,80 @@
+"""Scoring on a Ray cluster: ``rlvr score --ray ADDRESS`` (``--ray local`` starts one here).
+
+Each ``ScoringActor`` owns a one-process ``DeadlinePool``, so the per-row wall-clock timeout holds
+on every node exactly as it does locally. Rows travel in batches to amortise Ray's per-call cost;
+results come back in input order. An actor that dies is replaced and its batch re-sent.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+
+import ray
+
+from rlvr.pool import DeadlinePool, Outcome
+
+BATCH_ROWS = 32
+
+
+@ray.remote(num_cpus=1)
+class ScoringActor:
+    def __init__(self, env_name: str, env_kwargs: dict, timeout: float):
+        from rlvr.scoring import _make_scorer
+
+        self.pool = DeadlinePool(_make_scorer, (env_name, env_kwargs), workers=1, timeout=timeout)
+
+    def score(self, payloads: list) -> list[Outcome]:
+        return list(self.pool.map(payloads))
+
+
+class RayScorer:
+    """Same interface as ``DeadlinePool``: ``map(payloads)`` yields ``Outcome``s in order."""
+
+    def __init__(self, env_name: str, env_kwargs: dict, *, workers: int, timeout: float, address: str):
+        if not ray.is_initialized():
+            ray.init(address=None if address == "local" else address, num_cpus=None if address != "local" else workers,
+                     include_dashboard=False, log_to_driver=False, configure_logging=False)
+        self.spec = (env_name, env_kwargs, timeout)
+        self.actors = [ScoringActor.remote(*self.spec) for _ in range(workers)]
+
+    def __enter__(self) -> RayScorer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+
+    def map(self, payloads: Iterable) -> Iterator[Outcome]:
+        payloads = list(payloads)
+        batches = deque((start, payloads[start:start + BATCH_ROWS])
+                        for start in range(0, len(payloads), BATCH_ROWS))
+        in_flight: dict = {}  # object ref -> (actor index, batch start, batch)
+        finished: dict[int, list[Outcome]] = {}
+        next_start = 0
+        while batches or in_flight:
+            self._submit(batches, in_flight)
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            ref = ready[0]
+            slot, start, batch = in_flight.pop(ref)
+            try:
+                outcomes = ray.get(ref)
+            except ray.exceptions.RayActorError:
+                self.actors[slot] = ScoringActor.remote(*self.spec)
+                batches.appendleft((start, batch))
+                continue
+            finished[start] = [Outcome(start + o.index, o.status, o.value, o.error, o.seconds)
+                               for o in outcomes]
+            while next_start in finished:
+                chunk = finished.pop(next_start)
+                yield from chunk
+                next_start += len(chunk)
+
+    def _submit(self, batches: deque, in_flight: dict) -> None:
+        # Two batches per actor keep it busy while the driver collects the other.
+        for slot, actor in enumerate(self.actors):
+            load = sum(1 for s, _, _ in in_flight.values() if s == slot)
+            while batches and load < 2:
+                start, batch = batches.popleft()
+                in_flight[actor.score.remote(batch)] = (slot, start, batch)
+                load += 1
