@@ -2,6 +2,7 @@
 
     rlvr score --env math --input responses.jsonl --output scored.jsonl --workers 2
     rlvr envs
+    rlvr example        # generate a small dataset of responses and score it
 """
 
 from __future__ import annotations
@@ -78,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sub.add_parser("envs", help="list registered environments")
+
+    example = sub.add_parser("example", help="write a small generated dataset of responses and score it",
+                             description="Generate arithmetic word problems with imitation model "
+                             "responses (some wrong, one malformed row) under --dir and score them "
+                             "with the math environment, as `rlvr score` would.")
+    example.add_argument("--dir", type=Path, default=Path("outputs/example"), help="where to write (default outputs/example)")
+    example.add_argument("--rows", type=_positive_int, default=2000, help="rows to generate (default 2000)")
+    example.add_argument("--workers", type=_positive_int, default=2, help="worker processes (default 2)")
     return parser
 
 
@@ -91,19 +100,36 @@ def _env_kwargs(pairs: list[tuple[str, str]]) -> dict:
     return kwargs
 
 
+def _cmd_example(args: argparse.Namespace) -> int:
+    from environments.math.synthetic import example_dataset
+
+    args.dir.mkdir(parents=True, exist_ok=True)
+    src, out = args.dir / "responses.jsonl", args.dir / "scored.jsonl"
+    rows = example_dataset(args.rows)
+    lines = [json.dumps(r) for r in rows]
+    lines[len(lines) // 2] = json.dumps({"id": "broken", "answer": "3"})  # a bad row, on purpose
+    src.write_text("\n".join(lines) + "\n")
+    out.unlink(missing_ok=True)
+    print(f"wrote {len(rows)} generated rows to {src}; scoring them into {out}")
+    return _score_and_report("math", src, out, workers=args.workers)
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
+    return _score_and_report(
+        args.env, args.input, args.output, workers=args.workers, timeout=args.timeout,
+        field_map=dict(args.field), env_kwargs=_env_kwargs(args.env_arg), split=args.split,
+        ray_address=args.ray, progress=not args.no_progress,
+    )
+
+
+def _score_and_report(env: str, src: Path, out: Path, **kwargs) -> int:
     from tqdm import tqdm
 
     def report(row: int, message: str) -> None:
         tqdm.write(f"row {row}: {message}", file=sys.stderr)
 
-    summary = score_file(
-        args.env, args.input, args.output, workers=args.workers, timeout=args.timeout,
-        field_map=dict(args.field), env_kwargs=_env_kwargs(args.env_arg), split=args.split,
-        ray_address=args.ray, progress=not args.no_progress, on_bad_row=report,
-    )
-    s = summary.as_dict()
-    print(f"\nscored {s['new_rows']} rows into {args.output}"
+    s = score_file(env, src, out, on_bad_row=report, **kwargs).as_dict()
+    print(f"\nscored {s['new_rows']} rows into {out}"
           + (f" (resumed after {s['resumed_from']})" if s["resumed_from"] else ""))
     print(f"  mean reward {s['mean_reward']:.4f} over {s['scored']} scored rows;"
           f" errors {s['errors']}, timeouts {s['timeouts']};"
@@ -125,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "score":
             return _cmd_score(args)
+        if args.command == "example":
+            return _cmd_example(args)
         return _cmd_envs()
     except UsageError as exc:
         print(f"rlvr: error: {exc}", file=sys.stderr)

@@ -1,0 +1,57 @@
+"""Arithmetic word problems the project generates itself (no third-party data needed).
+
+Used by ``rlvr example`` (an offline-scoring demo whose responses imitate a model's: right and
+wrong answers in the formats models use) and as the task family of the default training job.
+"""
+
+from __future__ import annotations
+
+import random
+from fractions import Fraction
+
+_NAMES = ["Ava", "Ben", "Chen", "Dina", "Eli", "Fatima", "Goro", "Hana"]
+_ITEMS = ["apples", "marbles", "stickers", "books", "coins", "shells"]
+
+
+def arithmetic_problem(rng: random.Random) -> dict:
+    """One two-step word problem with an integer answer."""
+    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+    a, b, c = rng.randint(2, 40), rng.randint(2, 9), rng.randint(1, 30)
+    kind = rng.randrange(3)
+    if kind == 0:
+        text = f"{name} has {a} {item}, buys {b} bags of {c} {item} each. How many {item} now?"
+        answer = a + b * c
+    elif kind == 1:
+        total = a * b + c
+        text = f"{name} shares {total} {item} among {b} friends equally and keeps the {c} left over. How many does each friend get?"
+        answer = a
+    else:
+        text = f"{name} had {a + c} {item}, gave away {c}, then doubled the rest. How many {item}?"
+        answer = 2 * a
+    return {"problem": text, "answer": str(answer)}
+
+
+def imitation_response(rng: random.Random, answer: str) -> str:
+    """A response in one of the styles models produce; about a third are wrong."""
+    value = int(answer)
+    if rng.random() < 0.35:
+        value += rng.choice([-10, -1, 1, 2, 7])
+    styles = [
+        f"Let me compute step by step. The result is $\\boxed{{{value}}}$.",
+        f"... so the answer is {value}.",
+        f"Final Answer: The final answer is ${value}$. I hope it is correct.",
+        f"We get {value:,} in total.",
+        f"\\[ \\boxed{{{Fraction(value * 2, 2)}}} \\]",
+        f"That makes {value}.0",
+    ]
+    return rng.choice(styles)
+
+
+def example_dataset(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        row = arithmetic_problem(rng)
+        row.update(id=i, response=imitation_response(rng, row["answer"]))
+        rows.append(row)
+    return rows

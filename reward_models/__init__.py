@@ -1,0 +1,1 @@
+"""GenRM-style generative reward models (judges). Empty until the judge issue lands."""
