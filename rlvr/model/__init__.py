@@ -1,0 +1,34 @@
+"""The hybrid Mamba-2 / attention / MoE policy (Nemotron-H compatible).
+
+    import rlvr.model
+    model = rlvr.model.load("path/to/nemotron-h-checkpoint")   # a Hugging Face folder
+    logits = model(input_ids)                                   # (batch, seq, vocab), fp32
+    model.save("out/")                                          # loads in transformers and vLLM
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rlvr.model.cache import HybridCache
+from rlvr.model.config import PRESETS, HybridConfig
+from rlvr.model.model import HybridLM
+
+
+def load(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> HybridLM:
+    """Load a Nemotron-H checkpoint folder (ours, or one written by transformers / the hub)."""
+    from rlvr.model.checkpoint import load_checkpoint
+
+    return load_checkpoint(path, dtype=dtype, device=device)
+
+
+def from_preset(name: str, **overrides) -> HybridLM:
+    """A freshly initialised model of a named shape (``tiny``, ``small-100m``, ...)."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
+    return HybridLM(PRESETS[name](**overrides))
+
+
+__all__ = ["HybridCache", "HybridConfig", "HybridLM", "PRESETS", "from_preset", "load"]

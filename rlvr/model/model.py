@@ -1,0 +1,146 @@
+"""The hybrid Mamba-2 / attention / MoE causal LM (Nemotron-H architecture).
+
+The layer pattern is data: ``MIXERS`` maps each pattern character to its mixer class and the
+model is built from ``config.pattern``. Module names match Hugging Face checkpoints
+(``backbone.layers.{i}.mixer...``, ``lm_head``), so ``state_dict()`` keys are checkpoint keys
+except that routed experts are stacked (see ``checkpoint.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+from rlvr.model.cache import HybridCache
+from rlvr.model.config import HybridConfig
+from rlvr.model.layers import MLP, Attention, Experts, Mamba2Mixer, MoE, RMSNorm, Router
+
+MIXERS = {
+    "M": Mamba2Mixer,
+    "*": Attention,
+    "-": lambda c: MLP(c.hidden_size, c.intermediate_size, c.mlp_bias),
+    "E": MoE,
+}
+
+
+class Block(nn.Module):
+    """Pre-norm residual block around one mixer."""
+
+    def __init__(self, config: HybridConfig, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.norm = RMSNorm(config.hidden_size, config.layer_norm_epsilon)
+        self.mixer = MIXERS[kind](config)
+
+    def forward(self, hidden, cache=None, seq_idx=None):
+        return hidden + self.mixer(self.norm(hidden), cache, seq_idx)
+
+
+class Backbone(nn.Module):
+    def __init__(self, config: HybridConfig):
+        super().__init__()
+        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config, kind) for kind in config.pattern)
+        self.norm_f = RMSNorm(config.hidden_size, config.layer_norm_epsilon)
+
+
+def seq_idx_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """[0, 3, 7] -> [[0, 0, 0, 1, 1, 1, 1]]: document number of each packed token."""
+    positions = torch.arange(total, device=cu_seqlens.device)
+    return (torch.searchsorted(cu_seqlens[1:], positions, right=True))[None]
+
+
+class HybridLM(nn.Module):
+    def __init__(self, config: HybridConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = Backbone(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.backbone.embeddings.weight
+        self.gradient_checkpointing = False
+        self.reset_parameters()
+
+    # -- forward
+    def forward(self, input_ids: torch.Tensor, cache: HybridCache | None = None,
+                seq_idx: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
+                logits_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """input_ids (batch, seqlen) -> logits (batch, seqlen, vocab), fp32 by default.
+
+        ``cache``: a ``HybridCache`` to fill (prefill) or extend (one token = a decode step).
+        ``seq_idx`` (batch, seqlen) or ``cu_seqlens`` (docs+1,) for packed documents: no
+        information crosses a document boundary, in any layer."""
+        if cu_seqlens is not None:
+            seq_idx = seq_idx_from_cu_seqlens(cu_seqlens, input_ids.shape[1])
+        hidden = self.backbone.embeddings(input_ids)
+        for i, block in enumerate(self.backbone.layers):
+            layer_cache = cache[i] if cache is not None else None
+            if self.gradient_checkpointing and self.training:
+                hidden = checkpoint(block, hidden, layer_cache, seq_idx, use_reentrant=False)
+            else:
+                hidden = block(hidden, layer_cache, seq_idx)
+        if cache is not None:
+            cache.seen_tokens += input_ids.shape[1]
+        return self.lm_head(self.backbone.norm_f(hidden)).to(logits_dtype)
+
+    def new_cache(self) -> HybridCache:
+        return HybridCache(self.config)
+
+    @torch.no_grad()
+    def step(self, token_ids: torch.Tensor, cache: HybridCache) -> torch.Tensor:
+        """One decode step: token_ids (batch,) -> next-token logits (batch, vocab)."""
+        return self(token_ids[:, None], cache=cache)[:, -1]
+
+    def gradient_checkpointing_enable(self, enabled: bool = True) -> None:
+        self.gradient_checkpointing = enabled
+
+    # -- initialisation (as the Nemotron-H reference initialises a fresh model)
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        c = self.config
+        std = c.initializer_range
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=std)
+            elif isinstance(module, (Router, Experts)):
+                for p in module.parameters():
+                    nn.init.normal_(p, std=std)
+            elif isinstance(module, Mamba2Mixer):
+                self._init_mamba(module)
+        if c.rescale_prenorm_residual:
+            # GPT-2 style: scale residual output projections by 1/sqrt(n_layers).
+            for module in self.modules():
+                if isinstance(module, Mamba2Mixer):
+                    nn.init.kaiming_uniform_(module.out_proj.weight, a=math.sqrt(5))
+                    module.out_proj.weight /= math.sqrt(c.num_hidden_layers)
+
+    def _init_mamba(self, m: Mamba2Mixer) -> None:
+        c = self.config
+        m.A_log.copy_(torch.log(torch.arange(1, m.nheads + 1, dtype=torch.float32)))
+        m.D.fill_(1.0)
+        dt = torch.exp(torch.rand(m.nheads) * (math.log(c.time_step_max) - math.log(c.time_step_min))
+                       + math.log(c.time_step_min)).clamp(min=c.time_step_floor)
+        m.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+
+    # -- persistence
+    def save(self, path: str | Path, dtype: torch.dtype | None = None) -> None:
+        from rlvr.model.checkpoint import save_checkpoint
+
+        save_checkpoint(self, path, dtype=dtype)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs) -> HybridLM:
+        from rlvr.model.checkpoint import load_checkpoint
+
+        return load_checkpoint(path, **kwargs)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,69 @@
+"""Parameter names: our modules <-> Hugging Face Nemotron-H checkpoints <-> vLLM's loader.
+
+Our ``state_dict`` keys are the checkpoint keys (``backbone.layers.3.mixer.in_proj.weight``,
+``lm_head.weight``) except for routed experts, which we keep stacked in one 3-D tensor per
+projection, as transformers does in memory:
+
+    ours / transformers in memory:  backbone.layers.3.mixer.experts.up_proj          (E, I, d)
+    checkpoint on disk (and vLLM):  backbone.layers.3.mixer.experts.{e}.up_proj.weight  (I, d)
+
+vLLM's ``NemotronHForCausalLM.load_weights`` takes checkpoint names (it maps ``backbone.`` to
+its own ``model.`` itself), so weight sync to vLLM is ``checkpoint_items``: views, not copies.
+transformers' in-memory names use ``model.`` for ``backbone.``; ``to_internal`` accepts both.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+
+import torch
+
+_STACKED_RE = re.compile(r"^(.*\.mixer\.experts)\.(up_proj|down_proj)$")
+_PER_EXPERT_RE = re.compile(r"^(.*\.mixer\.experts)\.(\d+)\.(up_proj|down_proj)\.weight$")
+
+
+def checkpoint_items(state: dict[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
+                     ) -> Iterator[tuple[str, torch.Tensor]]:
+    """Our (name, tensor) pairs in checkpoint layout: stacked experts become per-expert views."""
+    items = state.items() if isinstance(state, dict) else state
+    for name, tensor in items:
+        m = _STACKED_RE.match(name)
+        if m is None:
+            yield name, tensor
+            continue
+        for e in range(tensor.shape[0]):
+            yield f"{m.group(1)}.{e}.{m.group(2)}.weight", tensor[e]
+
+
+def vllm_items(state) -> Iterator[tuple[str, torch.Tensor]]:
+    """What ``vllm``'s Nemotron-H loader expects: checkpoint names (a rename, not a conversion)."""
+    return checkpoint_items(state)
+
+
+def canonical_name(name: str) -> str:
+    """A checkpoint or transformers name -> ours (``model.`` prefix -> ``backbone.``)."""
+    if name.startswith("model."):
+        return "backbone." + name[len("model."):]
+    return name
+
+
+def to_internal(items: Iterable[tuple[str, torch.Tensor]], skip=(r"^mtp\.",)) -> dict[str, torch.Tensor]:
+    """Checkpoint items (per-expert or stacked, ``backbone.`` or ``model.``) -> our state dict.
+    Multi-token-prediction heads (``mtp.*``) are skipped: the policy does not use them."""
+    out: dict[str, torch.Tensor] = {}
+    experts: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
+    for name, tensor in items:
+        if any(re.match(p, name) for p in skip):
+            continue
+        name = canonical_name(name)
+        m = _PER_EXPERT_RE.match(name)
+        if m:
+            experts.setdefault((m.group(1), m.group(3)), {})[int(m.group(2))] = tensor
+        else:
+            out[name] = tensor
+    for (prefix, proj), by_index in experts.items():
+        if sorted(by_index) != list(range(len(by_index))):
+            raise ValueError(f"{prefix}: expert indices {sorted(by_index)} are not 0..{len(by_index) - 1}")
+        out[f"{prefix}.{proj}"] = torch.stack([by_index[e] for e in range(len(by_index))])
+    return out
