@@ -49,55 +49,67 @@ def ssd_chunk_scan(
     seq_idx: torch.Tensor | None = None,  # (batch, seqlen) int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns y (batch, seqlen, nheads, headdim) and the final state (batch, nheads, headdim,
-    dstate), both fp32."""
+    dstate), both fp32.
+
+    Written as batched matmuls over (batch, chunk, group, head-in-group) so that B/C are never
+    repeated per head and no einsum needs a permuted copy; the maths is the paper's."""
     b, L, h, p = x.shape
+    g, n = B.shape[2], B.shape[3]
+    q = h // g  # heads per group
     x, dt, A, D = x.float(), dt.float(), A.float(), D.float()
-    B, C = _heads(B.float(), h), _heads(C.float(), h)
+    B, C = B.float(), C.float()
     pad = (-L) % chunk_size
     if pad:
         x, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (x, B, C))
         dt = F.pad(dt, (0, 0, 0, pad))  # dt = 0: padded steps neither decay nor add
         if seq_idx is not None:
             seq_idx = torch.cat([seq_idx, seq_idx[:, -1:].expand(b, pad)], dim=1)
-    c = x.shape[1] // chunk_size
-    x, B, C = (t.reshape(b, c, chunk_size, *t.shape[2:]) for t in (x, B, C))
-    dt = dt.reshape(b, c, chunk_size, h)
-    xdt = x * dt[..., None]
-    dA = (dt * A).permute(0, 3, 1, 2)  # (b, h, c, l)
+    c, l = x.shape[1] // chunk_size, chunk_size
+    # Layouts: xdt (b, c, g, q, l, p); B, C (b, c, g, 1, l, n); dA (b, c, g, q, l).
+    xdt = (x * dt[..., None]).view(b, c, l, g, q, p).permute(0, 1, 3, 4, 2, 5)
+    B = B.view(b, c, l, g, n).permute(0, 1, 3, 2, 4)[:, :, :, None]
+    C = C.view(b, c, l, g, n).permute(0, 1, 3, 2, 4)[:, :, :, None]
+    dA = (dt * A).view(b, c, l, g, q).permute(0, 1, 3, 4, 2)
     dA_cum = torch.cumsum(dA, dim=-1)
+    seq = seq_idx.view(b, c, 1, 1, l) if seq_idx is not None else None
 
-    # 1. Inside each chunk: a masked, decayed "attention" of C over B.
-    L_mat = torch.exp(segsum(dA))  # (b, h, c, l, s)
-    if seq_idx is not None:
-        seq = seq_idx.reshape(b, c, chunk_size)
-        L_mat = L_mat * (seq[:, None, :, :, None] == seq[:, None, :, None, :])
-    y_diag = torch.einsum("bclhn,bcshn,bhcls,bcshp->bclhp", C, B, L_mat, xdt)
+    # 1. Inside each chunk: a decayed, causal "attention" of C over B. Within one chunk the
+    # cumulative sums are small, so their difference loses nothing; clamping at 0 keeps the
+    # masked (s > l) entries finite so no NaN reaches the backward pass.
+    causal = torch.ones(l, l, dtype=torch.bool, device=x.device).tril()
+    if seq is not None:
+        causal = causal & (seq[..., :, None] == seq[..., None, :])
+    decay = torch.exp((dA_cum[..., :, None] - dA_cum[..., None, :]).clamp(max=0)) * causal  # (b,c,g,q,l,s)
+    scores = (C @ B.transpose(-1, -2)) * decay  # (b, c, g, q, l, s)
+    y = scores @ xdt  # (b, c, g, q, l, p)
 
     # 2. The state each chunk leaves behind, from its own tokens.
-    decay_states = torch.exp(dA_cum[..., -1:] - dA_cum)  # (b, h, c, l)
-    if seq_idx is not None:
-        decay_states = decay_states * (seq == seq[..., -1:])[:, None]
-    states = torch.einsum("bclhn,bhcl,bclhp->bchpn", B, decay_states, xdt)
+    to_end = torch.exp(dA_cum[..., -1:] - dA_cum)  # (b, c, g, q, l)
+    if seq is not None:
+        to_end = to_end * (seq == seq[..., -1:])
+    states = (xdt * to_end[..., None]).transpose(-1, -2) @ B  # (b, c, g, q, p, n)
 
-    # 3. Pass states between chunks (the only sequential part, as a small matrix product).
+    # 3. Pass states between chunks: one small matmul over chunk indices.
     if initial_state is None:
-        initial_state = torch.zeros(b, h, p, B.shape[-1], dtype=x.dtype, device=x.device)
-    states = torch.cat([initial_state.float()[:, None], states], dim=1)  # (b, c+1, h, p, n)
-    decay_chunk = torch.exp(segsum(F.pad(dA_cum[..., -1], (1, 0))))  # (b, h, c+1, c+1)
-    if seq_idx is not None:
+        initial_state = x.new_zeros(b, h, p, n)
+    states = torch.cat([initial_state.float().view(b, 1, g, q, p, n), states], dim=1)
+    chunk_decay = torch.exp(segsum(F.pad(dA_cum[..., -1].permute(0, 2, 3, 1), (1, 0))))  # (b, g, q, c+1, c+1)
+    if seq is not None:
         # Document current where each state is defined: at the start, then at each chunk end.
-        ends = torch.cat([seq[:, :1, 0], seq[:, :, -1]], dim=1)  # (b, c+1)
-        decay_chunk = decay_chunk * (ends[:, None, :, None] == ends[:, None, None, :])
-    new_states = torch.einsum("bhzc,bchpn->bzhpn", decay_chunk, states)
-    states, final_state = new_states[:, :-1], new_states[:, -1]
+        ends = torch.cat([seq_idx[:, :1], seq_idx.view(b, c, l)[:, :, -1]], dim=1)  # (b, c+1)
+        chunk_decay = chunk_decay * (ends[:, None, None, :, None] == ends[:, None, None, None, :])
+    flat = states.permute(0, 2, 3, 1, 4, 5).reshape(b, g, q, c + 1, p * n)
+    passed = (chunk_decay @ flat).view(b, g, q, c + 1, p, n)
+    final_state = passed[:, :, :, -1].reshape(b, h, p, n)
+    start_states = passed[:, :, :, :-1].permute(0, 3, 1, 2, 4, 5)  # (b, c, g, q, p, n)
 
     # 4. Each token reads the state its chunk started from.
-    state_decay_out = torch.exp(dA_cum)  # (b, h, c, l)
-    if seq_idx is not None:
-        state_decay_out = state_decay_out * (seq == ends[:, :-1, None])[:, None]
-    y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", C, states, state_decay_out)
+    from_start = torch.exp(dA_cum)  # (b, c, g, q, l)
+    if seq is not None:
+        from_start = from_start * (seq == ends[:, :-1].view(b, c, 1, 1, 1))
+    y = y + (C @ start_states.transpose(-1, -2)) * from_start[..., None]  # (b, c, g, q, l, p)
 
-    y = (y_diag + y_off).reshape(b, c * chunk_size, h, p) + D[:, None] * x.reshape(b, -1, h, p)
+    y = y.permute(0, 1, 4, 2, 3, 5).reshape(b, c * l, h, p) + D[:, None] * x.reshape(b, c * l, h, p)
     return y[:, :L], final_state
 
 
