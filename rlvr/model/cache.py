@@ -1,5 +1,10 @@
 """Inference caches: per Mamba layer a conv window and an SSM state (constant size: decoding is
-O(1) per token there), per attention layer a KV cache that grows with the sequence."""
+O(1) per token there), per attention layer a KV cache with a length per batch row.
+
+Rows may hold sequences of different lengths (right-padded batched prefill, continuous
+batching); ``lengths`` says how many key/value slots of each row are real, and decode writes each
+row's new entry at its own position.
+"""
 
 from __future__ import annotations
 
@@ -19,32 +24,77 @@ class MambaCache:
     def filled(self) -> bool:
         return self.ssm_state is not None
 
-    def store(self, conv_input: torch.Tensor, ssm_state: torch.Tensor) -> None:
-        """Keep the last kernel-1 conv inputs (zero-padded on the left for short prompts)."""
-        window = conv_input[..., -(self.kernel - 1):]
-        self.conv_state = F.pad(window, (self.kernel - 1 - window.shape[-1], 0))
+    def store(self, conv_input: torch.Tensor, ssm_state: torch.Tensor,
+              lengths: torch.Tensor | None = None) -> None:
+        """Keep each row's last kernel-1 real conv inputs (zeros before a short prompt)."""
+        k = self.kernel - 1
+        padded = F.pad(conv_input, (k, 0))  # (b, ch, k + L)
+        if lengths is None:
+            self.conv_state = padded[..., -k:]
+        else:
+            idx = lengths[:, None] + torch.arange(k, device=lengths.device)  # window ends at row length
+            self.conv_state = padded.gather(-1, idx[:, None, :].expand(-1, padded.shape[1], -1))
         self.ssm_state = ssm_state.float()
 
     def select(self, rows: torch.Tensor) -> None:
         self.conv_state, self.ssm_state = self.conv_state[rows], self.ssm_state[rows]
 
+    def merge(self, other: MambaCache) -> None:
+        self.conv_state = torch.cat([self.conv_state, other.conv_state])
+        self.ssm_state = torch.cat([self.ssm_state, other.ssm_state])
+
 
 class AttentionCache:
     def __init__(self):
-        self.k: torch.Tensor | None = None  # (batch, kv_heads, length, head_dim)
+        self.k: torch.Tensor | None = None  # (batch, kv_heads, capacity, head_dim)
         self.v: torch.Tensor | None = None
+        self.lengths: torch.Tensor | None = None  # (batch,) real entries per row
 
     @property
     def length(self) -> int:
-        return 0 if self.k is None else self.k.shape[2]
+        return 0 if self.lengths is None else int(self.lengths.max())
 
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
-        return self.k, self.v
+    def append(self, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Add this step's keys/values; returns all keys, values and a (batch, 1, 1, capacity)
+        validity mask (None when every row is full length)."""
+        b, _, L, _ = k.shape
+        if self.k is None:
+            self.k, self.v = k, v
+            self.lengths = lengths if lengths is not None else torch.full((b,), L, device=k.device)
+            return k, v, None
+        if L > 1:
+            if not bool((self.lengths == self.lengths[0]).all()):
+                raise ValueError("a multi-token step needs rows of equal length")
+            end = int(self.lengths[0])
+            self._reserve(end + L)
+            self.k[:, :, end:end + L], self.v[:, :, end:end + L] = k, v
+        else:
+            self._reserve(int(self.lengths.max()) + 1)
+            rows = torch.arange(b, device=k.device)
+            self.k[rows, :, self.lengths], self.v[rows, :, self.lengths] = k[:, :, 0], v[:, :, 0]
+        self.lengths = self.lengths + L
+        valid = torch.arange(self.k.shape[2], device=k.device) < self.lengths[:, None]
+        return self.k, self.v, valid[:, None, None, :]
+
+    def _reserve(self, size: int) -> None:
+        """Grow capacity by doubling, so appends are amortised O(1)."""
+        cap = self.k.shape[2]
+        if size <= cap:
+            return
+        grow = max(size, 2 * cap) - cap
+        self.k = F.pad(self.k, (0, 0, 0, grow))
+        self.v = F.pad(self.v, (0, 0, 0, grow))
 
     def select(self, rows: torch.Tensor) -> None:
-        self.k, self.v = self.k[rows], self.v[rows]
+        self.k, self.v, self.lengths = self.k[rows], self.v[rows], self.lengths[rows]
+
+    def merge(self, other: AttentionCache) -> None:
+        cap = max(self.k.shape[2], other.k.shape[2])
+        pad = lambda t: F.pad(t, (0, 0, 0, cap - t.shape[2]))  # noqa: E731
+        self.k = torch.cat([pad(self.k), pad(other.k)])
+        self.v = torch.cat([pad(self.v), pad(other.v)])
+        self.lengths = torch.cat([self.lengths, other.lengths])
 
 
 class HybridCache:
@@ -53,13 +103,18 @@ class HybridCache:
     def __init__(self, config: HybridConfig):
         factories = {"M": lambda: MambaCache(config), "*": AttentionCache}
         self.layers = [factories[c]() if c in factories else None for c in config.pattern]
-        self.seen_tokens = 0
 
     def __getitem__(self, i: int):
         return self.layers[i]
 
     def select(self, rows: torch.Tensor) -> None:
-        """Keep only batch rows ``rows`` (finished sequences leave the batch)."""
+        """Keep batch rows ``rows`` (in that order; repeats duplicate a row)."""
         for layer in self.layers:
             if layer is not None:
                 layer.select(rows)
+
+    def merge(self, other: HybridCache) -> None:
+        """Append ``other``'s rows after ours (new sequences joining a running batch)."""
+        for mine, theirs in zip(self.layers, other.layers):
+            if mine is not None:
+                mine.merge(theirs)

@@ -84,7 +84,9 @@ class Mamba2Mixer(nn.Module):
         self.out_proj = nn.Linear(self.d_inner, config.hidden_size, bias=config.use_bias)
 
     def forward(self, hidden: torch.Tensor, cache: MambaCache | None = None,
-                seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+                seq_idx: torch.Tensor | None = None, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``lengths`` (batch,): real tokens per right-padded row. Padding gets dt = 0, so it
+        neither decays nor feeds the state: each row's final state is that of its last real token."""
         b, L, _ = hidden.shape
         z, xBC, dt = self.in_proj(hidden).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
         if cache is not None and cache.filled and L == 1:
@@ -100,14 +102,17 @@ class Mamba2Mixer(nn.Module):
             xBC_conv = causal_conv1d(xBC, weight, self.conv1d.bias, seq_idx)
         xBC_conv = F.silu(xBC_conv).transpose(1, 2)
         x, B, C = xBC_conv.split([self.d_inner, self.ngroups * self.dstate, self.ngroups * self.dstate], dim=-1)
+        dt = self._dt(dt)
+        if lengths is not None:
+            dt = dt * (torch.arange(L, device=dt.device) < lengths[:, None])[..., None]
         y, final_state = ssd_chunk_scan(
-            x.reshape(b, L, self.nheads, self.headdim), self._dt(dt), self._A(),
+            x.reshape(b, L, self.nheads, self.headdim), dt, self._A(),
             B.reshape(b, L, self.ngroups, self.dstate), C.reshape(b, L, self.ngroups, self.dstate),
             self.D, self.chunk_size,
             initial_state=cache.ssm_state if cache is not None and cache.filled else None, seq_idx=seq_idx,
         )
         if cache is not None:
-            cache.store(conv_in, final_state)
+            cache.store(conv_in, final_state, lengths)
         return self.out_proj(self.norm(y.reshape(b, L, self.d_inner), z).to(hidden.dtype))
 
     def _dt(self, dt: torch.Tensor) -> torch.Tensor:
@@ -148,21 +153,23 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.nheads * self.head_dim, config.hidden_size, bias=bias)
 
     def forward(self, hidden: torch.Tensor, cache: AttentionCache | None = None,
-                seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+                seq_idx: torch.Tensor | None = None, lengths: torch.Tensor | None = None) -> torch.Tensor:
         b, L, _ = hidden.shape
         q = self.q_proj(hidden).view(b, L, self.nheads, self.head_dim).transpose(1, 2)
         k = self.k_proj(hidden).view(b, L, self.nkv, self.head_dim).transpose(1, 2)
         v = self.v_proj(hidden).view(b, L, self.nkv, self.head_dim).transpose(1, 2)
-        past = 0
+        past, valid = 0, None
         if cache is not None:
             past = cache.length
-            k, v = cache.append(k, v)
+            k, v, valid = cache.append(k, v, lengths)
         mask = None
         if seq_idx is not None:
             same_doc = seq_idx[:, :, None] == seq_idx[:, None, :]
             mask = (same_doc & torch.ones(L, L, dtype=torch.bool, device=hidden.device).tril())[:, None]
         elif past and L > 1:
-            mask = torch.ones(L, past + L, dtype=torch.bool, device=hidden.device).tril(diagonal=past)
+            mask = torch.ones(L, k.shape[2], dtype=torch.bool, device=hidden.device).tril(diagonal=past)
+        elif valid is not None:
+            mask = valid  # decode over rows of different lengths
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None and L > 1, enable_gqa=self.nkv != self.nheads,
         )
@@ -177,7 +184,7 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
 
-    def forward(self, x: torch.Tensor, cache=None, seq_idx=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache=None, seq_idx=None, lengths=None) -> torch.Tensor:
         return self.down_proj(relu2(self.up_proj(x)))
 
 
@@ -261,7 +268,7 @@ class MoE(nn.Module):
         else:
             self.fc1_latent_proj = self.fc2_latent_proj = None
 
-    def forward(self, hidden: torch.Tensor, cache=None, seq_idx=None) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, cache=None, seq_idx=None, lengths=None) -> torch.Tensor:
         shape = hidden.shape
         x = hidden.reshape(-1, shape[-1])
         index, weight = self.gate(x)

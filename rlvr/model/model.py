@@ -36,8 +36,8 @@ class Block(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.layer_norm_epsilon)
         self.mixer = MIXERS[kind](config)
 
-    def forward(self, hidden, cache=None, seq_idx=None):
-        return hidden + self.mixer(self.norm(hidden), cache, seq_idx)
+    def forward(self, hidden, cache=None, seq_idx=None, lengths=None):
+        return hidden + self.mixer(self.norm(hidden), cache, seq_idx, lengths)
 
 
 class Backbone(nn.Module):
@@ -68,23 +68,23 @@ class HybridLM(nn.Module):
     # -- forward
     def forward(self, input_ids: torch.Tensor, cache: HybridCache | None = None,
                 seq_idx: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
-                logits_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                lengths: torch.Tensor | None = None, logits_dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """input_ids (batch, seqlen) -> logits (batch, seqlen, vocab), fp32 by default.
 
         ``cache``: a ``HybridCache`` to fill (prefill) or extend (one token = a decode step).
         ``seq_idx`` (batch, seqlen) or ``cu_seqlens`` (docs+1,) for packed documents: no
-        information crosses a document boundary, in any layer."""
+        information crosses a document boundary, in any layer.
+        ``lengths`` (batch,): for a right-padded prefill into an empty cache, the real length of
+        each row; the cache then continues each row from its own last real token."""
         if cu_seqlens is not None:
             seq_idx = seq_idx_from_cu_seqlens(cu_seqlens, input_ids.shape[1])
         hidden = self.backbone.embeddings(input_ids)
         for i, block in enumerate(self.backbone.layers):
             layer_cache = cache[i] if cache is not None else None
             if self.gradient_checkpointing and self.training:
-                hidden = checkpoint(block, hidden, layer_cache, seq_idx, use_reentrant=False)
+                hidden = checkpoint(block, hidden, layer_cache, seq_idx, lengths, use_reentrant=False)
             else:
-                hidden = block(hidden, layer_cache, seq_idx)
-        if cache is not None:
-            cache.seen_tokens += input_ids.shape[1]
+                hidden = block(hidden, layer_cache, seq_idx, lengths)
         return self.lm_head(self.backbone.norm_f(hidden)).to(logits_dtype)
 
     def new_cache(self) -> HybridCache:

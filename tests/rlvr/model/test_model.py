@@ -162,3 +162,35 @@ def test_presets():
     assert nano.num_hidden_layers == 52 and nano.pattern.count("E") == 23 and nano.pattern.count("*") == 6
     with pytest.raises(KeyError, match="unknown preset"):
         M.from_preset("huge")
+
+
+def test_right_padded_batched_prefill_then_decode_rows_of_different_lengths(model):
+    torch.manual_seed(1)
+    prompts = [torch.randint(0, 256, (n,)) for n in (5, 9, 13)]
+    follow = torch.randint(0, 256, (3, 4))
+    lengths = torch.tensor([5, 9, 13])
+    padded = torch.zeros(3, 13, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        padded[i, :len(p)] = p
+    with torch.no_grad():
+        cache = model.new_cache()
+        logits = model(padded, cache=cache, lengths=lengths)
+        last = logits[torch.arange(3), lengths - 1]
+        steps = torch.stack([model.step(follow[:, t], cache) for t in range(4)], dim=1)
+        for i, p in enumerate(prompts):
+            alone = model(torch.cat([p, follow[i]])[None])[0]
+            assert (last[i] - alone[len(p) - 1]).abs().max() <= 1e-4
+            assert (steps[i] - alone[len(p):]).abs().max() <= 1e-4
+
+
+def test_merged_caches_continue_each_row(model):
+    a, b = torch.randint(0, 256, (2, 6)), torch.randint(0, 256, (1, 11))
+    nxt = torch.randint(0, 256, (3,))
+    with torch.no_grad():
+        cache, other = model.new_cache(), model.new_cache()
+        model(a, cache=cache)
+        model(b, cache=other)
+        cache.merge(other)
+        out = model.step(nxt, cache)
+        want = torch.cat([model(torch.cat([a, nxt[:2, None]], 1))[:, -1], model(torch.cat([b, nxt[2:, None]], 1))[:, -1]])
+    assert (out - want).abs().max() <= 1e-4
