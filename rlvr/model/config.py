@@ -147,7 +147,7 @@ class HybridConfig:
 def tiny(**overrides) -> HybridConfig:
     """A few-layer model covering every layer kind, for tests and the CPU demo."""
     base = dict(
-        pattern="M*-EM", vocab_size=256, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+        pattern="M*-EM", vocab_size=264, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
         head_dim=16, intermediate_size=128, mamba_num_heads=8, mamba_head_dim=16, ssm_state_size=16,
         n_groups=2, chunk_size=16, n_routed_experts=8, num_experts_per_tok=2,
         moe_intermediate_size=32, moe_shared_expert_intermediate_size=64, routed_scaling_factor=2.5,

@@ -67,3 +67,27 @@ def to_internal(items: Iterable[tuple[str, torch.Tensor]], skip=(r"^mtp\.",)) ->
             raise ValueError(f"{prefix}: expert indices {sorted(by_index)} are not 0..{len(by_index) - 1}")
         out[f"{prefix}.{proj}"] = torch.stack([by_index[e] for e in range(len(by_index))])
     return out
+
+
+@torch.no_grad()
+def load_named(model: torch.nn.Module, items: Iterable[tuple[str, torch.Tensor]]) -> int:
+    """Copy (checkpoint name, tensor) pairs into ``model``'s parameters in place: a per-expert
+    tensor goes into its slice of the stacked expert parameter, so no full second copy of the
+    weights is ever built. Returns how many tensors were loaded; unknown names raise."""
+    params = dict(model.named_parameters()) | dict(model.named_buffers())
+    count = 0
+    for name, tensor in items:
+        name = canonical_name(name)
+        m = _PER_EXPERT_RE.match(name)
+        if m:
+            target = params.get(f"{m.group(1)}.{m.group(3)}")
+            target = None if target is None else target[int(m.group(2))]
+        else:
+            target = params.get(name)
+        if target is None:
+            raise KeyError(f"weight {name!r} matches no parameter of the model")
+        if target.shape != tensor.shape:
+            raise ValueError(f"weight {name!r}: shape {tuple(tensor.shape)}, model has {tuple(target.shape)}")
+        target.copy_(tensor)
+        count += 1
+    return count

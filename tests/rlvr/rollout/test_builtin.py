@@ -1,0 +1,113 @@
+import threading
+
+import pytest
+import torch
+
+import rlvr.model as M
+from rlvr.model.config import tiny
+from rlvr.model.names import checkpoint_items
+from rlvr.rollout.builtin import BuiltinEngine
+from rlvr.rollout.engine import SamplingParams
+from rlvr.tokenizer import ByteTokenizer
+
+PROMPTS = ["1+1=", "The quick brown fox", "abc", "x" * 23, "Q: 7*6?\nA:"]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    torch.manual_seed(0)
+    return BuiltinEngine(M.HybridLM(tiny(initializer_range=0.1)), ByteTokenizer(), max_batch=64)
+
+
+def _greedy_reference(model, ids, steps):
+    out = []
+    with torch.no_grad():
+        cache = model.new_cache()
+        logits = model(torch.tensor([ids]), cache=cache)[:, -1]
+        for _ in range(steps):
+            token = int(logits.argmax(-1))
+            out.append(token)
+            logits = model.step(torch.tensor([token]), cache)
+    return out
+
+
+def test_greedy_equals_step_by_step_argmax(engine):
+    sampling = SamplingParams(temperature=0, max_tokens=12, stop_token_ids=())
+    tok = engine.tokenizer
+    for completion in engine.generate(PROMPTS, sampling):
+        want = _greedy_reference(engine.model, tok.encode(PROMPTS[completion.prompt_index]), 12)
+        got = completion.token_ids
+        assert got == want[:len(got)]
+        assert completion.finish_reason in ("length", "stop")
+
+
+def test_sampled_logprobs_equal_teacher_forced_forward(engine):
+    sampling = SamplingParams(temperature=1.0, top_p=0.9, max_tokens=16, n=3, seed=7)
+    completions = engine.generate(PROMPTS, sampling)
+    assert len(completions) == len(PROMPTS) * 3
+    worst = 0.0
+    with torch.no_grad():
+        for c in completions:
+            ids = torch.tensor([c.prompt_ids + c.token_ids])
+            logp = torch.log_softmax(engine.model(ids)[0, len(c.prompt_ids) - 1:-1], -1)
+            forced = logp.gather(1, torch.tensor(c.token_ids)[:, None])[:, 0]
+            worst = max(worst, (forced - torch.tensor(c.logprobs)).abs().max().item())
+    print(f"max |engine logprob - teacher-forced| = {worst:.2e}")
+    assert worst <= 1e-4
+
+
+def test_continuous_batching_gives_the_same_results(engine):
+    sampling = SamplingParams(temperature=0, max_tokens=10, n=2)
+    wide = engine.generate(PROMPTS, sampling)
+    narrow = BuiltinEngine(engine.model, engine.tokenizer, max_batch=3).generate(PROMPTS, sampling)
+    assert [c.token_ids for c in wide] == [c.token_ids for c in narrow]
+    assert [(c.prompt_index, c.sample_index) for c in narrow] == [(p, s) for p in range(5) for s in range(2)]
+
+
+def test_seed_makes_sampling_reproducible(engine):
+    sampling = SamplingParams(max_tokens=8, n=2, seed=3)
+    a = [c.token_ids for c in engine.generate(PROMPTS[:2], sampling)]
+    b = [c.token_ids for c in engine.generate(PROMPTS[:2], sampling)]
+    assert a == b and a[0] != a[1]
+
+
+def test_stop_strings_tokens_and_length(engine):
+    greedy = engine.generate(["abc"], SamplingParams(temperature=0, max_tokens=20))[0]
+    text = engine.tokenizer.decode(greedy.token_ids)
+    stop = text[3:5]
+    cut = engine.generate(["abc"], SamplingParams(temperature=0, max_tokens=20, stop=(stop,)))[0]
+    assert cut.finish_reason == "stop" and cut.text == text[:text.index(stop)]
+    first = greedy.token_ids[0]
+    by_token = engine.generate(["abc"], SamplingParams(temperature=0, max_tokens=20, stop_token_ids=(first,)))[0]
+    assert by_token.token_ids == [first] and by_token.finish_reason == "stop"
+    assert len(engine.generate(["abc"], SamplingParams(max_tokens=5))[0].token_ids) <= 5
+
+
+def test_update_weights_changes_outputs_and_tags_the_version():
+    torch.manual_seed(0)
+    engine = BuiltinEngine(M.HybridLM(tiny(initializer_range=0.1)), ByteTokenizer())
+    learner = M.HybridLM(tiny(initializer_range=0.1))  # different random weights
+    sampling = SamplingParams(temperature=0, max_tokens=8)
+    before = engine.generate(PROMPTS, sampling)
+    engine.update_weights(checkpoint_items(learner.state_dict()), version=5)
+    after = engine.generate(PROMPTS, sampling)
+    assert [c.token_ids for c in before] != [c.token_ids for c in after]
+    assert all(c.weights_version == 5 for c in after)
+    ids = torch.tensor([after[0].prompt_ids])
+    with torch.no_grad():
+        assert torch.equal(engine.model(ids), learner.eval()(ids))
+
+
+def test_abort_returns_unfinished_samples(engine):
+    sampling = SamplingParams(max_tokens=100_000, n=2)
+    timer = threading.Timer(0.5, engine.abort)
+    timer.start()
+    out = engine.generate(PROMPTS[:2], sampling)
+    assert {c.finish_reason for c in out} <= {"abort", "stop"} and len(out) == 4
+
+
+def test_bad_requests():
+    with pytest.raises(ValueError):
+        SamplingParams(top_p=0)
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        BuiltinEngine(M.HybridLM(tiny()), ByteTokenizer()).generate(["a", ""], SamplingParams())
