@@ -74,7 +74,7 @@ class BuiltinEngine:
     @torch.no_grad()
     def generate(self, prompts, sampling: SamplingParams) -> list[Completion]:
         prompt_ids = [self._ids(p, i) for i, p in enumerate(prompts)]
-        stop_ids = {self.tokenizer.eos_token_id, *sampling.stop_token_ids}
+        stop_ids = set(sampling.stop_token_ids) | (set() if sampling.ignore_eos else {self.tokenizer.eos_token_id})
         generator = torch.Generator().manual_seed(sampling.seed if sampling.seed is not None
                                                   else random.randrange(2**63))
         pending = deque((p, s) for p in range(len(prompts)) for s in range(sampling.n))

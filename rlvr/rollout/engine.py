@@ -19,6 +19,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()  # besides the tokenizer's eos
     n: int = 1  # samples per prompt
     seed: int | None = None
+    ignore_eos: bool = False  # generate max_tokens whatever comes (benchmarks)
 
     def __post_init__(self):
         if self.temperature < 0:

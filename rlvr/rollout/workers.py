@@ -1,0 +1,158 @@
+"""Rollout workers as Ray actors, and the driver that spreads prompts over them.
+
+``RolloutPool`` owns N ``RolloutWorker`` actors (resources from config). ``generate`` shards the
+prompts over the workers and gathers the completions in prompt order; a worker that dies is
+replaced, given the current weights, and its shard is issued again, so nothing is lost.
+
+Weight sync: ``update_weights`` streams (name, tensor) pairs from the learner in buckets of at
+most ``bucket_bytes``; each bucket goes into Ray's object store once, every worker loads it in
+place into its engine, and the bucket is released before the next is built. Neither side ever
+holds a full second copy of the weights. A version counter tags every completion with the
+weights that produced it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator
+
+import ray
+import torch
+
+from rlvr.rollout.engine import Completion, SamplingParams
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSpec:
+    """Everything a worker needs to build its engine; the backend is chosen here and only here."""
+
+    model_path: str
+    backend: str = "builtin"  # "builtin" | "vllm"
+    tokenizer: str = "byte"  # "byte", or a Hugging Face tokenizer name/path
+    max_batch: int = 64
+    dtype: str = "float32"
+    threads: int = 1  # torch threads per worker process
+    vllm_kwargs: tuple = ()  # extra vllm.LLM arguments as (key, value) pairs
+
+
+def build_engine(spec: EngineSpec):
+    from rlvr.tokenizer import ByteTokenizer, HFTokenizer
+
+    if spec.backend == "builtin":
+        import rlvr.model
+        from rlvr.rollout.builtin import BuiltinEngine
+
+        torch.set_num_threads(spec.threads)
+        tokenizer = ByteTokenizer() if spec.tokenizer == "byte" else HFTokenizer(spec.tokenizer)
+        model = rlvr.model.load(spec.model_path, dtype=getattr(torch, spec.dtype))
+        return BuiltinEngine(model, tokenizer, max_batch=spec.max_batch)
+    if spec.backend == "vllm":
+        from rlvr.rollout.vllm_engine import VLLMEngine
+
+        return VLLMEngine(spec)
+    raise ValueError(f"rollout backend {spec.backend!r} is not one of: builtin, vllm")
+
+
+@ray.remote
+class RolloutWorker:
+    def __init__(self, spec: EngineSpec):
+        self.engine = build_engine(spec)
+
+    def generate(self, prompts: list, sampling: SamplingParams) -> list[Completion]:
+        return self.engine.generate(prompts, sampling)
+
+    def load_bucket(self, bucket: list[tuple[str, torch.Tensor]]) -> int:
+        self.engine.update_weights(bucket, version=self.engine.weights_version)
+        return len(bucket)
+
+    def set_version(self, version: int) -> None:
+        self.engine.weights_version = version
+
+    def abort(self) -> None:
+        self.engine.abort()
+
+    def ping(self) -> int:
+        return self.engine.weights_version
+
+
+def buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int
+            ) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """Group (name, tensor) pairs into lists of at most ``bucket_bytes`` (a larger tensor
+    travels alone)."""
+    bucket, size = [], 0
+    for name, tensor in named_tensors:
+        nbytes = tensor.numel() * tensor.element_size()
+        if bucket and size + nbytes > bucket_bytes:
+            yield bucket
+            bucket, size = [], 0
+        bucket.append((name, tensor.detach().cpu()))
+        size += nbytes
+    if bucket:
+        yield bucket
+
+
+class RolloutPool:
+    def __init__(self, spec: EngineSpec, num_workers: int = 1, num_cpus: float = 1, num_gpus: float = 0,
+                 weights_source: Callable[[], Iterable[tuple[str, torch.Tensor]]] | None = None,
+                 bucket_bytes: int = 64 * 1024**2):
+        if num_workers < 1:
+            raise ValueError("num_workers must be >= 1")
+        self.spec, self.bucket_bytes = spec, bucket_bytes
+        self.options = dict(num_cpus=num_cpus, num_gpus=num_gpus)
+        self.weights_source = weights_source  # how to re-sync a replaced worker
+        self.version = 0
+        self.restarts = 0
+        self.workers = [self._start() for _ in range(num_workers)]
+        ray.get([w.ping.remote() for w in self.workers])
+
+    def _start(self):
+        return RolloutWorker.options(**self.options).remote(self.spec)
+
+    def _replace(self, slot: int) -> None:
+        ray.kill(self.workers[slot], no_restart=True)
+        self.workers[slot] = self._start()
+        self.restarts += 1
+        if self.version and self.weights_source is not None:
+            self._push(self.weights_source(), [self.workers[slot]])
+        ray.get(self.workers[slot].set_version.remote(self.version))
+
+    def generate(self, prompts: list, sampling: SamplingParams) -> list[Completion]:
+        """Completions for every (prompt, sample), in prompt order, whatever workers die."""
+        n = len(self.workers)
+        size = -(-len(prompts) // n)
+        shards = {slot: (slot * size, prompts[slot * size:(slot + 1) * size]) for slot in range(n)}
+        shards = {slot: s for slot, s in shards.items() if s[1]}
+        running = {self.workers[slot].generate.remote(s[1], sampling): slot for slot, s in shards.items()}
+        results: dict[int, list[Completion]] = {}
+        while running:
+            ready, _ = ray.wait(list(running), num_returns=1)
+            slot = running.pop(ready[0])
+            try:
+                completions = ray.get(ready[0])
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError):
+                self._replace(slot)
+                running[self.workers[slot].generate.remote(shards[slot][1], sampling)] = slot
+                continue
+            offset = shards[slot][0]
+            for c in completions:
+                c.prompt_index += offset
+            results[slot] = completions
+        return [c for slot in sorted(results) for c in results[slot]]
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+        """Push new weights to every worker; returns the new version."""
+        self.version += 1
+        self._push(named_tensors, self.workers)
+        ray.get([w.set_version.remote(self.version) for w in self.workers])
+        return self.version
+
+    def _push(self, named_tensors, workers) -> None:
+        for bucket in buckets(named_tensors, self.bucket_bytes):
+            ref = ray.put(bucket)
+            ray.get([w.load_bucket.remote(ref) for w in workers])
+            del ref  # released before the next bucket is built
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            ray.kill(w, no_restart=True)
+        self.workers = []
