@@ -1,0 +1,73 @@
+"""Multi-turn episodes: the engine generates, the environment answers, until done.
+
+Token ids are kept exactly as generated: each turn's prompt is the previous token ids plus the
+new observation's ids, never a re-tokenisation of the conversation text (re-tokenising can merge
+or split tokens at turn boundaries and make the learner score tokens the engine never sampled).
+Each episode carries a mask (1 = model-generated, trained on; 0 = prompt or observation) and the
+sampling log-probabilities, aligned token for token with ``token_ids``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from rlvr.env import MultiTurnEnvironment
+from rlvr.rollout.engine import SamplingParams
+
+
+@dataclasses.dataclass
+class Episode:
+    task: Mapping[str, Any]
+    prompt_ids: list[int]  # the first observation
+    token_ids: list[int] = dataclasses.field(default_factory=list)  # everything after the prompt
+    mask: list[int] = dataclasses.field(default_factory=list)  # 1 where the model generated the token
+    logprobs: list[float] = dataclasses.field(default_factory=list)  # sampling logprob, 0.0 on observations
+    reward: float = 0.0
+    turns: int = 0
+    done: bool = False
+    finish_reason: str = ""
+    weights_version: int = 0
+    info: dict = dataclasses.field(default_factory=dict)
+
+    def append(self, ids: list[int], generated: bool, logprobs: list[float] | None = None) -> None:
+        self.token_ids.extend(ids)
+        self.mask.extend([1 if generated else 0] * len(ids))
+        self.logprobs.extend(logprobs if generated else [0.0] * len(ids))
+
+
+def run_episodes(engine, make_env: Callable[[], MultiTurnEnvironment], tasks: list[Mapping[str, Any]],
+                 sampling: SamplingParams, max_turns: int | None = None) -> list[Episode]:
+    """Play one episode per task, all episodes advancing together one turn per engine call."""
+    tokenizer = engine.tokenizer
+    envs = [make_env() for _ in tasks]
+    limit = (max_turns or envs[0].max_turns) if envs else 0
+    episodes = []
+    for env, task in zip(envs, tasks):
+        first = env.reset(task)
+        episodes.append(Episode(task=task, prompt_ids=tokenizer.encode(first.text)))
+    if sampling.n != 1:
+        raise ValueError("multi-turn episodes sample one continuation per turn (n=1)")
+    active = list(range(len(tasks)))
+    while active:
+        contexts = [episodes[i].prompt_ids + episodes[i].token_ids for i in active]
+        completions = engine.generate(contexts, sampling)
+        still = []
+        for i, completion in zip(active, completions):
+            ep, env = episodes[i], envs[i]
+            ep.append(completion.token_ids, True, completion.logprobs)
+            ep.turns += 1
+            ep.weights_version = completion.weights_version
+            step = env.step(completion.text)
+            ep.reward = step.reward
+            ep.info.update(step.info)
+            if step.done or completion.finish_reason == "abort":
+                ep.done, ep.finish_reason = True, "done" if step.done else "abort"
+            elif ep.turns >= limit:
+                ep.finish_reason = "max_turns"
+            else:
+                ep.append(tokenizer.encode(step.observation.text), False)
+                still.append(i)
+        active = still
+    return episodes

@@ -1,0 +1,62 @@
+import torch
+
+import rlvr.model as M
+from rlvr.env import MultiTurnEnvironment, Observation, Step
+from rlvr.model.config import tiny
+from rlvr.rollout.builtin import BuiltinEngine
+from rlvr.rollout.engine import SamplingParams
+from rlvr.rollout.multiturn import run_episodes
+from rlvr.tokenizer import ByteTokenizer
+
+
+class ScriptedTool(MultiTurnEnvironment):
+    """Answers every action with a tool observation; ends after ``task['turns']`` actions."""
+
+    max_turns = 5
+
+    def reset(self, task):
+        self.task, self.turn, self.seen = task, 0, []
+        return Observation(f"Task {task['id']}: call the tool.\n")
+
+    def step(self, action):
+        self.turn += 1
+        self.seen.append(action)
+        done = self.turn >= self.task["turns"]
+        return Step(Observation(f"\n<tool turn={self.turn} len={len(action)}>\n"), reward=float(done), done=done)
+
+
+def test_masks_and_logprobs_align_token_for_token():
+    torch.manual_seed(0)
+    model = M.HybridLM(tiny(initializer_range=0.1))
+    engine = BuiltinEngine(model, ByteTokenizer())
+    tasks = [{"id": i, "turns": t} for i, t in enumerate([1, 3, 7])]
+    sampling = SamplingParams(temperature=1.0, max_tokens=12, stop=("\n",), seed=0)
+    episodes = run_episodes(engine, ScriptedTool, tasks, sampling)
+    tok = engine.tokenizer
+    assert [e.turns for e in episodes] == [1, 3, 5]
+    assert [e.finish_reason for e in episodes] == ["done", "done", "max_turns"]
+    assert [e.reward for e in episodes] == [1.0, 1.0, 0.0]
+    worst = 0.0
+    for ep in episodes:
+        assert len(ep.token_ids) == len(ep.mask) == len(ep.logprobs)
+        # observation tokens are exactly the tokenised observations, in order
+        obs_runs, run = [], []
+        for token, m in zip(ep.token_ids, ep.mask):
+            if m == 0:
+                run.append(token)
+            elif run:
+                obs_runs.append(run)
+                run = []
+        want = [tok.encode(f"\n<tool turn={t} len=") for t in range(1, ep.turns)]
+        assert len(obs_runs) == ep.turns - 1
+        assert all(r[:len(w)] == w for r, w in zip(obs_runs, want))
+        # the sampling logprobs are what a teacher-forced forward gives at model tokens
+        ids = torch.tensor([ep.prompt_ids + ep.token_ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids)[0, len(ep.prompt_ids) - 1:-1], -1)
+        forced = logp.gather(1, torch.tensor(ep.token_ids)[:, None])[:, 0]
+        mask = torch.tensor(ep.mask, dtype=torch.bool)
+        worst = max(worst, (forced[mask] - torch.tensor(ep.logprobs)[mask]).abs().max().item())
+        assert torch.all(torch.tensor(ep.logprobs)[~mask] == 0)
+    print(f"multi-turn: max |sampling logprob - teacher-forced| on model tokens = {worst:.2e}")
+    assert worst <= 1e-4
