@@ -159,9 +159,9 @@ def tiny(**overrides) -> HybridConfig:
 def small_100m(**overrides) -> HybridConfig:
     """About 100M parameters: the size used to time weight sync."""
     base = dict(
-        pattern="MEM*EMEM-MEM*", vocab_size=32000, hidden_size=768, num_attention_heads=12,
+        pattern="MEM*EMEM-MEM*", vocab_size=16384, hidden_size=768, num_attention_heads=12,
         num_key_value_heads=4, head_dim=64, intermediate_size=2048, mamba_num_heads=24,
-        mamba_head_dim=64, ssm_state_size=64, n_groups=4, chunk_size=64, n_routed_experts=16,
+        mamba_head_dim=64, ssm_state_size=64, n_groups=4, chunk_size=64, n_routed_experts=12,
         num_experts_per_tok=2, moe_intermediate_size=512, moe_shared_expert_intermediate_size=1024,
         routed_scaling_factor=2.5,
     )

@@ -61,9 +61,9 @@ class RolloutWorker:
     def generate(self, prompts: list, sampling: SamplingParams) -> list[Completion]:
         return self.engine.generate(prompts, sampling)
 
-    def load_bucket(self, bucket: list[tuple[str, torch.Tensor]]) -> int:
-        self.engine.update_weights(bucket, version=self.engine.weights_version)
-        return len(bucket)
+    def load_bucket(self, packed: list[tuple]) -> int:
+        self.engine.update_weights(unpack_bucket(packed), version=self.engine.weights_version)
+        return len(packed)
 
     def set_version(self, version: int) -> None:
         self.engine.weights_version = version
@@ -89,6 +89,18 @@ def buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int
         size += nbytes
     if bucket:
         yield bucket
+
+
+def pack_bucket(bucket: list[tuple[str, torch.Tensor]]) -> list[tuple]:
+    """Tensors as raw byte arrays: Ray moves numpy buffers zero-copy through its object store,
+    while pickling torch tensors copies them (measured: 518 MiB took 14 s pickled, see README)."""
+    return [(name, str(t.dtype).removeprefix("torch."), tuple(t.shape), t.contiguous().view(torch.uint8).numpy())
+            for name, t in bucket]
+
+
+def unpack_bucket(packed: list[tuple]) -> Iterator[tuple[str, torch.Tensor]]:
+    for name, dtype, shape, raw in packed:
+        yield name, torch.frombuffer(raw, dtype=torch.uint8).view(getattr(torch, dtype)).reshape(shape)
 
 
 class RolloutPool:
@@ -148,7 +160,7 @@ class RolloutPool:
 
     def _push(self, named_tensors, workers) -> None:
         for bucket in buckets(named_tensors, self.bucket_bytes):
-            ref = ray.put(bucket)
+            ref = ray.put(pack_bucket(bucket))
             ray.get([w.load_bucket.remote(ref) for w in workers])
             del ref  # released before the next bucket is built
 
