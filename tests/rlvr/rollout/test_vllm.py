@@ -38,14 +38,17 @@ def test_vllm_logprobs_match_ours_and_updates_land(dtype, tmp_path):
         return max((_teacher_forced(reference, c.prompt_ids, c.token_ids) - torch.tensor(c.logprobs)).abs().max().item()
                    for c in out), out
 
-    before, _ = worst(model)
-    print(f"{dtype}: max |vLLM logprob - ours teacher-forced| = {before:.2e}")
-    assert before <= tol
-    torch.manual_seed(1)
-    new = M.HybridLM(tiny(**NO_MOE))  # "perturbed" weights: a different random model
-    engine.update_weights(vllm_items(new.state_dict()), version=3)
-    after, out = worst(new)
-    stale, _ = worst(model)
-    print(f"{dtype}: after update {after:.2e}; against the old weights {stale:.2e}")
-    assert after <= tol and stale > 10 * tol  # vLLM follows the new weights, not the old
-    assert {c.weights_version for c in out} == {3}
+    try:
+        before, _ = worst(model)
+        print(f"{dtype}: max |vLLM logprob - ours teacher-forced| = {before:.2e}")
+        assert before <= tol
+        torch.manual_seed(1)
+        new = M.HybridLM(tiny(**NO_MOE))  # "perturbed" weights: a different random model
+        engine.update_weights(vllm_items(new.state_dict()), version=3)
+        after, out = worst(new)
+        stale, _ = worst(model)
+        print(f"{dtype}: after update {after:.2e}; against the old weights {stale:.2e}")
+        assert after <= tol and stale > 10 * tol  # vLLM follows the new weights, not the old
+        assert {c.weights_version for c in out} == {3}
+    finally:
+        engine.shutdown()
