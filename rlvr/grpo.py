@@ -1,0 +1,162 @@
+"""GRPO maths as pure functions: group advantages, the clipped policy loss, KL estimators,
+importance-sampling correction, loss aggregation and reward shaping. Tensors in, tensors out;
+the learner only wires them together through ``grpo_loss``.
+
+Shapes: ``B`` sequences (prompts x group size G, grouped consecutively), ``T`` response tokens;
+per-token tensors are (B, T) with ``mask`` 1 on tokens the model generated and that are trained.
+
+Sources for the variants: GRPO (Shao et al. 2024, DeepSeekMath), Dr. GRPO (Liu et al. 2025,
+"Understanding R1-Zero-Like Training": no std normalisation, constant length normaliser), DAPO
+(Yu et al. 2025: clip-higher, token-level loss, dynamic sampling, overlong reward shaping),
+KL estimators k1/k2/k3 (Schulman 2020, "Approximating KL divergence"), truncated importance
+sampling for inference/training mismatch (Yao et al. 2025).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+
+Tensor = torch.Tensor
+
+
+# ---------------------------------------------------------------- advantages
+
+def group_advantages(rewards: Tensor, group_size: int, normalize_std: bool = True, eps: float = 1e-6) -> Tensor:
+    """A_i = r_i - mean(group), divided by the group's standard deviation for GRPO (unbiased, as
+    TRL and verl compute it) or not at all for Dr. GRPO. rewards: (B,) -> (B,)."""
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    r = rewards.float().view(-1, group_size)
+    advantages = r - r.mean(dim=1, keepdim=True)
+    if normalize_std:
+        std = r.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(r[:, :1])
+        # A group of equal rewards has zero advantage whatever eps is (no 0/0).
+        advantages = torch.where(std > 0, advantages / (std + eps), torch.zeros_like(advantages))
+    return advantages.view(-1)
+
+
+ADVANTAGE_ESTIMATORS: dict[str, Callable[..., Tensor]] = {
+    "grpo": lambda rewards, group_size: group_advantages(rewards, group_size, normalize_std=True),
+    "dr_grpo": lambda rewards, group_size: group_advantages(rewards, group_size, normalize_std=False),
+}
+
+
+def informative_groups(rewards: Tensor, group_size: int) -> Tensor:
+    """Dynamic sampling (DAPO): a group whose rewards are all equal has zero advantage everywhere
+    and teaches nothing. Returns a (num_groups,) bool mask of the groups to keep."""
+    r = rewards.view(-1, group_size)
+    return (r.max(dim=1).values - r.min(dim=1).values) > 0
+
+
+# ---------------------------------------------------------------- KL estimators
+
+def kl_k1(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """log pi/pi_ref: unbiased, high variance, can be negative per token."""
+    return logp - ref_logp
+
+
+def kl_k2(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """(log pi/pi_ref)^2 / 2: biased, low variance."""
+    return 0.5 * (logp - ref_logp) ** 2
+
+
+def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """pi_ref/pi - log(pi_ref/pi) - 1: unbiased and always >= 0 (the GRPO paper's choice)."""
+    log_ratio = ref_logp - logp
+    return torch.exp(log_ratio) - log_ratio - 1
+
+
+KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
+
+
+# ---------------------------------------------------------------- the policy loss
+
+def truncated_is_weights(old_logp: Tensor, engine_logp: Tensor, cap: float = 2.0) -> Tensor:
+    """Truncated importance sampling (TIS): tokens were sampled by the inference engine, whose
+    probabilities differ from the trainer's (kernels, precision; larger for Mamba/MoE), so each
+    token's loss is weighted by min(pi_trainer_old / pi_engine, cap). No gradient flows through."""
+    return torch.exp(old_logp - engine_logp).clamp(max=cap).detach()
+
+
+def clipped_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, clip_low: float = 0.2,
+                        clip_high: float = 0.2) -> tuple[Tensor, Tensor]:
+    """PPO-clip per token: -min(ratio A, clip(ratio, 1-clip_low, 1+clip_high) A).
+    ``clip_high > clip_low`` is DAPO's clip-higher (more room for raising unlikely tokens).
+    advantages: (B,) per sequence or (B, T). Returns (loss per token, clipped indicator)."""
+    if advantages.dim() == 1:
+        advantages = advantages[:, None]
+    ratio = torch.exp(logp - old_logp)
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1 - clip_low, 1 + clip_high) * advantages
+    loss = -torch.minimum(unclipped, clipped)
+    return loss, (clipped < unclipped).float()
+
+
+def aggregate(per_token: Tensor, mask: Tensor, mode: str, max_len: int | None = None) -> Tensor:
+    """Reduce (B, T) token losses to a scalar:
+    - ``token_mean``: sum over all tokens / number of tokens (DAPO: long answers weigh more);
+    - ``seq_mean_token_mean``: mean over sequences of each sequence's token mean (original GRPO);
+    - ``seq_mean_token_sum_norm``: sum / (B * max_len), a constant normaliser (Dr. GRPO: no
+      length bias)."""
+    mask = mask.to(per_token.dtype)
+    if mode == "token_mean":
+        return (per_token * mask).sum() / mask.sum().clamp(min=1)
+    if mode == "seq_mean_token_mean":
+        return ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+    if mode == "seq_mean_token_sum_norm":
+        return (per_token * mask).sum() / (per_token.shape[0] * (max_len or per_token.shape[1]))
+    raise ValueError(f"unknown loss aggregation {mode!r} (token_mean, seq_mean_token_mean, seq_mean_token_sum_norm)")
+
+
+# ---------------------------------------------------------------- reward shaping
+
+def overlong_penalty(lengths: Tensor, max_len: int, buffer: int) -> Tensor:
+    """DAPO's soft overlong punishment, added to the reward: 0 up to max_len - buffer, then
+    falling linearly to -1 at max_len (and -1 beyond)."""
+    start = max_len - buffer
+    return ((start - lengths.float()) / buffer).clamp(min=-1.0, max=0.0)
+
+
+def kl_in_reward(rewards: Tensor, kl_per_token: Tensor, mask: Tensor, beta: float) -> Tensor:
+    """KL as a reward penalty instead of a loss term: r - beta * sum_t KL_t per sequence."""
+    return rewards - beta * (kl_per_token * mask).sum(dim=1)
+
+
+# ---------------------------------------------------------------- all together
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    aggregation: str = "token_mean"
+    kl_estimator: str = "k3"
+    kl_coef: float = 0.0  # KL to the reference policy in the loss; 0 = off
+    tis_cap: float | None = 2.0  # truncated importance-sampling cap; None = no correction
+
+
+def grpo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, config: LossConfig,
+              engine_logp: Tensor | None = None, ref_logp: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    """The scalar loss to backpropagate and detached metrics (clip fraction, KL, IS weight)."""
+    per_token, clipped = clipped_policy_loss(logp, old_logp, advantages, config.clip_low, config.clip_high)
+    metrics = {}
+    if config.tis_cap is not None and engine_logp is not None:
+        weights = truncated_is_weights(old_logp, engine_logp, config.tis_cap)
+        per_token = per_token * weights
+        metrics["is_weight_mean"] = _masked_mean(weights, mask)
+    if config.kl_coef:
+        if ref_logp is None:
+            raise ValueError("kl_coef > 0 needs reference log-probabilities")
+        kl = KL_ESTIMATORS[config.kl_estimator](logp, ref_logp)
+        per_token = per_token + config.kl_coef * kl
+        metrics["kl"] = _masked_mean(kl.detach(), mask)
+    loss = aggregate(per_token, mask, config.aggregation)
+    metrics["clip_fraction"] = _masked_mean(clipped, mask)
+    return loss, metrics
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> float:
+    mask = mask.to(values.dtype)
+    return float((values * mask).sum() / mask.sum().clamp(min=1))

@@ -1,0 +1,98 @@
+"""GRPO maths against numbers worked out by hand."""
+
+import math
+
+import pytest
+import torch
+
+from rlvr import grpo
+
+
+def test_group_advantages_grpo_and_dr_grpo():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0])  # two groups of 4
+    # group 1: mean 0.5, unbiased std sqrt(1/3) = 0.57735 -> +-0.866025
+    adv = grpo.group_advantages(rewards, 4, eps=0.0)
+    assert torch.allclose(adv[:4], torch.tensor([0.866025, -0.866025, -0.866025, 0.866025]), atol=1e-5)
+    assert torch.all(adv[4:] == 0)  # all-equal group: zero advantage, not 0/0
+    dr = grpo.ADVANTAGE_ESTIMATORS["dr_grpo"](rewards, 4)
+    assert torch.allclose(dr, torch.tensor([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0]))
+    with pytest.raises(ValueError, match="groups of 3"):
+        grpo.group_advantages(rewards, 3)
+
+
+def test_informative_groups():
+    rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+    assert grpo.informative_groups(rewards, 2).tolist() == [True, False, False]
+
+
+def test_kl_estimators():
+    logp, ref = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)])
+    assert torch.allclose(grpo.kl_k1(logp, ref), torch.tensor([math.log(2)]))
+    assert torch.allclose(grpo.kl_k2(logp, ref), torch.tensor([0.5 * math.log(2) ** 2]))
+    # k3 = r - log r - 1 with r = pi_ref/pi = 0.5: 0.5 + log 2 - 1 = 0.193147
+    assert torch.allclose(grpo.kl_k3(logp, ref), torch.tensor([0.193147]), atol=1e-6)
+    assert grpo.kl_k3(ref, ref).item() == 0
+
+
+def test_clipped_loss_with_clip_higher():
+    old = torch.zeros(1, 4)
+    ratio = torch.tensor([[1.5, 0.5, 1.1, 0.7]])
+    logp = ratio.log()
+    adv = torch.tensor([[1.0, 1.0, -1.0, -1.0]])
+    loss, clipped = grpo.clipped_policy_loss(logp, old, adv, clip_low=0.2, clip_high=0.28)
+    # A>0, ratio 1.5: min(1.5, 1.28) = 1.28 -> -1.28 (clipped); ratio 0.5: min(0.5, 0.8) -> -0.5
+    # A<0, ratio 1.1: min(-1.1, -1.1) -> 1.1; ratio 0.7: min(-0.7, -0.8) = -0.8 -> 0.8 (clipped)
+    assert torch.allclose(loss, torch.tensor([[-1.28, -0.5, 1.1, 0.8]]), atol=1e-6)
+    assert clipped.tolist() == [[1.0, 0.0, 0.0, 1.0]]
+
+
+def test_gradient_of_the_clipped_loss_is_zero_where_clipped():
+    logp = torch.tensor([[math.log(1.5), math.log(1.1)]], requires_grad=True)
+    loss, _ = grpo.clipped_policy_loss(logp, torch.zeros(1, 2), torch.tensor([1.0]), 0.2, 0.2)
+    loss.sum().backward()
+    # d/dlogp of -ratio*A is -ratio*A: 0 for the clipped token, -1.1 for the other
+    assert torch.allclose(logp.grad, torch.tensor([[0.0, -1.1]]))
+
+
+def test_aggregations():
+    per_token = torch.tensor([[1.0, 2.0, 3.0, 0.0], [4.0, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
+    assert grpo.aggregate(per_token, mask, "token_mean").item() == pytest.approx(10 / 4)
+    assert grpo.aggregate(per_token, mask, "seq_mean_token_mean").item() == pytest.approx((2 + 4) / 2)
+    assert grpo.aggregate(per_token, mask, "seq_mean_token_sum_norm").item() == pytest.approx(10 / 8)
+    assert grpo.aggregate(per_token, mask, "seq_mean_token_sum_norm", max_len=10).item() == pytest.approx(10 / 20)
+    with pytest.raises(ValueError, match="unknown loss aggregation"):
+        grpo.aggregate(per_token, mask, "sum")
+
+
+def test_truncated_importance_weights():
+    old = torch.log(torch.tensor([0.5, 0.9, 0.1]))
+    engine = torch.log(torch.tensor([0.25, 0.9, 0.01]))
+    w = grpo.truncated_is_weights(old, engine, cap=2.0)
+    assert torch.allclose(w, torch.tensor([2.0, 1.0, 2.0]))  # 0.5/0.25 = 2, 1, 10 -> capped at 2
+
+
+def test_overlong_penalty_and_kl_in_reward():
+    lengths = torch.tensor([50, 80, 90, 100, 120])
+    assert grpo.overlong_penalty(lengths, max_len=100, buffer=20).tolist() == pytest.approx([0, 0, -0.5, -1, -1])
+    kl = torch.tensor([[0.1, 0.2, 0.3], [1.0, 1.0, 1.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    assert grpo.kl_in_reward(torch.tensor([1.0, 0.0]), kl, mask, beta=0.5).tolist() == pytest.approx([0.85, -0.5])
+
+
+def test_grpo_loss_wires_everything():
+    logp = torch.log(torch.tensor([[0.6, 0.5], [0.2, 0.4]]))
+    old = torch.log(torch.tensor([[0.5, 0.5], [0.2, 0.5]]))
+    engine = torch.log(torch.tensor([[0.5, 0.25], [0.2, 0.5]]))
+    mask = torch.tensor([[1, 1], [1, 0]])
+    adv = torch.tensor([1.0, -1.0])
+    cfg = grpo.LossConfig(clip_low=0.2, clip_high=0.28, aggregation="token_mean", tis_cap=2.0, kl_coef=0.0)
+    loss, metrics = grpo.grpo_loss(logp, old, adv, mask, cfg, engine_logp=engine)
+    # ratios: 1.2, 1.0, 1.0 (masked 0.8); per token -1.2, -1.0, +1.0; IS weights 1, 2, 1
+    # token mean over 3 tokens: (-1.2 - 2.0 + 1.0) / 3
+    assert loss.item() == pytest.approx((-1.2 - 2.0 + 1.0) / 3, abs=1e-6)
+    assert metrics["clip_fraction"] == 0 and metrics["is_weight_mean"] == pytest.approx(4 / 3)
+    with pytest.raises(ValueError, match="reference"):
+        grpo.grpo_loss(logp, old, adv, mask, grpo.LossConfig(kl_coef=0.1))
+    loss_kl, m = grpo.grpo_loss(logp, old, adv, mask, grpo.LossConfig(kl_coef=0.1, tis_cap=None), ref_logp=old)
+    assert m["kl"] > 0 and loss_kl.item() > grpo.grpo_loss(logp, old, adv, mask, grpo.LossConfig(tis_cap=None))[0].item()
