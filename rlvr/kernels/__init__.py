@@ -1,0 +1,75 @@
+"""Mamba-2 kernels and the one place that chooses between them.
+
+    torch  plain torch (``mamba.py`` + ``ssd.py``): the reference, and the only path with autograd
+    cpu    fused C loops (``cpu.py``, ``csrc/``) for CPU inference: prefill, decode, logprob
+           forwards without gradients; Mamba mixer, routed MoE experts, causal GQA attention,
+           RMSNorm
+
+``RLVR_KERNELS=torch`` forces the reference everywhere (debugging, A/B timing); the default
+``auto`` takes the fastest path that supports the call.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from rlvr.kernels import cpu
+from rlvr.kernels.attention import attention_ref
+from rlvr.kernels.mamba import MambaDims, MambaWeights, mamba_chunk_ref, mamba_step_ref
+from rlvr.kernels.moe import MoEDims, MoEWeights, moe_routed_ref
+from rlvr.kernels.norm import rms_norm_ref
+
+BACKENDS = ("auto", "torch", "cpu")
+
+
+def backend() -> str:
+    choice = os.environ.get("RLVR_KERNELS", "auto")
+    if choice not in BACKENDS:
+        raise ValueError(f"RLVR_KERNELS={choice!r}: expected one of {', '.join(BACKENDS)}")
+    return choice
+
+
+def _use_cpu(*tensors: torch.Tensor | None) -> bool:
+    """The C kernels have no backward: they serve calls on CPU tensors that need no gradient."""
+    if backend() == "torch" or tensors[0].device.type != "cpu":
+        return False
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return False
+    return cpu.available()
+
+
+def mamba_chunk(zxbcdt, w: MambaWeights, dims: MambaDims, conv_prev=None, initial_state=None,
+                seq_idx=None, lengths=None):
+    """The mixer over a sequence (see ``mamba_chunk_ref``), on the fastest path available."""
+    fn = cpu.mamba_chunk_cpu if _use_cpu(zxbcdt, *w) else mamba_chunk_ref
+    return fn(zxbcdt, w, dims, conv_prev, initial_state, seq_idx, lengths)
+
+
+def mamba_step(zxbcdt, w: MambaWeights, dims: MambaDims, conv_state, ssm_state):
+    """One decode token (see ``mamba_step_ref``), on the fastest path available."""
+    fn = cpu.mamba_step_cpu if _use_cpu(zxbcdt, *w) else mamba_step_ref
+    return fn(zxbcdt, w, dims, conv_state, ssm_state)
+
+
+def moe_routed(x_router, x, w: MoEWeights, dims: MoEDims):
+    """Router + routed experts (see ``moe_routed_ref``), on the fastest path available."""
+    fn = cpu.moe_routed_cpu if dims.n_group == 1 and _use_cpu(x, x_router, *w) else moe_routed_ref
+    return fn(x_router, x, w, dims)
+
+
+def attention(q, k, v, past=None, seq_idx=None):
+    """Causal GQA attention (see ``attention_ref``), on the fastest path available."""
+    fn = cpu.attention_cpu if _use_cpu(q, k, v) else attention_ref
+    return fn(q, k, v, past, seq_idx)
+
+
+def rms_norm(x, weight, eps: float):
+    """RMSNorm (see ``rms_norm_ref``), on the fastest path available."""
+    fn = cpu.rms_norm_cpu if _use_cpu(x, weight) else rms_norm_ref
+    return fn(x, weight, eps)
+
+
+__all__ = ["attention", "rms_norm", "BACKENDS", "MambaDims", "MambaWeights", "MoEDims", "MoEWeights", "backend", "mamba_chunk",
+           "mamba_step", "moe_routed"]

@@ -17,7 +17,7 @@ from rlvr.model.config import HybridConfig
 class MambaCache:
     def __init__(self, config: HybridConfig):
         self.kernel = config.conv_kernel
-        self.conv_state: torch.Tensor | None = None  # (batch, conv_dim, kernel - 1)
+        self.conv_state: torch.Tensor | None = None  # (batch, conv_dim, kernel - 1), fp32
         self.ssm_state: torch.Tensor | None = None  # (batch, nheads, headdim, dstate), fp32
 
     @property
@@ -26,15 +26,16 @@ class MambaCache:
 
     def store(self, conv_input: torch.Tensor, ssm_state: torch.Tensor,
               lengths: torch.Tensor | None = None) -> None:
-        """Keep each row's last kernel-1 real conv inputs (zeros before a short prompt)."""
+        """Keep each row's last kernel-1 real conv inputs (zeros before a short prompt), in fp32
+        and contiguous: decode kernels update both states in place."""
         k = self.kernel - 1
-        padded = F.pad(conv_input, (k, 0))  # (b, ch, k + L)
+        padded = F.pad(conv_input.float(), (k, 0))  # (b, ch, k + L)
         if lengths is None:
-            self.conv_state = padded[..., -k:]
+            self.conv_state = padded[..., -k:].contiguous()
         else:
             idx = lengths[:, None] + torch.arange(k, device=lengths.device)  # window ends at row length
             self.conv_state = padded.gather(-1, idx[:, None, :].expand(-1, padded.shape[1], -1))
-        self.ssm_state = ssm_state.float()
+        self.ssm_state = ssm_state.float().contiguous()
 
     def select(self, rows: torch.Tensor) -> None:
         self.conv_state, self.ssm_state = self.conv_state[rows], self.ssm_state[rows]
@@ -50,35 +51,30 @@ class AttentionCache:
         self.v: torch.Tensor | None = None
         self.lengths: torch.Tensor | None = None  # (batch,) real entries per row
 
-    @property
-    def length(self) -> int:
-        return 0 if self.lengths is None else int(self.lengths.max())
-
     def append(self, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Add this step's keys/values; returns all keys, values and a (batch, 1, 1, capacity)
-        validity mask (None when every row is full length)."""
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add this step's keys/values; returns the whole cache (batch, kv_heads, capacity,
+        head_dim): entries past a row's length are not real (attention's ``past`` says which are)."""
         b, _, L, _ = k.shape
         if self.k is None:
             self.k, self.v = k, v
             self.lengths = lengths if lengths is not None else torch.full((b,), L, device=k.device)
-            return k, v, None
+            return k, v
         if L > 1:
             if not bool((self.lengths == self.lengths[0]).all()):
                 raise ValueError("a multi-token step needs rows of equal length")
             end = int(self.lengths[0])
-            self._reserve(end + L)
+            self.reserve(end + L)
             self.k[:, :, end:end + L], self.v[:, :, end:end + L] = k, v
         else:
-            self._reserve(int(self.lengths.max()) + 1)
+            self.reserve(int(self.lengths.max()) + 1)
             rows = torch.arange(b, device=k.device)
             self.k[rows, :, self.lengths], self.v[rows, :, self.lengths] = k[:, :, 0], v[:, :, 0]
         self.lengths = self.lengths + L
-        valid = torch.arange(self.k.shape[2], device=k.device) < self.lengths[:, None]
-        return self.k, self.v, valid[:, None, None, :]
+        return self.k, self.v
 
-    def _reserve(self, size: int) -> None:
-        """Grow capacity by doubling, so appends are amortised O(1)."""
+    def reserve(self, size: int) -> None:
+        """Make room for ``size`` entries per row (doubling, so appends are amortised O(1))."""
         cap = self.k.shape[2]
         if size <= cap:
             return
@@ -112,6 +108,12 @@ class HybridCache:
         for layer in self.layers:
             if layer is not None:
                 layer.select(rows)
+
+    def reserve(self, size: int) -> None:
+        """Room for ``size`` tokens per row in every KV cache, so decode steps never reallocate."""
+        for layer in self.layers:
+            if isinstance(layer, AttentionCache) and layer.k is not None:
+                layer.reserve(size)
 
     def merge(self, other: HybridCache) -> None:
         """Append ``other``'s rows after ours (new sequences joining a running batch)."""

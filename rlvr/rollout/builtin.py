@@ -78,6 +78,7 @@ class BuiltinEngine:
         generator = torch.Generator().manual_seed(sampling.seed if sampling.seed is not None
                                                   else random.randrange(2**63))
         pending = deque((p, s) for p in range(len(prompts)) for s in range(sampling.n))
+        longest = max(map(len, prompt_ids)) + sampling.max_tokens
         rows: list[_Row] = []
         cache, last = None, None
         finished: list[_Row] = []
@@ -90,6 +91,7 @@ class BuiltinEngine:
             if pending and len(rows) < self.max_batch:
                 batch = [pending.popleft() for _ in range(min(self.max_batch - len(rows), len(pending)))]
                 new_cache, logits = self._prefill(batch, prompt_ids)
+                new_cache.reserve(longest)  # KV room for the whole generation: no regrowth per step
                 new_rows = [_Row(p, s) for p, s in batch]
                 tokens, logps = sample_tokens(logits, sampling, generator)
                 new_last = self._advance(new_rows, tokens, logps, sampling, stop_ids)

@@ -44,17 +44,18 @@ def test_pool_matches_a_local_engine_and_survives_a_killed_worker(cluster):
     try:
         want = _local(path)
         assert [c.token_ids for c in pool.generate(PROMPTS, GREEDY)] == want
-        slow = SamplingParams(temperature=0, max_tokens=400, ignore_eos=True, n=2)
+        # Long enough (~70k tokens) that the kill lands mid-generation even on a fast machine.
+        slow = SamplingParams(temperature=0, max_tokens=1500, ignore_eos=True, n=4)
         result = {}
         thread = threading.Thread(target=lambda: result.setdefault("out", pool.generate(PROMPTS, slow)))
         thread.start()
-        time.sleep(1.0)
+        time.sleep(0.5)
         assert thread.is_alive()
         ray.kill(pool.workers[0], no_restart=True)  # dies mid-generation
         thread.join(300)
         out = result["out"]
         assert pool.restarts == 1
-        assert [(c.prompt_index, c.sample_index) for c in out] == [(p, s) for p in range(len(PROMPTS)) for s in range(2)]
+        assert [(c.prompt_index, c.sample_index) for c in out] == [(p, s) for p in range(len(PROMPTS)) for s in range(4)]
         assert [c.token_ids for c in out] == _local(path, sampling=slow)
     finally:
         pool.shutdown()

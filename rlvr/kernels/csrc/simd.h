@@ -1,0 +1,127 @@
+/* Shared by the CPU kernels: an 8-lane vector type and transcendental functions written so
+ * that loops using them vectorise (glibc's expf/log1pf are scalar calls unless the whole build
+ * uses -ffast-math, which we avoid: see rlvr/kernels/cpu.py). */
+#ifndef RLVR_SIMD_H
+#define RLVR_SIMD_H
+
+#include <stdint.h>
+
+/* 8 fp32 lanes, GCC/Clang vector extensions: AVX on x86-64 -march=native, pairs of NEON
+ * registers on ARM, scalar code elsewhere; may_alias + aligned(4) make loads through a float
+ * pointer legal at any address. */
+typedef float v8f __attribute__((vector_size(32), aligned(4), may_alias));
+
+/* exp without a libm call, so loops that use it vectorise (glibc's expf is scalar unless built
+ * with -ffast-math, and it was most of the Mamba kernel's time): exp(v) = 2^i * 2^f with i = round(v
+ * log2 e), |f| <= 1/2, 2^f by its degree-6 Taylor polynomial; relative error < 2e-7, below fp32's
+ * own rounding of the inputs. v is clamped to [-87, 88], where fp32 exp is finite and normal. */
+static inline float fast_expf(float v) {
+    v = v < -87.0f ? -87.0f : (v > 88.0f ? 88.0f : v);
+    const float t = v * 1.44269504088896341f;
+    const float i = __builtin_floorf(t + 0.5f);
+    const float f = (t - i) * 0.693147180559945309f;  /* ln 2 * fraction: e^f = 2^(t - i) */
+    float p = 1.0f / 720.0f;
+    p = p * f + 1.0f / 120.0f;
+    p = p * f + 1.0f / 24.0f;
+    p = p * f + 1.0f / 6.0f;
+    p = p * f + 0.5f;
+    p = p * f + 1.0f;
+    p = p * f + 1.0f;
+    union { float f; int32_t i; } scale = { .i = ((int32_t)i + 127) << 23 };
+    return p * scale.f;
+}
+
+static inline float silu(float v) { return v / (1.0f + fast_expf(-v)); }
+
+/* log(1 + u) for u in [0, 1], vectorisable: 2 atanh(s) with s = u / (2 + u) <= 1/3, its odd
+ * series to s^15 (truncation < 1e-8). */
+static inline float log1p_unit(float u) {
+    const float s = u / (2.0f + u), s2 = s * s;
+    float p = 1.0f / 15.0f;
+    p = p * s2 + 1.0f / 13.0f;
+    p = p * s2 + 1.0f / 11.0f;
+    p = p * s2 + 1.0f / 9.0f;
+    p = p * s2 + 1.0f / 7.0f;
+    p = p * s2 + 1.0f / 5.0f;
+    p = p * s2 + 1.0f / 3.0f;
+    p = p * s2 + 1.0f;
+    return 2.0f * s * p;
+}
+
+/* out[0:width] (+)= sum_t coef[t] * M[t * ld + 0:width]: a vector-matrix product in "axpy" form,
+ * so every lane is a separate output and nothing needs a horizontal sum. Wide blocks keep four
+ * accumulators over lanes; narrow ones four over terms (t mod 4): either way four independent
+ * FMA chains, which hides the FMA latency. */
+static inline void lincomb(const float *restrict coef, int64_t terms, const float *restrict M, int64_t ld,
+                           int64_t width, float *restrict out, int accumulate) {
+    int64_t j = 0;
+    for (; j + 32 <= width; j += 32) {
+        v8f a[4] = {{0}, {0}, {0}, {0}};
+        for (int64_t t = 0; t < terms; t++) {
+            const float *row = M + t * ld + j;
+            for (int q = 0; q < 4; q++) a[q] += coef[t] * *(const v8f *)(row + 8 * q);
+        }
+        for (int q = 0; q < 4; q++) {
+            v8f *o = (v8f *)(out + j + 8 * q);
+            if (accumulate) a[q] += *o;
+            *o = a[q];
+        }
+    }
+    for (; j + 8 <= width; j += 8) {
+        v8f a[4] = {{0}, {0}, {0}, {0}};
+        int64_t t = 0;
+        for (; t + 4 <= terms; t += 4)
+            for (int q = 0; q < 4; q++) a[q] += coef[t + q] * *(const v8f *)(M + (t + q) * ld + j);
+        for (; t < terms; t++) a[0] += coef[t] * *(const v8f *)(M + t * ld + j);
+        v8f sum = (a[0] + a[1]) + (a[2] + a[3]);
+        v8f *o = (v8f *)(out + j);
+        if (accumulate) sum += *o;
+        *o = sum;
+    }
+    for (; j < width; j++) {
+        float a = 0.0f;
+        for (int64_t t = 0; t < terms; t++) a += coef[t] * M[t * ld + j];
+        out[j] = accumulate ? out[j] + a : a;
+    }
+}
+
+/* lincomb for four coefficient vectors against the same rows (coef[q * terms + t]; out[q * out_ld
+ * + j]; no accumulate): each row loaded once serves four outputs, which is what bounds the
+ * single version when M does not fit in L1 (attention scores over a long prefix). */
+static inline void lincomb4(const float *restrict coef, int64_t terms, const float *restrict M, int64_t ld,
+                            int64_t width, float *restrict out, int64_t out_ld) {
+    int64_t j = 0;
+    for (; j + 16 <= width; j += 16) {
+        v8f a[4][2] = {{{0}, {0}}, {{0}, {0}}, {{0}, {0}}, {{0}, {0}}};
+        for (int64_t t = 0; t < terms; t++) {
+            const v8f m0 = *(const v8f *)(M + t * ld + j), m1 = *(const v8f *)(M + t * ld + j + 8);
+            for (int q = 0; q < 4; q++) {
+                a[q][0] += coef[q * terms + t] * m0;
+                a[q][1] += coef[q * terms + t] * m1;
+            }
+        }
+        for (int q = 0; q < 4; q++) {
+            *(v8f *)(out + q * out_ld + j) = a[q][0];
+            *(v8f *)(out + q * out_ld + j + 8) = a[q][1];
+        }
+    }
+    for (int q = 0; q < 4; q++)
+        if (j < width) lincomb(coef + q * terms, terms, M + j, ld, width - j, out + q * out_ld + j, 0);
+}
+
+static inline float hsum(v8f v) {
+    return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+}
+
+/* dots[q] = a . rows[q * ld] for q < 4: four independent dot products interleaved (one alone
+ * is a single dependent chain). n must be a multiple of 8. */
+static inline void dot4(const float *restrict a, const float *restrict rows, int64_t ld, int64_t n, float *dots) {
+    v8f acc[4] = {{0}, {0}, {0}, {0}};
+    for (int64_t i = 0; i < n; i += 8) {
+        const v8f av = *(const v8f *)(a + i);
+        for (int q = 0; q < 4; q++) acc[q] += av * *(const v8f *)(rows + q * ld + i);
+    }
+    for (int q = 0; q < 4; q++) dots[q] = hsum(acc[q]);
+}
+
+#endif
