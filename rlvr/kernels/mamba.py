@@ -95,7 +95,7 @@ def mamba_chunk_ref(
     zxbcdt: torch.Tensor,  # (batch, seqlen, d_inner + conv_dim + nheads)
     w: MambaWeights,
     dims: MambaDims,
-    conv_prev: torch.Tensor | None = None,  # (batch, conv_dim, kernel - 1): inputs before t = 0
+    conv_prev: torch.Tensor | None = None,  # (batch, kernel - 1, conv_dim): inputs before t = 0
     initial_state: torch.Tensor | None = None,  # (batch, nheads, headdim, dstate)
     seq_idx: torch.Tensor | None = None,  # (batch, seqlen) document of each packed token
     lengths: torch.Tensor | None = None,  # (batch,) real tokens of each right-padded row
@@ -107,7 +107,8 @@ def mamba_chunk_ref(
     z, xBC, dt = split_zxbcdt(zxbcdt, dims)
     xBC = xBC.transpose(1, 2)  # (b, conv_dim, L)
     if conv_prev is not None:
-        conv = causal_conv1d(torch.cat([conv_prev.to(xBC.dtype), xBC], dim=-1), w.conv_weight[:, 0], w.conv_bias)[..., -L:]
+        window = torch.cat([conv_prev.to(xBC.dtype).transpose(1, 2), xBC], dim=-1)
+        conv = causal_conv1d(window, w.conv_weight[:, 0], w.conv_bias)[..., -L:]
     else:
         conv = causal_conv1d(xBC, w.conv_weight[:, 0], w.conv_bias, seq_idx)
     x, B, C = F.silu(conv).transpose(1, 2).split(_xBC_sizes(dims), dim=-1)
@@ -126,14 +127,14 @@ def mamba_step_ref(
     zxbcdt: torch.Tensor,  # (batch, d_inner + conv_dim + nheads): one token per row
     w: MambaWeights,
     dims: MambaDims,
-    conv_state: torch.Tensor,  # (batch, conv_dim, kernel - 1) fp32
+    conv_state: torch.Tensor,  # (batch, kernel - 1, conv_dim) fp32, oldest input first
     ssm_state: torch.Tensor,  # (batch, nheads, headdim, dstate) fp32
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One decode token: -> (y (batch, d_inner) fp32, new conv_state, new ssm_state)."""
     b = zxbcdt.shape[0]
     z, xBC, dt = split_zxbcdt(zxbcdt, dims)
-    window = torch.cat([conv_state, xBC[..., None].float()], dim=-1)  # (b, conv_dim, kernel)
-    xBC = (window * w.conv_weight[:, 0].float()).sum(-1)
+    window = torch.cat([conv_state, xBC[:, None].float()], dim=1)  # (b, kernel, conv_dim)
+    xBC = (window * w.conv_weight[:, 0].float().t()).sum(1)
     if w.conv_bias is not None:
         xBC = xBC + w.conv_bias.float()
     x, B, C = F.silu(xBC).split(_xBC_sizes(dims), dim=-1)
@@ -143,4 +144,4 @@ def mamba_step_ref(
         C.reshape(b, dims.ngroups, dims.dstate), w.D,
     )
     y = gated_rms_norm(y.reshape(b, dims.d_inner), z, w.norm_weight, dims.group_size, dims.eps)
-    return y, window[..., 1:].contiguous(), ssm_state
+    return y, window[:, 1:].contiguous(), ssm_state

@@ -17,7 +17,7 @@ from rlvr.model.config import HybridConfig
 class MambaCache:
     def __init__(self, config: HybridConfig):
         self.kernel = config.conv_kernel
-        self.conv_state: torch.Tensor | None = None  # (batch, conv_dim, kernel - 1), fp32
+        self.conv_state: torch.Tensor | None = None  # (batch, kernel - 1, conv_dim) fp32, oldest first
         self.ssm_state: torch.Tensor | None = None  # (batch, nheads, headdim, dstate), fp32
 
     @property
@@ -26,15 +26,16 @@ class MambaCache:
 
     def store(self, conv_input: torch.Tensor, ssm_state: torch.Tensor,
               lengths: torch.Tensor | None = None) -> None:
-        """Keep each row's last kernel-1 real conv inputs (zeros before a short prompt), in fp32
+        """conv_input (batch, L, conv_dim): the xBC inputs of this chunk, after any previous
+        window. Keep each row's last kernel-1 real ones (zeros before a short prompt), in fp32
         and contiguous: decode kernels update both states in place."""
         k = self.kernel - 1
-        padded = F.pad(conv_input.float(), (k, 0))  # (b, ch, k + L)
+        padded = F.pad(conv_input.float(), (0, 0, k, 0))  # (b, k + L, ch)
         if lengths is None:
-            self.conv_state = padded[..., -k:].contiguous()
+            self.conv_state = padded[:, -k:].contiguous()
         else:
             idx = lengths[:, None] + torch.arange(k, device=lengths.device)  # window ends at row length
-            self.conv_state = padded.gather(-1, idx[:, None, :].expand(-1, padded.shape[1], -1))
+            self.conv_state = padded.gather(1, idx[:, :, None].expand(-1, -1, padded.shape[2]))
         self.ssm_state = ssm_state.float().contiguous()
 
     def select(self, rows: torch.Tensor) -> None:
@@ -50,6 +51,7 @@ class AttentionCache:
         self.k: torch.Tensor | None = None  # (batch, kv_heads, capacity, head_dim)
         self.v: torch.Tensor | None = None
         self.lengths: torch.Tensor | None = None  # (batch,) real entries per row
+        self._row_base, self._row_cap = None, 0  # flat offset of each (row, head), for decode writes
 
     def append(self, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,8 +70,15 @@ class AttentionCache:
             self.k[:, :, end:end + L], self.v[:, :, end:end + L] = k, v
         else:
             self.reserve(int(self.lengths.max()) + 1)
-            rows = torch.arange(b, device=k.device)
-            self.k[rows, :, self.lengths], self.v[rows, :, self.lengths] = k[:, :, 0], v[:, :, 0]
+            # Row r, head h writes slot lengths[r]: one index_copy_ into the flat cache (advanced
+            # indexing with two index tensors cost ~3x more per decode step).
+            nkv, cap, hd = self.k.shape[1:]
+            if self._row_base is None or self._row_base.shape != (b, nkv) or self._row_cap != cap:
+                self._row_base = torch.arange(b * nkv, device=k.device).view(b, nkv) * cap
+                self._row_cap = cap
+            slot = (self._row_base + self.lengths[:, None]).view(-1)
+            self.k.view(-1, hd).index_copy_(0, slot, k[:, :, 0].reshape(-1, hd))
+            self.v.view(-1, hd).index_copy_(0, slot, v[:, :, 0].reshape(-1, hd))
         self.lengths = self.lengths + L
         return self.k, self.v
 

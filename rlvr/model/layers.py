@@ -87,8 +87,8 @@ class Mamba2Mixer(nn.Module):
             initial_state=cache.ssm_state if continuing else None, seq_idx=seq_idx, lengths=lengths,
         )
         if cache is not None:
-            xBC = zxbcdt[..., self.d_inner:self.d_inner + self.conv_dim].transpose(1, 2)
-            conv_in = torch.cat([cache.conv_state.to(xBC.dtype), xBC], dim=-1) if continuing else xBC
+            xBC = zxbcdt[..., self.d_inner:self.d_inner + self.conv_dim]
+            conv_in = torch.cat([cache.conv_state.to(xBC.dtype), xBC], dim=1) if continuing else xBC
             cache.store(conv_in, final_state, lengths)
         return self.out_proj(y.to(hidden.dtype))
 

@@ -46,26 +46,37 @@ static inline float softmax_block(float *scores, int64_t n, float *m, float *l) 
     return rescale;
 }
 
-/* One query against keys [start, end) read in place (decode: the cache's (keys, hd) rows).
- * out (hd) = softmax(q K^T * scale) V. Scores four keys at a time (independent dot products). */
-static void attend_query(const AttnDims *d, const float *q, const float *k, const float *v, int64_t start,
-                         int64_t end, float *out) {
+/* The queries of one token for the `group` heads sharing a kv head, against keys [start, end)
+ * read in place (decode: the cache's (keys, hd) rows). out (group, hd) = softmax(q K^T) V per head.
+ * Heads run inside each block of keys, so a block of K and V comes from memory once for the
+ * whole group (decode is bound by reading the cache). Scores four keys at a time. */
+static void attend_group(const AttnDims *d, int64_t group, const float *q, const float *k, const float *v,
+                         int64_t start, int64_t end, float *out, int64_t out_sh) {
     const int64_t hd = d->head_dim;
-    float scores[KEY_BLOCK], m = -3.0e38f, l = 0.0f;
-    for (int64_t i = 0; i < hd; i++) out[i] = 0.0f;
+    float scores[KEY_BLOCK], m[group], l[group];
+    for (int64_t g = 0; g < group; g++) {
+        m[g] = -3.0e38f, l[g] = 0.0f;
+        for (int64_t i = 0; i < hd; i++) out[g * out_sh + i] = 0.0f;
+    }
     for (int64_t j0 = start; j0 < end; j0 += KEY_BLOCK) {
         const int64_t n = end - j0 < KEY_BLOCK ? end - j0 : KEY_BLOCK;
-        int64_t j = 0;
-        if (hd % 8 == 0)
-            for (; j + 4 <= n; j += 4) dot4(q, k + (j0 + j) * d->k_st, d->k_st, hd, scores + j);
-        for (; j < n; j++) scores[j] = dot(q, k + (j0 + j) * d->k_st, hd);
-        for (j = 0; j < n; j++) scores[j] *= d->scale;
-        const float rescale = softmax_block(scores, n, &m, &l);
-        for (int64_t i = 0; i < hd; i++) out[i] *= rescale;
-        lincomb(scores, n, v + j0 * d->v_st, d->v_st, hd, out, 1);
+        for (int64_t g = 0; g < group; g++) {
+            const float *qg = q + g * d->q_sh;
+            float *og = out + g * out_sh;
+            int64_t j = 0;
+            if (hd % 8 == 0)
+                for (; j + 4 <= n; j += 4) dot4(qg, k + (j0 + j) * d->k_st, d->k_st, hd, scores + j);
+            for (; j < n; j++) scores[j] = dot(qg, k + (j0 + j) * d->k_st, hd);
+            for (j = 0; j < n; j++) scores[j] *= d->scale;
+            const float rescale = softmax_block(scores, n, &m[g], &l[g]);
+            for (int64_t i = 0; i < hd; i++) og[i] *= rescale;
+            lincomb(scores, n, v + j0 * d->v_st, d->v_st, hd, og, 1);
+        }
     }
-    const float inv = 1.0f / l;
-    for (int64_t i = 0; i < hd; i++) out[i] *= inv;
+    for (int64_t g = 0; g < group; g++) {
+        const float inv = 1.0f / l[g];
+        for (int64_t i = 0; i < hd; i++) out[g * out_sh + i] *= inv;
+    }
 }
 
 /* Every query of a chunk for one (row, head). The keys are copied once, transposed to (hd, keys),
@@ -128,7 +139,7 @@ void attention_f32(const AttnDims *d, int64_t b, int64_t Lq, const float *q, con
     }
 #pragma omp parallel for collapse(3) schedule(static) num_threads(nthreads)
     for (int64_t r = 0; r < b; r++)
-        for (int64_t h = 0; h < H; h++)
+        for (int64_t kvh = 0; kvh < d->kv_heads; kvh++)
             for (int64_t t = 0; t < Lq; t++) {
                 int64_t start = 0;
                 if (seq_idx) {  /* back to the first token of this document */
@@ -136,8 +147,8 @@ void attention_f32(const AttnDims *d, int64_t b, int64_t Lq, const float *q, con
                     start = t;
                     while (start > 0 && s[start - 1] == s[t]) start--;
                 }
-                attend_query(d, q + r * d->q_sb + h * d->q_sh + t * d->q_st, k + r * d->k_sb + (h / group) * d->k_sh,
-                             v + r * d->v_sb + (h / group) * d->v_sh, start, past[r] + t + 1,
-                             out + ((r * Lq + t) * H + h) * hd);
+                attend_group(d, group, q + r * d->q_sb + kvh * group * d->q_sh + t * d->q_st,
+                             k + r * d->k_sb + kvh * d->k_sh, v + r * d->v_sb + kvh * d->v_sh, start,
+                             past[r] + t + 1, out + ((r * Lq + t) * H + kvh * group) * hd, hd);
             }
 }

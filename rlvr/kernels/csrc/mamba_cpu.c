@@ -39,7 +39,7 @@ static inline float softplus(float v) {
 
 static inline float clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
-/* 1. conv + silu. in: (b, L, row_stride) with xBC at column `offset`; prev: (b, conv_dim, K-1)
+/* 1. conv + silu. in: (b, L, row_stride) with xBC at column `offset`; prev: (b, K-1, conv_dim)
  * window before t = 0 or NULL (zeros); wT: (K, conv_dim). With seq_idx, inputs of another
  * document are left out of each window (the window before t = 0 counts as the same document). */
 static void conv_silu(const MambaDims *d, int64_t b, int64_t L, const float *in, int64_t row_stride,
@@ -62,8 +62,8 @@ static void conv_silu(const MambaDims *d, int64_t b, int64_t L, const float *in,
                         const float *x = in + (r * L + src) * row_stride + offset;
                         for (int64_t c = 0; c < C; c++) acc[c] += w[c] * x[c];
                     } else if (prev) {
-                        const float *p = prev + r * C * (K - 1) + (K - 1 + src);
-                        for (int64_t c = 0; c < C; c++) acc[c] += w[c] * p[c * (K - 1)];
+                        const float *p = prev + (r * (K - 1) + K - 1 + src) * C;
+                        for (int64_t c = 0; c < C; c++) acc[c] += w[c] * p[c];
                     }
                 }
                 float *o = out + (r * L + t) * C;
@@ -186,7 +186,7 @@ static void scan(const MambaDims *d, int64_t b, int64_t L, const float *xbc, con
 }
 
 /* A full sequence (prefill or inference forward).
- * zxbcdt (b, L, d_in_proj); conv_prev (b, conv_dim, K-1) or NULL; seq_idx (b, L) or NULL;
+ * zxbcdt (b, L, d_in_proj); conv_prev (b, K-1, conv_dim) or NULL; seq_idx (b, L) or NULL;
  * lengths (b) or NULL; ssm_state (b, H, P, N): initial state in (if has_initial), final state
  * out; xbc (b, L, conv_dim) scratch; y (b, L, d_inner) out. */
 void mamba_prefill_f32(const MambaDims *d, int64_t b, int64_t L, const float *zxbcdt, const float *conv_prev,
@@ -220,8 +220,10 @@ static inline void ssd_token_pn(int64_t P, int64_t N, float *restrict s, const f
     }
 }
 
-/* One decode token per row. zxbcdt (b, d_in_proj); conv_state (b, conv_dim, K-1) and
- * ssm_state (b, H, P, N) are updated in place; xbc (b, conv_dim) scratch; y (b, d_inner) out. */
+/* One decode token per row. zxbcdt (b, d_in_proj); conv_state (b, K-1, conv_dim), oldest input
+ * first, and ssm_state (b, H, P, N) are updated in place; xbc (b, conv_dim) scratch; y (b,
+ * d_inner) out. The conv state is time-major so the window update is row copies and the conv a
+ * product over contiguous channels. */
 void mamba_step_f32(const MambaDims *d, int64_t b, const float *zxbcdt, float *conv_state,
                     const float *conv_wT, const float *conv_b, const float *dt_bias, const float *A,
                     const float *D, const float *norm_w, float *ssm_state, float *xbc, float *y,
@@ -231,15 +233,14 @@ void mamba_step_f32(const MambaDims *d, int64_t b, const float *zxbcdt, float *c
 #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t r = 0; r < b; r++) {
         const float *in = zxbcdt + r * stride + Di;
-        float *window = conv_state + r * Cd * (K - 1);
-        float *out = xbc + r * Cd;
-        for (int64_t c = 0; c < Cd; c++) {
-            float *w = window + c * (K - 1);
-            float acc = (conv_b ? conv_b[c] : 0.0f) + conv_wT[(K - 1) * Cd + c] * in[c];
-            for (int64_t k = 0; k < K - 1; k++) acc += conv_wT[k * Cd + c] * w[k];
-            for (int64_t k = 0; k + 1 < K - 1; k++) w[k] = w[k + 1];  /* slide the window */
-            if (K > 1) w[K - 2] = in[c];
-            out[c] = acc;
+        float *window = conv_state + r * (K - 1) * Cd, *out = xbc + r * Cd;
+        const float *w_last = conv_wT + (K - 1) * Cd;
+        for (int64_t c = 0; c < Cd; c++) out[c] = (conv_b ? conv_b[c] : 0.0f) + w_last[c] * in[c];
+        for (int64_t k = 0; k < K - 1; k++)
+            for (int64_t c = 0; c < Cd; c++) out[c] += conv_wT[k * Cd + c] * window[k * Cd + c];
+        if (K > 1) {  /* slide the window: drop the oldest input, append this one */
+            memmove(window, window + Cd, sizeof(float) * (K - 2) * Cd);
+            memcpy(window + (K - 2) * Cd, in, sizeof(float) * Cd);
         }
         for (int64_t c = 0; c < Cd; c++) out[c] = silu(out[c]);
     }

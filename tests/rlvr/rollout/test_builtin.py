@@ -6,7 +6,7 @@ import torch
 import rlvr.model as M
 from rlvr.model.config import tiny
 from rlvr.model.names import checkpoint_items
-from rlvr.rollout.builtin import BuiltinEngine
+from rlvr.rollout.builtin import BuiltinEngine, sample_tokens
 from rlvr.rollout.engine import SamplingParams
 from rlvr.tokenizer import ByteTokenizer
 
@@ -111,3 +111,19 @@ def test_bad_requests():
         SamplingParams(top_p=0)
     with pytest.raises(ValueError, match="prompt 1 is empty"):
         BuiltinEngine(M.HybridLM(tiny()), ByteTokenizer()).generate(["a", ""], SamplingParams())
+
+
+@pytest.mark.parametrize("params,expected", [
+    (dict(temperature=1.0), [0.5, 0.25, 0.125, 0.0625, 0.0625]),
+    (dict(temperature=1.0, top_k=2), [2 / 3, 1 / 3, 0, 0, 0]),
+    (dict(temperature=1.0, top_p=0.7), [2 / 3, 1 / 3, 0, 0, 0]),  # 0.5 < 0.7: the second one stays
+    (dict(temperature=0.5), [0.5 ** 2, 0.25 ** 2, 0.125 ** 2, 0.0625 ** 2, 0.0625 ** 2]),
+])
+def test_sample_tokens_draws_from_the_filtered_distribution(params, expected):
+    probs = torch.tensor([0.5, 0.25, 0.125, 0.0625, 0.0625])
+    logits = probs.log().expand(20000, 5).contiguous()
+    tokens, logps = sample_tokens(logits, SamplingParams(**params), torch.Generator().manual_seed(0))
+    want = torch.tensor(expected) / sum(expected)
+    freq = torch.bincount(tokens, minlength=5).float() / len(tokens)
+    assert (freq - want).abs().max() < 0.015, freq
+    assert torch.allclose(logps, probs.log()[tokens])  # raw model log-probabilities, unfiltered
