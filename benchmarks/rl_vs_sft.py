@@ -1,0 +1,127 @@
+"""Does the RL phase of the default job beat simply training longer with SFT?
+
+    python benchmarks/rl_vs_sft.py [--start outputs/default/sft] [--seconds 420]
+
+Both arms start from the same SFT checkpoint (by default the warm start of the default job; run
+``rlvr-train`` first, or pass ``--start``) and get the same wall-clock budget on this machine:
+
+* RL: ``rlvr-train`` from that checkpoint, ``time_limit=--seconds`` (the default job's settings);
+* SFT control: the same SFT recipe continued on the same demonstrations for as long.
+
+Held-out greedy accuracy is measured on the same 500 prompts for both, at intervals, and the
+curves are written to ``--out`` (JSON and PNG). One run of each, one after the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def greedy_accuracy(model, prompts, scorer) -> float:
+    from rlvr.rollout.builtin import BuiltinEngine
+    from rlvr.rollout.engine import SamplingParams
+    from rlvr.tokenizer import ByteTokenizer
+
+    engine = BuiltinEngine(model, ByteTokenizer(), max_batch=1024)
+    out = engine.generate([p.text for p in prompts], SamplingParams(temperature=0, max_tokens=6))
+    outcomes = scorer.map([(p.task, c.text) for p, c in zip(prompts, out)])
+    return sum(o.value[0] for o in outcomes if o.status == "ok") / len(prompts)
+
+
+def sft_arm(start: str, seconds: float, every: float, cfg, prompts) -> list[tuple[float, float]]:
+    """Continue SFT (same recipe, same demonstrations, one optimiser throughout) for ``seconds``
+    of training, with held-out accuracy every ``every`` seconds (evaluation time not counted)."""
+    import rlvr.model as M
+    from rlvr.scoring import open_scorer
+    from rlvr.sft import run_sft
+    from rlvr.tokenizer import ByteTokenizer
+
+    model = M.load(start)
+    with open_scorer("math", workers=2) as scorer:
+        curve = [(0.0, greedy_accuracy(model, prompts, scorer))]
+
+        def evaluate(trained: float) -> None:
+            curve.append((round(trained, 1), greedy_accuracy(model, prompts, scorer)))
+            print(f"SFT control: {trained:.0f} s, accuracy {curve[-1][1]:.3f}", flush=True)
+
+        run_sft(model, cfg.model_copy(update={"seconds": seconds, "steps": None}), ByteTokenizer(),
+                Path("/tmp/rlvr-sft-control"), seed=1, progress=False, every=every, on_every=evaluate)
+        curve.append((seconds, greedy_accuracy(model, prompts, scorer)))
+    return curve
+
+
+def rl_arm(start: str, seconds: float, out: Path) -> list[tuple[float, float]]:
+    out.mkdir(parents=True, exist_ok=True)
+    command = [str(Path(sys.executable).parent / "rlvr-train"), f"hydra.run.dir={out}", "name=rl_vs_sft",
+               f"model.path={start}", f"time_limit={seconds}", "steps=100000", "resume=false",
+               "logging.progress=false"]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    clock, at = 0.0, {0: 0.0}
+    for r in rows:
+        clock += r["time/step"]
+        at[r["step"]] = round(clock, 1)
+    summary = json.loads((out / "summary.json").read_text())
+    return [(at[step], acc) for step, acc in summary["evals"]]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--start", default=str(ROOT / "outputs" / "default" / "sft"))
+    ap.add_argument("--seconds", type=float, default=420)
+    ap.add_argument("--every", type=float, default=30, help="seconds between SFT-control evaluations")
+    ap.add_argument("--out", default=str(ROOT / "outputs" / "rl_vs_sft"))
+    args = ap.parse_args()
+    if not (Path(args.start) / "config.json").exists():
+        sys.exit(f"no checkpoint at {args.start}: run `rlvr-train` first (its SFT stage writes it) or pass --start")
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from rlvr.config import load_config
+    from rlvr.data import load_prompts
+
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = load_config(OmegaConf.to_container(compose("config"), resolve=True))
+    prompts = [p for src in load_prompts(cfg.data.eval, cfg.data.prompt_template, cfg.seed, "eval") for p in src]
+    prompts = prompts[:cfg.eval_prompts]
+    out = Path(args.out)
+    rl = rl_arm(args.start, args.seconds, out / "rl")
+    sft = sft_arm(args.start, args.seconds, args.every, cfg.sft, prompts)
+    result = {"start": args.start, "seconds": args.seconds, "eval_prompts": len(prompts),
+              "rl": {"curve": rl, "final_accuracy": rl[-1][1]},
+              "sft_control": {"curve": sft, "final_accuracy": sft[-1][1]},
+              "rl_minus_sft_points": round(100 * (rl[-1][1] - sft[-1][1]), 1)}
+    (out / "rl_vs_sft.json").write_text(json.dumps(result, indent=1) + "\n")
+    _plot(rl, sft, out / "rl_vs_sft.png")
+    print(json.dumps(result, indent=1))
+
+
+def _plot(rl, sft, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    ax.plot(*zip(*rl), "o-", label="GRPO (rlvr-train)")
+    ax.plot(*zip(*sft), "s-", label="SFT continued (control)")
+    ax.set_xlabel("seconds of training after the warm start")
+    ax.set_ylabel("held-out greedy accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+if __name__ == "__main__":
+    main()

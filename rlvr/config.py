@@ -1,0 +1,224 @@
+"""The training configuration, validated once at start-up.
+
+Hydra composes YAML from ``configs/`` (groups: model, data, algorithm, rollout, learner, cluster,
+experiment); ``load_config`` turns the result into these pydantic models, so a typo or a wrong
+type stops the job in well under a second with a message that names the key
+(``learner.micro_batch_size: ...``). What can be derived is derived here, not asked for: the
+number of sequences per step, the share of each learner rank, gradient accumulation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration mistake; the message names the key. Reported without a traceback."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Strict):
+    path: str | None = None  # a checkpoint folder (ours or a Hugging Face Nemotron-H); wins over preset
+    preset: str = "tiny"  # rlvr.model.PRESETS name, used when path is None
+    overrides: dict[str, Any] = {}  # HybridConfig fields over the preset
+    tokenizer: str = "byte"  # "byte" (rlvr.tokenizer.ByteTokenizer) or a Hugging Face name/path
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    gradient_checkpointing: bool = False
+
+
+class DataSource(_Strict):
+    """One source of prompts; exactly one of path, hub, generator."""
+
+    env: str = "math"  # the environment that scores this source's rows
+    path: str | None = None  # .jsonl / .json / .parquet / datasets.save_to_disk folder
+    hub: str | None = None  # a Hugging Face hub dataset name (where reachable)
+    generator: str | None = None  # a generator of rlvr.data.GENERATORS
+    generator_args: dict[str, Any] = {}
+    split: str = "train"
+    size: int | None = Field(None, ge=1)  # rows to use (generator: rows to make)
+    prompt_field: str = "prompt"
+    fields: dict[str, str] = {}  # environment field -> dataset column
+    weight: float = Field(1.0, gt=0)  # share in the mixture
+
+    @model_validator(mode="after")
+    def _one_origin(self):
+        given = [k for k in ("path", "hub", "generator") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of path, hub, generator (got {given or 'none'})")
+        return self
+
+
+class DataConfig(_Strict):
+    train: list[DataSource] = Field(min_length=1)
+    eval: list[DataSource] = []
+    prompt_template: str = "{prompt}"  # format string over the row's fields
+
+
+class AlgorithmConfig(_Strict):
+    """GRPO and its variants (see ``rlvr/grpo.py`` for the maths)."""
+
+    name: Literal["grpo"] = "grpo"
+    advantage: Literal["grpo", "dr_grpo"] = "grpo"
+    group_size: int = Field(8, ge=2)  # samples per prompt
+    clip_low: float = Field(0.2, ge=0)
+    clip_high: float = Field(0.28, ge=0)  # > clip_low: DAPO's clip-higher
+    aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
+    kl_coef: float = Field(0.0, ge=0)  # KL to the starting policy; 0 = off
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    kl_in_reward: bool = False  # subtract kl_coef * KL from the reward instead of adding it to the loss
+    tis_cap: float | None = Field(2.0, gt=0)  # truncated importance sampling; None = off
+    dynamic_sampling: bool = False  # drop groups with equal rewards and draw more prompts
+    max_refills: int = Field(3, ge=0)  # extra rollout rounds dynamic sampling may spend per step
+    overlong_buffer: int | None = Field(None, ge=1)  # soft penalty over the last N allowed tokens
+    overlong_mask: bool = False  # leave truncated samples out of the loss
+    epochs: int = Field(1, ge=1)  # optimiser passes over each batch
+
+
+class SamplingConfig(_Strict):
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    max_tokens: int = Field(64, ge=1)
+    stop: list[str] = []
+
+
+class RolloutConfig(_Strict):
+    engine: Literal["builtin", "vllm"] = "builtin"
+    num_workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1, ge=0)  # Ray resources of each worker actor
+    gpus_per_worker: float = Field(0, ge=0)
+    resources: dict[str, float] = {}  # custom Ray resources (e.g. a node label)
+    threads: int = Field(2, ge=1)  # torch threads in each worker
+    max_batch: int = Field(1024, ge=1)  # sequences decoded together
+    sampling: SamplingConfig = SamplingConfig()
+    eval_sampling: SamplingConfig = SamplingConfig(temperature=0.0)
+    vllm_kwargs: dict[str, Any] = {}
+
+
+class LearnerConfig(_Strict):
+    num_ranks: int = Field(1, ge=1)  # DeepSpeed data-parallel ranks, one Ray actor each
+    cpus_per_rank: float = Field(1, ge=0)
+    gpus_per_rank: float = Field(0, ge=0)
+    resources: dict[str, float] = {}
+    threads: int = Field(2, ge=1)  # torch threads in each rank
+    placement: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    dist_backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl with GPUs, else gloo
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    bf16: bool = False
+    micro_batch_size: int = Field(64, ge=1)  # sequences per forward/backward on one rank
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    freeze_router: bool = True  # MoE routers frozen during RL, as NeMo RL does
+
+
+class SFTConfig(_Strict):
+    """A supervised warm start, run before RL when the run has no starting checkpoint yet
+    (``model.path`` unset): the model of ``model.preset`` learns the demonstrations of ``data``
+    (rows with a prompt and a response) for ``seconds`` (or ``steps``), and RL starts from the
+    checkpoint it reaches, saved as <output_dir>/sft."""
+
+    data: DataSource
+    response_field: str = "response"
+    seconds: float | None = Field(180.0, gt=0)
+    steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+
+
+class RewardConfig(_Strict):
+    workers: int = Field(2, ge=1)  # scoring processes per environment
+    timeout: float = Field(10.0, gt=0)  # seconds per response; slower ones are killed, reward 0
+
+
+class ClusterConfig(_Strict):
+    address: str | None = None  # None: start Ray here; "auto" or "ray://host:10001": join a cluster
+    num_cpus: int | None = Field(None, ge=1)  # logical CPUs of a Ray started here
+    namespace: str = "rlvr"
+
+
+class LoggingConfig(_Strict):
+    tensorboard: bool = True
+    jsonl: bool = True
+    wandb_project: str | None = None  # W&B when installed and set
+    progress: bool = True
+    plot: bool = True  # reward curve PNG at the end
+
+
+class Config(_Strict):
+    name: str = "default"  # the run's name: outputs/<name> holds its checkpoints and logs
+    seed: int = 0
+    steps: int = Field(100, ge=1)
+    prompts_per_step: int = Field(64, ge=1)
+    time_limit: float | None = Field(None, gt=0)  # seconds of training; then evaluate and stop
+    eval_every: int = Field(0, ge=0)  # steps between evaluations (0: only before and after)
+    eval_prompts: int | None = Field(None, ge=1)  # held-out prompts per evaluation (None: all)
+    checkpoint_every: int = Field(25, ge=0)  # 0: only at the end
+    keep_checkpoints: int = Field(2, ge=1)
+    resume: bool = True  # continue from the newest checkpoint in the output directory
+    output_dir: str | None = None  # default: Hydra's run directory
+    model: ModelConfig = ModelConfig()
+    data: DataConfig
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    learner: LearnerConfig = LearnerConfig()
+    sft: SFTConfig | None = None
+    reward: RewardConfig = RewardConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _batch_sizes_divide(self):
+        seqs, ranks, micro = self.sequences_per_step, self.learner.num_ranks, self.learner.micro_batch_size
+        if seqs % ranks:
+            raise ValueError(f"prompts_per_step x algorithm.group_size = {seqs} sequences do not split "
+                             f"over learner.num_ranks = {ranks}")
+        if (seqs // ranks) % micro:
+            raise ValueError(f"each learner rank gets {seqs // ranks} sequences per step, not a multiple of "
+                             f"learner.micro_batch_size = {micro}")
+        if self.algorithm.kl_in_reward and not self.algorithm.kl_coef:
+            raise ValueError("algorithm.kl_in_reward needs algorithm.kl_coef > 0")
+        return self
+
+    # -- derived
+    @property
+    def sequences_per_step(self) -> int:
+        return self.prompts_per_step * self.algorithm.group_size
+
+    @property
+    def sequences_per_rank(self) -> int:
+        return self.sequences_per_step // self.learner.num_ranks
+
+    @property
+    def grad_accumulation(self) -> int:
+        return self.sequences_per_rank // self.learner.micro_batch_size
+
+
+def load_config(data: dict[str, Any]) -> Config:
+    """Validate a plain dict (a composed Hydra config); raise ``ConfigError`` naming each bad key."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_errors(err)) from None
+
+
+def format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "config"
+        message = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            message = "unknown key (a typo?)"
+        lines.append(f"{key}: {message}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)

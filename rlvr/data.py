@@ -1,0 +1,148 @@
+"""Prompts for training and evaluation.
+
+Sources are local files (.jsonl/.json/.parquet, read row by row so that one malformed line is
+reported instead of failing the whole file), ``datasets`` ``save_to_disk`` folders and hub names
+(through Hugging Face ``datasets``), or one of the project's own generators; each row becomes a ``Prompt``
+(text, environment, task fields). Rows an environment cannot score are reported by number and
+skipped. ``PromptStream`` draws from a weighted mixture of sources, each shuffled per epoch; its
+``state_dict`` is part of every checkpoint, so a resumed run sees exactly the prompts an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rlvr.config import ConfigError, DataSource
+from rlvr.env import TaskError, make_environment
+from rlvr.scoring import BadRow, UsageError, read_rows
+
+log = logging.getLogger(__name__)
+
+
+def _addition(n: int, seed: int, **kwargs) -> list[dict]:
+    from environments.math.synthetic import addition_rows
+
+    return addition_rows(n, seed=seed, **kwargs)
+
+
+def _word_problems(n: int, seed: int) -> list[dict]:
+    from environments.math.synthetic import arithmetic_problem
+
+    rng = random.Random(seed)
+    return [{"prompt": p["problem"], "answer": p["answer"]} for p in (arithmetic_problem(rng) for _ in range(n))]
+
+
+# name -> f(n, seed, **generator_args) -> rows
+GENERATORS: dict[str, Callable[..., list[dict]]] = {"addition": _addition, "word_problems": _word_problems}
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+    text: str
+    env: str
+    task: dict[str, Any]  # what the environment's score() reads (e.g. {"answer": "579"})
+
+
+def load_rows(src: DataSource, seed: int) -> list[dict | BadRow]:
+    """The raw rows of one source (a ``BadRow`` for a line that is not even a JSON object)."""
+    if src.generator:
+        if src.generator not in GENERATORS:
+            raise ConfigError(f"data: unknown generator {src.generator!r} (known: {', '.join(GENERATORS)})")
+        return GENERATORS[src.generator](src.size or 1000, seed=seed, **src.generator_args)
+    if src.path:
+        path = Path(src.path).expanduser()
+        if not path.exists():
+            raise ConfigError(f"data: {path} not found")
+        try:
+            rows = list(itertools.islice(read_rows(path, src.split if path.is_dir() else None), src.size))
+        except UsageError as err:
+            raise ConfigError(f"data: {err}") from None
+        return rows
+    import datasets
+
+    ds = datasets.load_dataset(src.hub, split=src.split)
+    if src.size is not None:
+        ds = ds.select(range(min(src.size, len(ds))))
+    return ds.to_list()
+
+
+def to_prompts(rows: list[dict | BadRow], src: DataSource, template: str, where: str) -> list[Prompt]:
+    """Rows -> prompts; a row that cannot be used is logged (``where`` row N: why) and skipped."""
+    env = make_environment(src.env)
+    prompts, bad = [], 0
+    for i, row in enumerate(rows):
+        try:
+            if isinstance(row, BadRow):
+                raise TaskError(row.error)
+            task = dict(row)
+            for name, column in src.fields.items():
+                if column not in row:
+                    raise TaskError(f"missing column {column!r} (mapped to field {name!r})")
+                task[name] = row[column]
+            if not isinstance(row.get(src.prompt_field), str):
+                raise TaskError(f"field {src.prompt_field!r} must be a string")
+            env.check_task(task)
+            text = template.format(**(row | {"prompt": row[src.prompt_field]}))
+        except (TaskError, KeyError, IndexError) as err:
+            bad += 1
+            if bad <= 10:
+                log.warning("%s row %d skipped: %s", where, i, err)
+            continue
+        prompts.append(Prompt(text, src.env, task))
+    if bad:
+        log.warning("%s: %d of %d rows skipped", where, bad, len(rows))
+    if not prompts:
+        raise ConfigError(f"{where}: no usable rows")
+    return prompts
+
+
+def load_prompts(sources: list[DataSource], template: str, seed: int, split: str) -> list[list[Prompt]]:
+    """One list of prompts per source (``split`` is "train" or "eval", for messages and seeds)."""
+    offset = 0 if split == "train" else 1_000_003  # generators: held-out rows differ from training rows
+    return [to_prompts(load_rows(src, seed + offset + i), src, template, f"data.{split}[{i}]")
+            for i, src in enumerate(sources)]
+
+
+class PromptStream:
+    """Draws prompts from a weighted mixture: each draw picks a source by weight, then that
+    source's next prompt in an order reshuffled every epoch. Deterministic given the seed."""
+
+    def __init__(self, sources: list[list[Prompt]], weights: list[float], seed: int):
+        self.sources, self.weights, self.seed = sources, weights, seed
+        self._mixer = random.Random(seed)
+        self._epoch = [0] * len(sources)
+        self._pos = [0] * len(sources)
+        self._orders = [self._order(i) for i in range(len(sources))]
+
+    def _order(self, i: int) -> list[int]:
+        order = list(range(len(self.sources[i])))
+        random.Random(f"{self.seed}:{i}:{self._epoch[i]}").shuffle(order)
+        return order
+
+    def next(self, n: int) -> list[Prompt]:
+        out = []
+        for _ in range(n):
+            i = self._mixer.choices(range(len(self.sources)), weights=self.weights)[0]
+            if self._pos[i] == len(self._orders[i]):
+                self._epoch[i] += 1
+                self._pos[i] = 0
+                self._orders[i] = self._order(i)
+            out.append(self.sources[i][self._orders[i][self._pos[i]]])
+            self._pos[i] += 1
+        return out
+
+    def state_dict(self) -> dict:
+        return {"mixer": self._mixer.getstate(), "epoch": list(self._epoch), "pos": list(self._pos)}
+
+    def load_state_dict(self, state: dict) -> None:
+        version, internal, gauss = state["mixer"]
+        self._mixer.setstate((version, tuple(internal), gauss))
+        self._epoch, self._pos = list(state["epoch"]), list(state["pos"])
+        self._orders = [self._order(i) for i in range(len(self.sources))]

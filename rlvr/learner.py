@@ -1,0 +1,324 @@
+"""The GRPO learner: one DeepSpeed engine per data-parallel rank, each rank a Ray actor.
+
+``LearnerGroup`` (in the driver) places ``num_ranks`` ``LearnerRank`` actors in a Ray placement
+group, joins them into one torch.distributed world (gloo on CPU, nccl on GPUs) and hands each
+its contiguous share of every batch. A rank splits its share into micro-batches; DeepSpeed
+accumulates their gradients (ZeRO stage 0-3, optional bf16, gradient clipping, the LR schedule)
+and averages them over ranks, so N ranks with the same global batch give the same update as one.
+
+The loss is ``rlvr.grpo.grpo_loss``: the learner only computes log-probabilities and wires them
+in. MoE routers are frozen by default during RL (as NeMo RL does): routing that drifts under a
+noisy policy gradient is a known source of instability in MoE RL.
+
+On CPU (``DS_ACCELERATOR=cpu``) the optimiser is torch's AdamW (DeepSpeed's own CPU Adam compiles
+for ~30 s) and DeepSpeed's shared-memory collective op, which only inference uses, is not built
+(it would compile for ~50 s at start-up).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import socket
+
+import ray
+import torch
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from rlvr import grpo
+from rlvr.config import Config
+
+
+@dataclasses.dataclass
+class TrainBatch:
+    """B sequences (prompt + response, right-padded to L). Per-token tensors are (B, L - 1) and
+    aligned with the targets ``input_ids[:, 1:]``."""
+
+    input_ids: torch.Tensor  # (B, L) int64
+    mask: torch.Tensor  # (B, L - 1): 1 on generated tokens that are trained
+    advantages: torch.Tensor  # (B,)
+    engine_logp: torch.Tensor  # (B, L - 1): the sampling engine's log-probabilities
+
+    def rows(self, start: int, stop: int) -> TrainBatch:
+        return TrainBatch(*(t[start:stop] for t in dataclasses.astuple(self)))
+
+
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(input_ids[:, t+1] | ...) and the entropy of each next-token distribution, fp32.
+    logits (B, L - 1, V) -> two (B, L - 1) tensors."""
+    logp_all = torch.log_softmax(logits.float(), dim=-1)
+    logp = logp_all.gather(-1, input_ids[:, 1:, None])[..., 0]
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy
+
+
+def lr_lambda(schedule: str, warmup: int, total: int):
+    """Multiplier of the base LR at optimiser step s: linear warm-up, then constant, linear
+    decay or cosine decay to 0 at ``total``."""
+    def f(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (s - warmup) / max(1, total - warmup))
+        return 1.0 - progress if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+class LearnerRank:
+    """One data-parallel rank (runs as a Ray actor: ``_RemoteRank`` below)."""
+
+    def __init__(self, rank: int, world_size: int, config: dict, model_path: str):
+        self.rank, self.world_size = rank, world_size
+        self.cfg = Config.model_validate(config)
+        self.model_path = model_path
+        torch.set_num_threads(self.cfg.learner.threads)
+        self.use_gpu = self.cfg.learner.gpus_per_rank > 0
+        if not self.use_gpu:
+            os.environ["DS_ACCELERATOR"] = "cpu"
+
+    def address(self) -> tuple[str, int]:
+        return ray.util.get_node_ip_address(), _free_port()
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def setup(self, master_addr: str, master_port: int) -> int:
+        """Join the torch.distributed world and build the DeepSpeed engine. Returns the number
+        of trainable parameters."""
+        import deepspeed
+
+        import rlvr.model as M
+        from rlvr.model.layers import Router
+
+        os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world_size), LOCAL_RANK="0",
+                          MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # see the module docstring
+        lc = self.cfg.learner
+        backend = lc.dist_backend if lc.dist_backend != "auto" else ("nccl" if self.use_gpu else "gloo")
+        deepspeed.init_distributed(dist_backend=backend)
+        device = "cuda" if self.use_gpu else "cpu"
+        model = M.load(self.model_path, dtype=torch.float32, device=device)
+        model.gradient_checkpointing_enable(self.cfg.model.gradient_checkpointing)
+        if lc.freeze_router:
+            for module in model.modules():
+                if isinstance(module, Router):
+                    module.weight.requires_grad_(False)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=lc.lr, betas=lc.betas, eps=lc.eps, weight_decay=lc.weight_decay)
+        total = self.cfg.steps * self.cfg.algorithm.epochs
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(lc.lr_schedule, lc.warmup_steps, total))
+        ds_config = {
+            "train_micro_batch_size_per_gpu": lc.micro_batch_size,
+            "gradient_accumulation_steps": self.cfg.grad_accumulation,
+            "train_batch_size": self.cfg.sequences_per_step,
+            "zero_optimization": {"stage": lc.zero_stage},
+            "bf16": {"enabled": lc.bf16},
+            "steps_per_print": 10**9,
+            "zero_allow_untested_optimizer": True,
+        }
+        if lc.grad_clip is not None:
+            ds_config["gradient_clipping"] = lc.grad_clip
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, dist_init_required=False)
+        self.reference = None
+        if self.cfg.algorithm.kl_coef:
+            # The KL anchor: the starting policy, frozen (a second copy of the weights).
+            self.reference = M.load(self.model_path, dtype=torch.float32, device=device).eval().requires_grad_(False)
+        self.loss_config = grpo.LossConfig(
+            clip_low=self.cfg.algorithm.clip_low, clip_high=self.cfg.algorithm.clip_high,
+            aggregation=self.cfg.algorithm.aggregation, kl_estimator=self.cfg.algorithm.kl_estimator,
+            kl_coef=0.0 if self.cfg.algorithm.kl_in_reward else self.cfg.algorithm.kl_coef,
+            tis_cap=self.cfg.algorithm.tis_cap)
+        self._sync_items = None
+        return sum(p.numel() for p in params)
+
+    # -- log-probabilities
+    def _device(self, batch: TrainBatch) -> TrainBatch:
+        return TrainBatch(*(t.to(self.engine.device) for t in dataclasses.astuple(batch)))
+
+    def reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
+        """Per-token log-probabilities under the reference policy (for KL in the reward)."""
+        batch = self._device(batch)
+        with torch.no_grad():
+            return token_logprobs(self.reference(batch.input_ids[:, :-1]), batch.input_ids)[0].cpu()
+
+    # -- training
+    def train(self, batch: TrainBatch) -> dict[str, float]:
+        """One GRPO update from this rank's share of the batch: ``algorithm.epochs`` passes of
+        ``grad_accumulation`` micro-batches each. Returns metrics averaged over micro-batches."""
+        batch = self._device(batch)
+        self.engine.train()
+        micro = self.cfg.learner.micro_batch_size
+        old_logp = self._old_logprobs(batch) if self.cfg.algorithm.epochs > 1 else None
+        sums: dict[str, float] = {}
+        count = 0
+        for _ in range(self.cfg.algorithm.epochs):
+            for start in range(0, batch.input_ids.shape[0], micro):
+                part = batch.rows(start, start + micro)
+                metrics = self._micro_step(part, None if old_logp is None else old_logp[start:start + micro])
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+        out = {k: v / count for k, v in sums.items()}
+        out["lr"] = self.scheduler.get_last_lr()[0]
+        grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is not None:
+            out["grad_norm"] = float(grad_norm)
+        return out
+
+    def _old_logprobs(self, batch: TrainBatch) -> torch.Tensor:
+        self.engine.eval()
+        micro = self.cfg.learner.micro_batch_size
+        with torch.no_grad():
+            parts = [token_logprobs(self.engine(batch.input_ids[s:s + micro, :-1]), batch.input_ids[s:s + micro])[0]
+                     for s in range(0, batch.input_ids.shape[0], micro)]
+        self.engine.train()
+        return torch.cat(parts)
+
+    def _micro_step(self, part: TrainBatch, old_logp: torch.Tensor | None) -> dict[str, float]:
+        logits = self.engine(part.input_ids[:, :-1])
+        logp, entropy = token_logprobs(logits, part.input_ids)
+        ref_logp = None
+        if self.loss_config.kl_coef:
+            with torch.no_grad():
+                ref_logp = token_logprobs(self.reference(part.input_ids[:, :-1]), part.input_ids)[0]
+        # One pass on fresh samples: the "old" policy is the current one (ratio 1, gradient of
+        # the plain policy gradient); more epochs compare against the pre-update log-probs.
+        old = logp.detach() if old_logp is None else old_logp
+        loss, metrics = grpo.grpo_loss(logp, old, part.advantages, part.mask, self.loss_config,
+                                       engine_logp=part.engine_logp, ref_logp=ref_logp)
+        self.engine.backward(loss)
+        self.engine.step()
+        mask = part.mask
+        n = mask.sum().clamp(min=1)
+        diff = (logp.detach() - part.engine_logp) * mask
+        metrics.update(loss=float(loss.detach()), entropy=float((entropy.detach() * mask).sum() / n),
+                       logprob_mismatch=float(diff.abs().sum() / n),
+                       # KL(engine || trainer) on sampled tokens, k3 estimator
+                       engine_trainer_kl=float((grpo.kl_k3(part.engine_logp, logp.detach()) * mask).sum() / n))
+        return metrics
+
+    # -- weight sync (bucketed: one bucket in flight at a time)
+    def prepare_sync(self, bucket_bytes: int) -> int:
+        """Gather the weights to export (all ranks take part under ZeRO-3); returns the number
+        of buckets rank 0 will hand out."""
+        from rlvr.model.names import checkpoint_items
+        from rlvr.rollout.workers import buckets
+
+        module = self.engine.module
+        if self.cfg.learner.zero_stage == 3:
+            state = self.engine._zero3_consolidated_16bit_state_dict()  # full copy on rank 0 only
+        else:
+            state = {k: v for k, v in module.state_dict().items()}
+        if self.rank != 0:
+            return 0
+        self._sync_items = list(buckets(checkpoint_items(state), bucket_bytes))
+        return len(self._sync_items)
+
+    def get_bucket(self, index: int) -> list[tuple]:
+        from rlvr.rollout.workers import pack_bucket
+
+        bucket = self._sync_items[index]
+        if index == len(self._sync_items) - 1:
+            self._sync_items = None
+        return pack_bucket(bucket)
+
+    # -- checkpoints
+    def save(self, directory: str, tag: str) -> None:
+        self.engine.save_checkpoint(directory, tag=tag)
+
+    def load(self, directory: str, tag: str) -> None:
+        path, _ = self.engine.load_checkpoint(directory, tag=tag)
+        if path is None:
+            raise FileNotFoundError(f"no learner checkpoint {tag!r} in {directory}")
+
+    def save_model(self, directory: str) -> None:
+        """A Hugging Face style checkpoint of the current policy (rank 0 writes)."""
+        if self.cfg.learner.zero_stage == 3:
+            state = self.engine._zero3_consolidated_16bit_state_dict()
+            if self.rank == 0:
+                self.engine.module.load_state_dict(state)
+        if self.rank == 0:
+            self.engine.module.save(directory)
+
+    def shutdown(self) -> None:
+        # Leave the process group before the actor dies: ranks killed inside a ZeRO-3 world
+        # otherwise abort in the gloo teardown.
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+# Made remote here rather than with a class decorator: the module attribute then stays the plain
+# class, which Ray's pickler finds by name, so the actor class travels by reference (by value,
+# its methods' globals drag in torch internals that do not pickle).
+_RemoteRank = ray.remote(LearnerRank)
+
+
+class LearnerGroup:
+    """The driver's handle on all learner ranks."""
+
+    def __init__(self, config: Config, model_path: str):
+        self.cfg = config
+        lc = config.learner
+        bundle = {"CPU": lc.cpus_per_rank, **({"GPU": lc.gpus_per_rank} if lc.gpus_per_rank else {}), **lc.resources}
+        self.pg = placement_group([bundle] * lc.num_ranks, strategy=lc.placement)
+        ray.get(self.pg.ready(), timeout=300)
+        dumped = config.model_dump()
+        self.ranks = [
+            _RemoteRank.options(
+                num_cpus=lc.cpus_per_rank, num_gpus=lc.gpus_per_rank, resources=lc.resources or None,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+            ).remote(i, lc.num_ranks, dumped, model_path)
+            for i in range(lc.num_ranks)
+        ]
+        addr, port = ray.get(self.ranks[0].address.remote())
+        self.num_parameters = ray.get([r.setup.remote(addr, port) for r in self.ranks])[0]
+
+    def _all(self, method: str, *args):
+        return ray.get([getattr(r, method).remote(*args) for r in self.ranks])
+
+    def node_ids(self) -> list[str]:
+        return self._all("node_id")
+
+    def train(self, batch: TrainBatch) -> dict[str, float]:
+        share = batch.input_ids.shape[0] // len(self.ranks)
+        results = ray.get([r.train.remote(batch.rows(i * share, (i + 1) * share)) for i, r in enumerate(self.ranks)])
+        return {k: sum(m[k] for m in results) / len(results) for k in results[0]}
+
+    def reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
+        return ray.get(self.ranks[0].reference_logprobs.remote(batch))
+
+    def weight_buckets(self, bucket_bytes: int = 64 * 1024**2):
+        """Yield object refs of packed weight buckets, one at a time (checkpoint names)."""
+        count = self._all("prepare_sync", bucket_bytes)[0]
+        for i in range(count):
+            yield self.ranks[0].get_bucket.remote(i)
+
+    def save(self, directory: str, tag: str) -> None:
+        self._all("save", directory, tag)
+
+    def load(self, directory: str, tag: str) -> None:
+        self._all("load", directory, tag)
+
+    def save_model(self, directory: str) -> None:
+        self._all("save_model", directory)
+
+    def shutdown(self) -> None:
+        try:
+            self._all("shutdown")
+        finally:
+            for r in self.ranks:
+                ray.kill(r, no_restart=True)
+            remove_placement_group(self.pg)

@@ -1,0 +1,80 @@
+"""``rlvr-train``: the Hydra app that launches a GRPO run.
+
+    rlvr-train                                     # the default CPU job (configs/config.yaml)
+    rlvr-train learner.lr=3e-4 steps=300           # any key can be overridden
+    rlvr-train experiment=nano_gpu cluster=ray     # presets and config groups
+    rlvr-train --multirun learner.lr=1e-4,3e-4     # a sweep, one run per value
+    rlvr-train --cfg job                           # print the composed config and exit
+
+The composed config is validated by ``rlvr.config`` before anything starts; a mistake is
+reported by key, without a traceback. Outputs go to ``outputs/<name>`` (``hydra.run.dir``):
+relaunching the same command resumes from the newest checkpoint there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+log = logging.getLogger("rlvr")
+
+
+def _run(cfg) -> dict:
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from rlvr.config import load_config
+
+    config = load_config(OmegaConf.to_container(cfg, resolve=True))
+    out = Path(config.output_dir or HydraConfig.get().runtime.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config.model_dump(), indent=1) + "\n")
+    log.info("run %r in %s (resolved config: config.json there)", config.name, out)
+
+    from rlvr.trainer import Trainer
+
+    summary = Trainer(config, out).run()
+    _print_summary(summary, out)
+    return summary
+
+
+def _print_summary(s: dict, out: Path) -> None:
+    before, after = s["eval_accuracy_before"], s["eval_accuracy_after"]
+    minutes, seconds = divmod(int(s["wall_seconds"]), 60)
+    lines = [
+        f"rlvr-train finished: {s['steps']} GRPO steps, {minutes}m {seconds:02d}s wall time",
+        f"  held-out greedy accuracy: {before:.3f} -> {after:.3f} ({100 * (after - before):+.1f} points, "
+        f"{s['eval_prompts']} prompts)",
+    ]
+    if s.get("reward_first_steps") is not None:
+        lines.append(f"  training reward: {s['reward_first_steps']:.3f} (first steps) -> {s['reward_last_steps']:.3f} (last)")
+    phases = [f"{p} {s[f'seconds_per_step/{p}']:.2f}s" for p in ("rollout", "reward", "learn", "sync")
+              if f"seconds_per_step/{p}" in s]
+    if phases:
+        lines.append("  per step: " + ", ".join(phases))
+    lines.append(f"  in {out}: summary.json, reward_curve.png, metrics.jsonl, tensorboard/, final/ (the trained model)")
+    print("\n".join(lines), flush=True)
+
+
+def main() -> None:
+    import hydra
+
+    from rlvr.config import ConfigError
+
+    @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
+    def app(cfg) -> None:
+        try:
+            _run(cfg)
+        except ConfigError as err:
+            # A user mistake: say what and where, no traceback, exit code 2.
+            print(f"rlvr-train: {err}", file=sys.stderr)
+            sys.exit(2)
+
+    app()
+
+
+if __name__ == "__main__":
+    main()

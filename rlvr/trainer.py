@@ -1,0 +1,330 @@
+"""The single-controller GRPO loop.
+
+One driver process owns the plan; the work runs elsewhere:
+
+    prompts (PromptStream) -> rollouts (RolloutPool: Ray actors) -> rewards (environment scorers:
+    worker processes with hard timeouts) -> advantages (rlvr.grpo) -> update (LearnerGroup:
+    DeepSpeed ranks in Ray actors) -> weight sync (learner -> rollout workers, bucketed)
+    -> metrics (JSONL, TensorBoard, W&B) -> checkpoint
+
+Every step's sampling seed derives from (seed, step), and a checkpoint holds the learner's
+DeepSpeed state (model, optimizer, LR schedule) plus the prompt stream's position and the
+driver's RNG states, so a run killed with ``kill -9`` and launched again continues from its last
+checkpoint and produces the same numbers an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+
+from rlvr import grpo
+from rlvr.config import Config
+from rlvr.data import Prompt, PromptStream, load_prompts
+from rlvr.learner import LearnerGroup, TrainBatch
+from rlvr.rollout.engine import Completion, SamplingParams
+from rlvr.rollout.workers import EngineSpec, RolloutPool
+from rlvr.scoring import open_scorer
+from rlvr.tokenizer import make_tokenizer
+from rlvr.tracking import MetricsLogger, plot_reward_curve, read_metrics
+
+log = logging.getLogger(__name__)
+
+
+def build_batch(completions: list[Completion], pad_id: int) -> TrainBatch:
+    """Completions -> right-padded (prompt + response) ids, the mask of generated tokens and the
+    engine's log-probabilities, aligned with the next-token targets. Advantages are zero here."""
+    seqs = [c.prompt_ids + c.token_ids for c in completions]
+    L = max(map(len, seqs))
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask, engine_logp = torch.zeros(len(seqs), L - 1), torch.zeros(len(seqs), L - 1)
+    for i, (c, s) in enumerate(zip(completions, seqs)):
+        ids[i, :len(s)] = torch.tensor(s)
+        start = len(c.prompt_ids) - 1
+        mask[i, start:start + len(c.token_ids)] = 1
+        engine_logp[i, start:start + len(c.token_ids)] = torch.tensor(c.logprobs)
+    return TrainBatch(ids, mask, torch.zeros(len(seqs)), engine_logp)
+
+
+def sampling_seed(seed: int, step: int, round_: int) -> int:
+    return (seed * 1_000_003 + step * 101 + round_) % 2**63
+
+
+class Trainer:
+    def __init__(self, cfg: Config, output_dir: Path):
+        self.cfg = cfg
+        self.out = Path(output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.started = time.monotonic()
+        self.step = 0
+        self.evals: list[tuple[int, float]] = []
+        self.train_seconds = 0.0
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self) -> None:
+        cfg = self.cfg
+        if not ray.is_initialized():
+            ray.init(address=cfg.cluster.address, num_cpus=cfg.cluster.num_cpus, namespace=cfg.cluster.namespace,
+                     include_dashboard=False, log_to_driver=False, configure_logging=False)
+        self.tokenizer = make_tokenizer(cfg.model.tokenizer)
+        self.pad_id = getattr(self.tokenizer, "pad_token_id", None) or self.tokenizer.eos_token_id
+        self.start_checkpoint = self._starting_checkpoint()
+        train = load_prompts(cfg.data.train, cfg.data.prompt_template, cfg.seed, "train")
+        self.stream = PromptStream(train, [s.weight for s in cfg.data.train], cfg.seed)
+        evals = load_prompts(cfg.data.eval, cfg.data.prompt_template, cfg.seed, "eval") if cfg.data.eval else []
+        self.eval_prompts = [p for source in evals for p in source][:cfg.eval_prompts]
+        envs = {s.env for s in cfg.data.train + cfg.data.eval}
+        self.scorers = {env: open_scorer(env, workers=cfg.reward.workers, timeout=cfg.reward.timeout) for env in envs}
+        rc = cfg.rollout
+        spec = EngineSpec(self.start_checkpoint, backend=rc.engine, tokenizer=cfg.model.tokenizer, max_batch=rc.max_batch,
+                          dtype=cfg.model.dtype, threads=rc.threads, vllm_kwargs=tuple(rc.vllm_kwargs.items()))
+        self.learner = LearnerGroup(cfg, self.start_checkpoint)
+        self.pool = RolloutPool(spec, num_workers=rc.num_workers, num_cpus=rc.cpus_per_worker,
+                                num_gpus=rc.gpus_per_worker, resources=rc.resources,
+                                weights_source=self.learner.weight_buckets)
+        resumed = self._resume()
+        self.metrics = MetricsLogger(cfg.logging, self.out, cfg.name, cfg.model_dump(), resume_step=self.step)
+        if resumed:
+            self.pool.update_weights(self.learner.weight_buckets())
+
+    def _starting_checkpoint(self) -> str:
+        """model.path, or the SFT warm start (run now unless an earlier launch already did)."""
+        cfg = self.cfg
+        if cfg.model.path is not None:
+            return cfg.model.path
+        target = self.out / "sft"
+        if cfg.sft is None:
+            # A fresh model of the preset, saved so every actor loads the same weights.
+            from rlvr.sft import build_model
+
+            torch.manual_seed(cfg.seed)
+            if not (target / "config.json").exists():
+                build_model(cfg.model, self.tokenizer).save(target)
+            return str(target)
+        if not (target / "sft.json").exists():
+            from rlvr.sft import build_model, run_sft
+
+            torch.manual_seed(cfg.seed)
+            model = build_model(cfg.model, self.tokenizer)
+            log.info("SFT warm start: %s parameters, %s", f"{model.num_parameters():,}",
+                     f"{cfg.sft.seconds:.0f} s" if cfg.sft.seconds else f"{cfg.sft.steps} steps")
+            stats = run_sft(model, cfg.sft, self.tokenizer, target, cfg.seed, progress=cfg.logging.progress)
+            log.info("SFT done: %s", stats)
+        return str(target)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> dict:
+        from tqdm import tqdm
+
+        self.setup()
+        try:
+            if not self.evals:
+                self.evals.append((self.step, self.evaluate()["eval/accuracy"]))
+            bar = tqdm(total=self.cfg.steps, initial=self.step, desc="GRPO", unit="step",
+                       disable=not self.cfg.logging.progress)
+            while self.step < self.cfg.steps and not self._out_of_time():
+                started = time.monotonic()
+                metrics = self.train_step()
+                self.train_seconds += time.monotonic() - started
+                self.step += 1
+                if self.cfg.eval_every and self.step % self.cfg.eval_every == 0 and self.step < self.cfg.steps:
+                    metrics.update(self.evaluate())
+                    self.evals.append((self.step, metrics["eval/accuracy"]))
+                self.metrics.log(self.step, metrics)
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{self.evals[-1][1]:.3f}")
+                if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+            bar.close()
+            if self.evals[-1][0] != self.step:
+                final = self.evaluate()
+                self.evals.append((self.step, final["eval/accuracy"]))
+                self.metrics.log(self.step, final)
+            self.save_checkpoint()
+            return self.finish()
+        finally:
+            self.shutdown()
+
+    def _out_of_time(self) -> bool:
+        return self.cfg.time_limit is not None and self.train_seconds >= self.cfg.time_limit
+
+    def train_step(self) -> dict[str, float]:
+        t = {"start": time.monotonic()}
+        prompts, completions, rewards, stats = self._collect()
+        t["rollout"] = stats.pop("rollout_seconds")
+        t["reward"] = stats.pop("reward_seconds")
+        batch = build_batch(completions, self.pad_id)
+        alg = self.cfg.algorithm
+        truncated = torch.tensor([c.finish_reason == "length" for c in completions])
+        lengths = torch.tensor([len(c.token_ids) for c in completions])
+        shaped = rewards.clone()
+        if alg.overlong_buffer:
+            shaped = shaped + grpo.overlong_penalty(lengths, self.cfg.rollout.sampling.max_tokens, alg.overlong_buffer)
+        if alg.overlong_mask:
+            batch.mask[truncated] = 0
+        if alg.kl_in_reward:
+            kl = grpo.KL_ESTIMATORS[alg.kl_estimator](batch.engine_logp, self.learner.reference_logprobs(batch))
+            shaped = grpo.kl_in_reward(shaped, kl, batch.mask, alg.kl_coef)
+        batch.advantages = grpo.ADVANTAGE_ESTIMATORS[alg.advantage](shaped, alg.group_size)
+        before = time.monotonic()
+        learner_metrics = self.learner.train(batch)
+        t["learn"] = time.monotonic() - before
+        before = time.monotonic()
+        self.pool.update_weights(self.learner.weight_buckets())
+        t["sync"] = time.monotonic() - before
+        t["step"] = time.monotonic() - t["start"]
+        return self._step_metrics(prompts, rewards, lengths, truncated, learner_metrics, stats, t)
+
+    def _collect(self) -> tuple[list[Prompt], list[Completion], torch.Tensor, dict]:
+        """Prompts x group_size completions and their rewards. With dynamic sampling, groups whose
+        rewards are all equal are dropped and more prompts drawn (up to ``max_refills`` rounds);
+        if still short, uninformative groups fill the batch (their advantage is zero)."""
+        cfg, G = self.cfg, self.cfg.algorithm.group_size
+        want = cfg.prompts_per_step
+        kept, spare = [], []
+        stats = {"rollout_seconds": 0.0, "reward_seconds": 0.0, "rounds": 0}
+        for round_ in range(cfg.algorithm.max_refills + 1 if cfg.algorithm.dynamic_sampling else 1):
+            prompts = self.stream.next(want - len(kept))
+            before = time.monotonic()
+            sp = cfg.rollout.sampling
+            completions = self.pool.generate([p.text for p in prompts], SamplingParams(
+                temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k, max_tokens=sp.max_tokens,
+                stop=tuple(sp.stop), n=G, seed=sampling_seed(cfg.seed, self.step, round_)))
+            stats["rollout_seconds"] += time.monotonic() - before
+            before = time.monotonic()
+            rewards = self._score(prompts, completions, G)
+            stats["reward_seconds"] += time.monotonic() - before
+            stats["rounds"] += 1
+            informative = grpo.informative_groups(rewards, G) if cfg.algorithm.dynamic_sampling else None
+            for g, prompt in enumerate(prompts):
+                group = (prompt, completions[g * G:(g + 1) * G], rewards[g * G:(g + 1) * G])
+                (kept if informative is None or informative[g] else spare).append(group)
+            if len(kept) >= want:
+                break
+        stats["informative_groups"] = len(kept) / want
+        kept = (kept + spare)[:want]
+        return ([p for p, _, _ in kept], [c for _, cs, _ in kept for c in cs],
+                torch.cat([r for _, _, r in kept]), stats)
+
+    def _score(self, prompts: list[Prompt], completions: list[Completion], n: int) -> torch.Tensor:
+        """Reward of each completion (0 for one whose scoring failed or timed out)."""
+        rewards = torch.zeros(len(completions))
+        by_env: dict[str, list[int]] = {}
+        for i, c in enumerate(completions):
+            by_env.setdefault(prompts[i // n].env, []).append(i)
+        for env, idx in by_env.items():
+            payloads = [(prompts[i // n].task, completions[i].text) for i in idx]
+            for i, outcome in zip(idx, self.scorers[env].map(payloads)):
+                if outcome.status == "ok":
+                    rewards[i] = outcome.value[0]
+                else:
+                    log.debug("scoring failed (%s): %s", outcome.status, outcome.error)
+        return rewards
+
+    def _step_metrics(self, prompts, rewards, lengths, truncated, learner_metrics, stats, t) -> dict[str, float]:
+        G = self.cfg.algorithm.group_size
+        grouped = rewards.view(-1, G)
+        m = {"reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()),
+             "reward/pass_at_group": float((grouped.max(1).values > 0).float().mean()),
+             "response/length_mean": float(lengths.float().mean()),
+             "response/truncated": float(truncated.float().mean()),
+             "rollout/rounds": stats["rounds"], "rollout/informative_groups": stats["informative_groups"],
+             "throughput/generated_tokens_per_s": float(lengths.sum()) / max(t["rollout"], 1e-9),
+             "throughput/tokens_per_s": float(lengths.sum()) / max(t["step"], 1e-9)}
+        for env in sorted({p.env for p in prompts}):
+            rows = torch.tensor([p.env == env for p in prompts]).repeat_interleave(G)
+            m[f"reward/{env}/mean"] = float(rewards[rows].mean())
+        m.update({f"train/{k}": v for k, v in learner_metrics.items()})
+        m.update({f"time/{k}": v for k, v in t.items() if k != "start"})
+        return m
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self) -> dict[str, float]:
+        """Greedy (``rollout.eval_sampling``) accuracy on the held-out prompts."""
+        if not self.eval_prompts:
+            return {"eval/accuracy": float("nan")}
+        sp = self.cfg.rollout.eval_sampling
+        completions = self.pool.generate([p.text for p in self.eval_prompts], SamplingParams(
+            temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k, max_tokens=sp.max_tokens,
+            stop=tuple(sp.stop), n=1, seed=sampling_seed(self.cfg.seed, -1, 0)))
+        rewards = self._score(self.eval_prompts, completions, 1)
+        out = {"eval/accuracy": float(rewards.mean())}
+        for env in sorted({p.env for p in self.eval_prompts}):
+            rows = torch.tensor([p.env == env for p in self.eval_prompts])
+            out[f"eval/{env}/accuracy"] = float(rewards[rows].mean())
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> None:
+        tag = f"step_{self.step:06d}"
+        if (self.ckpt_dir / "resume_from").exists() and (self.ckpt_dir / "resume_from").read_text() == tag:
+            return
+        self.learner.save(str(self.ckpt_dir), tag)
+        state = {"step": self.step, "stream": self.stream.state_dict(), "evals": self.evals,
+                 "train_seconds": self.train_seconds, "python_rng": random.getstate(),
+                 "numpy_rng": np.random.get_state(), "torch_rng": torch.get_rng_state()}
+        torch.save(state, self.ckpt_dir / tag / "trainer_state.pt")
+        pointer = self.ckpt_dir / "resume_from.tmp"
+        pointer.write_text(tag)
+        pointer.replace(self.ckpt_dir / "resume_from")  # atomic: a kill leaves the previous one
+        tags = sorted(p.name for p in self.ckpt_dir.glob("step_*") if p.is_dir())
+        for old in tags[:-self.cfg.keep_checkpoints]:
+            shutil.rmtree(self.ckpt_dir / old, ignore_errors=True)
+
+    def _resume(self) -> bool:
+        pointer = self.ckpt_dir / "resume_from"
+        if not self.cfg.resume or not pointer.exists():
+            return False
+        tag = pointer.read_text().strip()
+        self.learner.load(str(self.ckpt_dir), tag)
+        state = torch.load(self.ckpt_dir / tag / "trainer_state.pt", weights_only=False)
+        self.step, self.evals, self.train_seconds = state["step"], [tuple(e) for e in state["evals"]], state["train_seconds"]
+        self.stream.load_state_dict(state["stream"])
+        random.setstate(state["python_rng"])
+        np.random.set_state(state["numpy_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resumed from %s (step %d)", self.ckpt_dir / tag, self.step)
+        return True
+
+    # ------------------------------------------------------------------ the end
+    def finish(self) -> dict:
+        self.learner.save_model(str(self.out / "final"))
+        rows = read_metrics(self.out / "metrics.jsonl")
+        rewards = [r["reward/mean"] for r in rows if "reward/mean" in r]
+        k = max(1, min(10, len(rewards) // 4))
+        summary = {
+            "eval_accuracy_before": self.evals[0][1], "eval_accuracy_after": self.evals[-1][1],
+            "eval_prompts": len(self.eval_prompts), "steps": self.step,
+            "wall_seconds": round(time.monotonic() - self.started, 1), "train_seconds": round(self.train_seconds, 1),
+            "reward_first_steps": sum(rewards[:k]) / k if rewards else None,
+            "reward_last_steps": sum(rewards[-k:]) / k if rewards else None,
+            "evals": self.evals, "starting_checkpoint": self.start_checkpoint, "final_model": str(self.out / "final"),
+            "placement": {"rollout_nodes": self.pool.node_ids(), "learner_nodes": self.learner.node_ids()},
+        }
+        for phase in ("rollout", "reward", "learn", "sync", "step"):
+            values = [r[f"time/{phase}"] for r in rows if f"time/{phase}" in r]
+            if values:
+                summary[f"seconds_per_step/{phase}"] = round(sum(values) / len(values), 3)
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        if self.cfg.logging.plot:
+            plot_reward_curve(rows, self.evals, self.out / "reward_curve.png", f"rlvr-train: {self.cfg.name}")
+        return summary
+
+    def shutdown(self) -> None:
+        for scorer in getattr(self, "scorers", {}).values():
+            scorer.close()
+        if hasattr(self, "metrics"):
+            self.metrics.close()
+        if hasattr(self, "pool"):
+            self.pool.shutdown()
+        if hasattr(self, "learner"):
+            self.learner.shutdown()

@@ -1,0 +1,66 @@
+"""Configuration validation: every mistake names its key, and rlvr-train stops fast."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rlvr.config import Config, ConfigError, load_config
+
+DATA = {"train": [{"generator": "addition"}]}
+
+
+def test_defaults_and_derived_batch_arithmetic():
+    cfg = load_config({"data": DATA, "prompts_per_step": 16, "algorithm": {"group_size": 4},
+                       "learner": {"num_ranks": 2, "micro_batch_size": 8}})
+    assert cfg.sequences_per_step == 64 and cfg.sequences_per_rank == 32 and cfg.grad_accumulation == 4
+
+
+@pytest.mark.parametrize("overrides,key", [
+    ({"learner": {"lr": "fast"}}, "learner.lr"),
+    ({"learner": {"zero_stage": 5}}, "learner.zero_stage"),
+    ({"learner": {"micro_batch_sise": 4}}, "learner.micro_batch_sise: unknown key"),
+    ({"rollout": {"sampling": {"temperature": -1}}}, "rollout.sampling.temperature"),
+    ({"data": {"train": [{"generator": "addition", "path": "x.jsonl"}]}}, "data.train.0: give exactly one of"),
+    ({"prompts_per_step": 10, "learner": {"num_ranks": 3}}, "learner.num_ranks = 3"),
+    ({"prompts_per_step": 8, "learner": {"micro_batch_size": 48}}, "learner.micro_batch_size = 48"),
+])
+def test_errors_name_the_key(overrides, key):
+    with pytest.raises(ConfigError) as err:
+        load_config({"data": DATA} | overrides)
+    assert key in str(err.value), str(err.value)
+
+
+def _train(*args: str) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).parent / "rlvr-train"
+    return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["learner.micro_batch_size=48"], "learner.micro_batch_size = 48"),
+    (["learner.lr=fast"], "learner.lr"),
+    (["+learner.typo=1"], "learner.typo: unknown key"),
+    (["learner.typo=1"], "Key 'typo' is not in struct"),  # Hydra's own check of overrides
+])
+def test_rlvr_train_rejects_a_bad_config_quickly_without_traceback(args, needle, tmp_path):
+    start = time.monotonic()
+    done = _train(*args, f"hydra.run.dir={tmp_path}")
+    elapsed = time.monotonic() - start
+    assert done.returncode != 0
+    assert needle in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert elapsed < 5, f"took {elapsed:.1f} s"
+
+
+def test_the_shipped_configs_compose_and_validate():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    with initialize_config_dir(str(configs), version_base="1.3"):
+        for overrides in ([], ["algorithm=dapo"], ["algorithm=dr_grpo"], ["learner=zero2_2ranks"],
+                          ["experiment=two_node"], ["experiment=nano_gpu", "model.path=/models/nano"]):
+            cfg = compose("config", overrides=overrides)
+            assert isinstance(load_config(OmegaConf.to_container(cfg, resolve=True)), Config), overrides
