@@ -139,6 +139,7 @@ class LearnerRank:
             kl_coef=0.0 if self.cfg.algorithm.kl_in_reward else self.cfg.algorithm.kl_coef,
             tis_cap=self.cfg.algorithm.tis_cap)
         self._sync_items = None
+        self._grad_norm = None
         return sum(p.numel() for p in params)
 
     # -- log-probabilities
@@ -170,7 +171,7 @@ class LearnerRank:
                 count += 1
         out = {k: v / count for k, v in sums.items()}
         out["lr"] = self.scheduler.get_last_lr()[0]
-        grad_norm = self.engine.get_global_grad_norm()
+        grad_norm = self._grad_norm if self.cfg.learner.zero_stage == 0 else self.engine.get_global_grad_norm()
         if grad_norm is not None:
             out["grad_norm"] = float(grad_norm)
         return out
@@ -197,6 +198,10 @@ class LearnerRank:
         loss, metrics = grpo.grpo_loss(logp, old, part.advantages, part.mask, self.loss_config,
                                        engine_logp=part.engine_logp, ref_logp=ref_logp)
         self.engine.backward(loss)
+        if self.cfg.learner.zero_stage == 0 and self.engine.is_gradient_accumulation_boundary():
+            # DeepSpeed reports the global norm only from its ZeRO optimisers: measure it here.
+            grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+            self._grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
         self.engine.step()
         mask = part.mask
         n = mask.sum().clamp(min=1)

@@ -71,14 +71,26 @@ def teacher_sum(a: int, b: int, rng: random.Random, forget_carry: float) -> int:
     return out
 
 
-def addition_rows(n: int, seed: int = 0, digits: int = 3, forget_carry: float | None = None) -> list[dict]:
+def held_out(a: int, b: int) -> bool:
+    """A fixed, pseudo-random tenth of all (a, b) pairs, never used for training: the evaluation
+    problems. (A linear hash of a and b would select by a + b and bias the held-out answers.)"""
+    return random.Random(f"{a}+{b}").random() < 0.1
+
+
+def addition_rows(n: int, seed: int = 0, digits: int = 2, forget_carry: float | None = None,
+                  holdout: str | None = None) -> list[dict]:
     """``n`` problems "a+b=" with a, b of up to ``digits`` digits. Each row has the prompt, the
     true ``answer`` (what the math environment grades against) and, when ``forget_carry`` is
-    given, a ``response`` written by the careless teacher (the SFT demonstrations)."""
+    given, a ``response`` written by the careless teacher (the SFT demonstrations).
+    ``holdout``: "exclude" draws only training pairs, "only" only the held-out ones."""
+    if holdout not in (None, "exclude", "only"):
+        raise ValueError(f"holdout must be 'exclude' or 'only', not {holdout!r}")
     rng = random.Random(seed)
     rows = []
-    for _ in range(n):
+    while len(rows) < n:
         a, b = rng.randrange(10 ** digits), rng.randrange(10 ** digits)
+        if holdout is not None and held_out(a, b) != (holdout == "only"):
+            continue
         row = {"prompt": f"{a}+{b}=", "answer": str(a + b)}
         if forget_carry is not None:
             row["response"] = str(teacher_sum(a, b, rng, forget_carry))

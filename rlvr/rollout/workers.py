@@ -14,6 +14,7 @@ completion with the weights that produced it.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 
 import ray
@@ -102,8 +103,13 @@ def pack_bucket(bucket: list[tuple[str, torch.Tensor]]) -> list[tuple]:
 
 
 def unpack_bucket(packed: list[tuple]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Views of the received buffers, no copy. Ray hands them out read-only; the tensors are
+    only read (copied into the model's parameters), so torch's warning about that is muted."""
     for name, dtype, shape, raw in packed:
-        yield name, torch.frombuffer(raw, dtype=torch.uint8).view(getattr(torch, dtype)).reshape(shape)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given buffer is not writable")
+            flat = torch.frombuffer(raw, dtype=torch.uint8)
+        yield name, flat.view(getattr(torch, dtype)).reshape(shape)
 
 
 def _chain(first, rest: Iterator) -> Iterator:

@@ -51,11 +51,31 @@ def test_stream_mixes_by_weight_reshuffles_per_epoch_and_resumes_exactly():
     first = [p.text for p in stream.next(400)]
     share_a = sum(t.startswith("a") for t in first) / len(first)
     assert 0.68 < share_a < 0.82
-    epoch0 = first[:40]
-    assert sorted(t for t in epoch0 if t.startswith("a"))[:10] == sorted(f"a{i}" for i in range(10))
+    from_a = [t for t in first if t.startswith("a")]
+    # without replacement within an epoch, and a new order in the next one
+    assert sorted(from_a[:10]) == sorted(f"a{i}" for i in range(10)) == sorted(from_a[10:20])
+    assert from_a[:10] != from_a[10:20]
     # a copy restored from a state_dict continues identically
     state = json.loads(json.dumps(stream.state_dict()))
     want = [p.text for p in stream.next(50)]
     again = PromptStream([a, b], [3.0, 1.0], seed=0)
     again.load_state_dict(state)
     assert [p.text for p in again.next(50)] == want
+
+
+def test_held_out_addition_problems_never_appear_in_training_rows():
+    train = load_rows(DataSource(generator="addition", generator_args={"holdout": "exclude", "forget_carry": 0.5},
+                                 size=5000), seed=0)
+    held = load_rows(DataSource(generator="addition", generator_args={"holdout": "only"}, size=300), seed=1)
+    assert len(train) == 5000 and len(held) == 300
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in held}
+
+
+def test_held_out_pairs_look_like_all_pairs():
+    from environments.math.synthetic import held_out
+
+    pairs = [(a, b) for a in range(100) for b in range(100) if held_out(a, b)]
+    assert 800 < len(pairs) < 1200
+    last_digits = {(a + b) % 10 for a, b in pairs}
+    carries = sum((a % 10 + b % 10) >= 10 for a, b in pairs) / len(pairs)
+    assert last_digits == set(range(10)) and 0.35 < carries < 0.55  # 45% of all pairs carry
