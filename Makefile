@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # rest of the project does not need.
 VLLM_VENV := .venv-vllm
 
-.PHONY: setup setup-vllm test demo conformance bench clean
+.PHONY: setup setup-vllm test demo score-demo conformance bench clean
 
 setup: $(VENV)/.installed
 setup-vllm: $(VLLM_VENV)/.installed
@@ -38,7 +38,11 @@ test: setup setup-vllm
 	$(BIN)/python -m pytest -q
 	$(VLLM_VENV)/bin/python -m pytest -q tests/rlvr/rollout/test_vllm.py
 
+# The default training job (configs/config.yaml): ~5 minutes on 2 CPU cores.
 demo: setup
+	$(BIN)/rlvr-train
+
+score-demo: setup
 	$(BIN)/rlvr example
 
 conformance: setup
@@ -48,4 +52,4 @@ bench: setup
 	$(BIN)/python benchmarks/score_math.py --data ../shared/data
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) outputs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) outputs multirun .pytest_cache

@@ -48,7 +48,8 @@ def run_rlvr(ckpt: Path, out: Path, args) -> dict:
         "logging.progress=false", "logging.tensorboard=false", "logging.plot=false",
     ]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]  # warm-up out
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "time/step" in r][1:]  # training steps; the first is warm-up
     mean = lambda key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
     tokens = mean("response/length_mean") * args.prompts * args.group
     step = mean("time/step")

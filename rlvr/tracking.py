@@ -21,7 +21,7 @@ class MetricsLogger:
             path = directory / "metrics.jsonl"
             if resume_step and path.exists():
                 _truncate_after(path, resume_step)  # steps past the checkpoint are redone
-            self.jsonl = path.open("a", encoding="utf-8")
+            self.jsonl = path.open("a" if resume_step else "w", encoding="utf-8")
         self.tb = None
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter

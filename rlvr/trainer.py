@@ -27,7 +27,7 @@ import ray
 import torch
 
 from rlvr import grpo
-from rlvr.config import Config
+from rlvr.config import Config, ConfigError
 from rlvr.data import Prompt, PromptStream, load_prompts
 from rlvr.learner import LearnerGroup, TrainBatch
 from rlvr.rollout.engine import Completion, SamplingParams
@@ -125,8 +125,8 @@ class Trainer:
     def run(self) -> dict:
         from tqdm import tqdm
 
-        self.setup()
         try:
+            self.setup()
             if not self.evals:
                 self.evals.append((self.step, self.evaluate()["eval/accuracy"]))
             bar = tqdm(total=self.cfg.steps, initial=self.step, desc="GRPO", unit="step",
@@ -282,8 +282,11 @@ class Trainer:
 
     def _resume(self) -> bool:
         pointer = self.ckpt_dir / "resume_from"
-        if not self.cfg.resume or not pointer.exists():
+        if not pointer.exists():
             return False
+        if not self.cfg.resume:
+            raise ConfigError(f"resume=false, but {self.ckpt_dir} holds checkpoints of an earlier run: remove it, or "
+                              "run under another name=... (or hydra.run.dir=...)")
         tag = pointer.read_text().strip()
         self.learner.load(str(self.ckpt_dir), tag)
         state = torch.load(self.ckpt_dir / tag / "trainer_state.pt", weights_only=False)

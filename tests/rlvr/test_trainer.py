@@ -89,3 +89,21 @@ def test_kill_9_then_relaunch_continues_exactly(tmp_path):
                 assert b[step][key] == pytest.approx(a[step][key], rel=1e-5, abs=1e-7), (step, key)
     assert json.loads((killed / "summary.json").read_text())["eval_accuracy_after"] == \
         json.loads((whole / "summary.json").read_text())["eval_accuracy_after"]
+
+
+@pytest.mark.slow
+def test_multirun_sweeps_one_run_per_value(tmp_path):
+    import rlvr.model as M
+    from rlvr.model.config import tiny
+
+    torch.manual_seed(0)
+    M.HybridLM(tiny(initializer_range=0.1, eos_token_id=258)).save(tmp_path / "ckpt")
+    command = _command(tmp_path / "unused", "--multirun", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                       f"model.path={tmp_path / 'ckpt'}", "~sft", "steps=1", "learner.lr=1e-4,1e-3")
+    command.remove(f"hydra.run.dir={tmp_path / 'unused'}")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = sorted((tmp_path / "sweep").glob("*/summary.json"))
+    assert len(runs) == 2
+    lrs = [json.loads((r.parent / "config.json").read_text())["learner"]["lr"] for r in runs]
+    assert sorted(lrs) == [1e-4, 1e-3]
