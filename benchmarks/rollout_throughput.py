@@ -109,7 +109,6 @@ def bench_vllm(path, texts, args) -> dict:
 
 
 def bench_weight_sync(preset: str) -> dict:
-    import ray
 
     from rlvr.model.names import checkpoint_items
     from rlvr.rollout.workers import EngineSpec, RolloutPool

@@ -191,7 +191,7 @@ class Trainer:
         cfg, G = self.cfg, self.cfg.algorithm.group_size
         want = cfg.prompts_per_step
         kept, spare = [], []
-        stats = {"rollout_seconds": 0.0, "reward_seconds": 0.0, "rounds": 0}
+        stats = {"rollout_seconds": 0.0, "reward_seconds": 0.0, "rounds": 0, "scoring_failures": 0}
         for round_ in range(cfg.algorithm.max_refills + 1 if cfg.algorithm.dynamic_sampling else 1):
             prompts = self.stream.next(want - len(kept))
             before = time.monotonic()
@@ -201,8 +201,9 @@ class Trainer:
                 stop=tuple(sp.stop), n=G, seed=sampling_seed(cfg.seed, self.step, round_)))
             stats["rollout_seconds"] += time.monotonic() - before
             before = time.monotonic()
-            rewards = self._score(prompts, completions, G)
+            rewards, failures = self._score(prompts, completions, G)
             stats["reward_seconds"] += time.monotonic() - before
+            stats["scoring_failures"] += failures
             stats["rounds"] += 1
             informative = grpo.informative_groups(rewards, G) if cfg.algorithm.dynamic_sampling else None
             for g, prompt in enumerate(prompts):
@@ -215,11 +216,12 @@ class Trainer:
         return ([p for p, _, _ in kept], [c for _, cs, _ in kept for c in cs],
                 torch.cat([r for _, _, r in kept]), stats)
 
-    def _score(self, prompts: list[Prompt], completions: list[Completion], n: int) -> torch.Tensor:
-        """Reward of each completion (0 for one whose scoring failed or timed out)."""
-        rewards = torch.zeros(len(completions))
+    def _score(self, prompts: list[Prompt], completions: list[Completion], n: int) -> tuple[torch.Tensor, int]:
+        """Reward of each completion (0 for one whose scoring failed or timed out), and the
+        number of such failures."""
+        rewards, failures = torch.zeros(len(completions)), 0
         by_env: dict[str, list[int]] = {}
-        for i, c in enumerate(completions):
+        for i in range(len(completions)):
             by_env.setdefault(prompts[i // n].env, []).append(i)
         for env, idx in by_env.items():
             payloads = [(prompts[i // n].task, completions[i].text) for i in idx]
@@ -227,8 +229,9 @@ class Trainer:
                 if outcome.status == "ok":
                     rewards[i] = outcome.value[0]
                 else:
+                    failures += 1
                     log.debug("scoring failed (%s): %s", outcome.status, outcome.error)
-        return rewards
+        return rewards, failures
 
     def _step_metrics(self, prompts, rewards, lengths, truncated, learner_metrics, stats, t) -> dict[str, float]:
         G = self.cfg.algorithm.group_size
@@ -238,6 +241,7 @@ class Trainer:
              "response/length_mean": float(lengths.float().mean()),
              "response/truncated": float(truncated.float().mean()),
              "rollout/rounds": stats["rounds"], "rollout/informative_groups": stats["informative_groups"],
+             "reward/scoring_failures": stats["scoring_failures"],
              "throughput/generated_tokens_per_s": float(lengths.sum()) / max(t["rollout"], 1e-9),
              "throughput/tokens_per_s": float(lengths.sum()) / max(t["step"], 1e-9)}
         for env in sorted({p.env for p in prompts}):
@@ -256,7 +260,7 @@ class Trainer:
         completions = self.pool.generate([p.text for p in self.eval_prompts], SamplingParams(
             temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k, max_tokens=sp.max_tokens,
             stop=tuple(sp.stop), n=1, seed=sampling_seed(self.cfg.seed, -1, 0)))
-        rewards = self._score(self.eval_prompts, completions, 1)
+        rewards, _ = self._score(self.eval_prompts, completions, 1)
         out = {"eval/accuracy": float(rewards.mean())}
         for env in sorted({p.env for p in self.eval_prompts}):
             rows = torch.tensor([p.env == env for p in self.eval_prompts])

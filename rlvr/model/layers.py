@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from rlvr.kernels import (MambaDims, MambaWeights, MoEDims, MoEWeights, attention, mamba_chunk, mamba_step,
                           moe_routed, rms_norm)

@@ -98,9 +98,10 @@ def test_multirun_sweeps_one_run_per_value(tmp_path):
 
     torch.manual_seed(0)
     M.HybridLM(tiny(initializer_range=0.1, eos_token_id=258)).save(tmp_path / "ckpt")
-    command = _command(tmp_path / "unused", "--multirun", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    command = _command(tmp_path / "unused", f"hydra.sweep.dir={tmp_path / 'sweep'}",
                        f"model.path={tmp_path / 'ckpt'}", "~sft", "steps=1", "learner.lr=1e-4,1e-3")
-    command.remove(f"hydra.run.dir={tmp_path / 'unused'}")
+    command = [c for c in command if c != f"hydra.run.dir={tmp_path / 'unused'}" and not c.startswith("sft.")]
+    command.insert(1, "--multirun")  # Hydra's flags go before the overrides
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = sorted((tmp_path / "sweep").glob("*/summary.json"))
