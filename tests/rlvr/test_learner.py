@@ -8,7 +8,7 @@ import rlvr.model as M
 from rlvr.config import load_config
 from rlvr.learner import LearnerGroup, TrainBatch, lr_lambda, token_logprobs
 from rlvr.model.config import tiny
-from rlvr.rollout.workers import unpack_bucket
+from rlvr.rollout.weights import unpack_bucket
 
 
 @pytest.fixture(scope="module")

@@ -52,3 +52,37 @@ def test_vllm_logprobs_match_ours_and_updates_land(dtype, tmp_path):
         assert {c.weights_version for c in out} == {3}
     finally:
         engine.shutdown()
+
+
+def test_multi_bucket_push_through_the_pool_lands_with_one_reload(tmp_path):
+    """A model larger than one bucket (every real one): all buckets are written, then vLLM
+    reloads once. Reloading per bucket from a partial checkpoint gave NaN log-probs."""
+    import ray
+
+    from rlvr.model.names import checkpoint_items
+    from rlvr.rollout.workers import RolloutPool
+
+    torch.manual_seed(0)
+    model = M.HybridLM(tiny(**NO_MOE))
+    model.save(tmp_path / "ckpt")
+    torch.manual_seed(1)
+    new = M.HybridLM(tiny(**NO_MOE))
+    model_bytes = sum(t.numel() * t.element_size() for t in new.state_dict().values())
+    sampling = SamplingParams(temperature=1.0, max_tokens=16, n=2, seed=0, ignore_eos=True)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    pool = RolloutPool(EngineSpec(str(tmp_path / "ckpt"), backend="vllm", vllm_kwargs=(("enforce_eager", True),)),
+                       num_workers=1, bucket_bytes=model_bytes // 4)
+    try:
+        assert pool.update_weights(checkpoint_items(new.state_dict())) == 1
+        out = pool.generate(PROMPTS, sampling)
+        after = max((_teacher_forced(new, c.prompt_ids, c.token_ids) - torch.tensor(c.logprobs)).abs().max().item()
+                    for c in out)
+        stale = max((_teacher_forced(model, c.prompt_ids, c.token_ids) - torch.tensor(c.logprobs)).abs().max().item()
+                    for c in out)
+        print(f"multi-bucket push ({model_bytes // 4} B buckets): vs new weights {after:.2e}, vs old {stale:.2e}")
+        assert after <= 1e-3 and stale > 1e-2
+        assert {c.weights_version for c in out} == {1}
+        assert ray.get(pool.workers[0].info.remote())["weight_reloads"] == 1
+    finally:
+        pool.shutdown()
+        ray.shutdown()

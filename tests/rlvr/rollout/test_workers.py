@@ -12,7 +12,8 @@ from rlvr.model.config import tiny
 from rlvr.model.names import checkpoint_items
 from rlvr.rollout.builtin import BuiltinEngine
 from rlvr.rollout.engine import SamplingParams
-from rlvr.rollout.workers import EngineSpec, RolloutPool, buckets
+from rlvr.rollout.weights import buckets
+from rlvr.rollout.workers import EngineSpec, RolloutPool
 from rlvr.tokenizer import ByteTokenizer
 
 PROMPTS = [f"{a}+{b}=" for a in range(6) for b in range(2)]
