@@ -43,7 +43,7 @@ def run_rlvr(ckpt: Path, out: Path, args) -> dict:
     command = [
         str(Path(sys.executable).parent / "rlvr-train"), f"hydra.run.dir={out}", "name=grpo_step", "resume=false",
         f"model.path={ckpt}", "~sft", f"steps={args.steps}", "time_limit=null", f"prompts_per_step={args.prompts}",
-        f"algorithm.group_size={args.group}", f"learner.micro_batch_size={args.prompts * args.group}",
+        f"algorithm.group_size={args.group}", "learner.max_tokens_per_micro_batch=1000000",
         f"rollout.sampling.max_tokens={args.max_tokens}", "eval_prompts=8", "eval_every=0", "checkpoint_every=0",
         "logging.progress=false", "logging.tensorboard=false", "logging.plot=false",
     ]

@@ -3,8 +3,8 @@
 Hydra composes YAML from ``configs/`` (groups: model, data, algorithm, rollout, learner, cluster,
 experiment); ``load_config`` turns the result into these pydantic models, so a typo or a wrong
 type stops the job in well under a second with a message that names the key
-(``learner.micro_batch_size: ...``). What can be derived is derived here, not asked for: the
-number of sequences per step, the share of each learner rank, gradient accumulation.
+(``learner.num_ranks: ...``). What can be derived is derived here, not asked for: the number of
+sequences per step, the share of each learner rank (micro-batches follow from a token budget).
 """
 
 from __future__ import annotations
@@ -110,7 +110,9 @@ class LearnerConfig(_Strict):
     dist_backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl with GPUs, else gloo
     zero_stage: Literal[0, 1, 2, 3] = 0
     bf16: bool = False
-    micro_batch_size: int = Field(64, ge=1)  # sequences per forward/backward on one rank
+    # Tokens per forward/backward on one rank: sequences are packed into rows (no padding) and
+    # cut into micro-batches of at most this many tokens; accumulation follows from it.
+    max_tokens_per_micro_batch: int = Field(16384, ge=1)
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -180,13 +182,10 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _batch_sizes_divide(self):
-        seqs, ranks, micro = self.sequences_per_step, self.learner.num_ranks, self.learner.micro_batch_size
+        seqs, ranks = self.sequences_per_step, self.learner.num_ranks
         if seqs % ranks:
             raise ValueError(f"prompts_per_step x algorithm.group_size = {seqs} sequences do not split "
                              f"over learner.num_ranks = {ranks}")
-        if (seqs // ranks) % micro:
-            raise ValueError(f"each learner rank gets {seqs // ranks} sequences per step, not a multiple of "
-                             f"learner.micro_batch_size = {micro}")
         if self.algorithm.kl_in_reward and not self.algorithm.kl_coef:
             raise ValueError("algorithm.kl_in_reward needs algorithm.kl_coef > 0")
         return self
@@ -199,10 +198,6 @@ class Config(_Strict):
     @property
     def sequences_per_rank(self) -> int:
         return self.sequences_per_step // self.learner.num_ranks
-
-    @property
-    def grad_accumulation(self) -> int:
-        return self.sequences_per_rank // self.learner.micro_batch_size
 
 
 def load_config(data: dict[str, Any]) -> Config:

@@ -95,20 +95,28 @@ def clipped_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, clip
     return loss, (clipped < unclipped).float()
 
 
-def aggregate(per_token: Tensor, mask: Tensor, mode: str, max_len: int | None = None) -> Tensor:
-    """Reduce (B, T) token losses to a scalar:
-    - ``token_mean``: sum over all tokens / number of tokens (DAPO: long answers weigh more);
-    - ``seq_mean_token_mean``: mean over sequences of each sequence's token mean (original GRPO);
-    - ``seq_mean_token_sum_norm``: sum / (B * max_len), a constant normaliser (Dr. GRPO: no
-      length bias)."""
-    mask = mask.to(per_token.dtype)
+def loss_weights(mask: Tensor, mode: str, max_len: int | None = None) -> Tensor:
+    """The weight of each token in the loss, so that ``(per_token * weights).sum()`` is the
+    aggregated loss. Weights are computed once over the whole batch: the loss then splits over
+    micro-batches, packed rows and data-parallel ranks as a plain sum, whatever the split.
+    - ``token_mean``: 1 / number of tokens (DAPO: long answers weigh more);
+    - ``seq_mean_token_mean``: 1 / (B * the sequence's token count) (original GRPO);
+    - ``seq_mean_token_sum_norm``: 1 / (B * max_len), a constant normaliser (Dr. GRPO: no length
+      bias; ``max_len`` is the generation budget, default T).
+    mask: (B, T) -> (B, T), zero where the mask is."""
+    mask = mask.float()
     if mode == "token_mean":
-        return (per_token * mask).sum() / mask.sum().clamp(min=1)
+        return mask / mask.sum().clamp(min=1)
     if mode == "seq_mean_token_mean":
-        return ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+        return mask / (mask.sum(1, keepdim=True).clamp(min=1) * mask.shape[0])
     if mode == "seq_mean_token_sum_norm":
-        return (per_token * mask).sum() / (per_token.shape[0] * (max_len or per_token.shape[1]))
+        return mask / (mask.shape[0] * (max_len or mask.shape[1]))
     raise ValueError(f"unknown loss aggregation {mode!r} (token_mean, seq_mean_token_mean, seq_mean_token_sum_norm)")
+
+
+def aggregate(per_token: Tensor, mask: Tensor, mode: str, max_len: int | None = None) -> Tensor:
+    """Reduce (B, T) token losses to a scalar with the weights of ``loss_weights``."""
+    return (per_token * loss_weights(mask, mode, max_len).to(per_token.dtype)).sum()
 
 
 # ---------------------------------------------------------------- reward shaping
@@ -138,21 +146,25 @@ class LossConfig:
 
 
 def grpo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, config: LossConfig,
-              engine_logp: Tensor | None = None, ref_logp: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-    """The scalar loss to backpropagate and detached metrics (clip fraction, KL, IS weight)."""
+              engine_logp: Tensor | None = None, ref_logp: Tensor | None = None,
+              weights: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    """The scalar loss to backpropagate and detached metrics (clip fraction, KL, IS weight:
+    means over the masked tokens). ``weights``: per-token loss weights computed over the whole
+    batch (``loss_weights``) when this is a slice of it; else ``config.aggregation`` over
+    these tokens."""
     per_token, clipped = clipped_policy_loss(logp, old_logp, advantages, config.clip_low, config.clip_high)
     metrics = {}
     if config.tis_cap is not None and engine_logp is not None:
-        weights = truncated_is_weights(old_logp, engine_logp, config.tis_cap)
-        per_token = per_token * weights
-        metrics["is_weight_mean"] = _masked_mean(weights, mask)
+        is_weights = truncated_is_weights(old_logp, engine_logp, config.tis_cap)
+        per_token = per_token * is_weights
+        metrics["is_weight_mean"] = _masked_mean(is_weights, mask)
     if config.kl_coef:
         if ref_logp is None:
             raise ValueError("kl_coef > 0 needs reference log-probabilities")
         kl = KL_ESTIMATORS[config.kl_estimator](logp, ref_logp)
         per_token = per_token + config.kl_coef * kl
         metrics["kl"] = _masked_mean(kl.detach(), mask)
-    loss = aggregate(per_token, mask, config.aggregation)
+    loss = (per_token * weights).sum() if weights is not None else aggregate(per_token, mask, config.aggregation)
     metrics["clip_fraction"] = _masked_mean(clipped, mask)
     return loss, metrics
 

@@ -2,9 +2,13 @@
 
 ``LearnerGroup`` (in the driver) places ``num_ranks`` ``LearnerRank`` actors in a Ray placement
 group, joins them into one torch.distributed world (gloo on CPU, nccl on GPUs) and hands each
-its contiguous share of every batch. A rank splits its share into micro-batches; DeepSpeed
-accumulates their gradients (ZeRO stage 0-3, optional bf16, gradient clipping, the LR schedule)
-and averages them over ranks, so N ranks with the same global batch give the same update as one.
+its contiguous share of every batch. The driver cuts every rank's share into micro-batches by a
+token budget, short sequences packed into rows (``rlvr/packing.py``), with the same number of
+micro-batches on every rank; DeepSpeed accumulates their gradients (ZeRO stage 0-3, optional
+bf16, gradient clipping, the LR schedule) and averages them over ranks. The per-token loss
+weights are computed over the whole batch before it is cut, so the loss is a plain sum over
+micro-batches and ranks: N ranks with the same global batch give the same update as one, and
+packing changes nothing but the speed.
 
 The loss is ``rlvr.grpo.grpo_loss``: the learner only computes log-probabilities and wires them
 in. MoE routers are frozen by default during RL (as NeMo RL does): routing that drifts under a
@@ -27,8 +31,9 @@ import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from rlvr import grpo
+from rlvr import grpo, packing
 from rlvr.config import Config
+from rlvr.packing import MicroBatch
 
 
 @dataclasses.dataclass
@@ -40,9 +45,7 @@ class TrainBatch:
     mask: torch.Tensor  # (B, L - 1): 1 on generated tokens that are trained
     advantages: torch.Tensor  # (B,)
     engine_logp: torch.Tensor  # (B, L - 1): the sampling engine's log-probabilities
-
-    def rows(self, start: int, stop: int) -> TrainBatch:
-        return TrainBatch(*(t[start:stop] for t in dataclasses.astuple(self)))
+    lengths: torch.Tensor  # (B,) real tokens of each sequence (the rest is padding)
 
 
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,10 +119,13 @@ class LearnerRank:
         optimizer = torch.optim.AdamW(params, lr=lc.lr, betas=lc.betas, eps=lc.eps, weight_decay=lc.weight_decay)
         total = self.cfg.steps * self.cfg.algorithm.epochs
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(lc.lr_schedule, lc.warmup_steps, total))
+        # The number of micro-batches changes from step to step (a token budget): the learner
+        # marks the accumulation boundary itself and scales the loss, so DeepSpeed's own batch
+        # arithmetic is left at one micro-batch per step.
         ds_config = {
-            "train_micro_batch_size_per_gpu": lc.micro_batch_size,
-            "gradient_accumulation_steps": self.cfg.grad_accumulation,
-            "train_batch_size": self.cfg.sequences_per_step,
+            "train_micro_batch_size_per_gpu": 1,
+            "gradient_accumulation_steps": 1,
+            "train_batch_size": self.world_size,
             "zero_optimization": {"stage": lc.zero_stage},
             "bf16": {"enabled": lc.bf16},
             "steps_per_print": 10**9,
@@ -143,74 +149,75 @@ class LearnerRank:
         return sum(p.numel() for p in params)
 
     # -- log-probabilities
-    def _device(self, batch: TrainBatch) -> TrainBatch:
-        return TrainBatch(*(t.to(self.engine.device) for t in dataclasses.astuple(batch)))
+    def _forward(self, model, micro: MicroBatch) -> torch.Tensor:
+        """Logits (R, W - 1, V) for the next-token targets of a micro-batch's rows."""
+        seq_idx = None if micro.seq_idx is None else micro.seq_idx[:, :-1]
+        return model(micro.input_ids[:, :-1], seq_idx=seq_idx)
 
-    def reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
+    def reference_logprobs(self, micros: list[MicroBatch]) -> list[torch.Tensor]:
         """Per-token log-probabilities under the reference policy (for KL in the reward)."""
-        batch = self._device(batch)
         with torch.no_grad():
-            return token_logprobs(self.reference(batch.input_ids[:, :-1]), batch.input_ids)[0].cpu()
+            return [token_logprobs(self._forward(self.reference, m), m.input_ids)[0].cpu()
+                    for m in (m.to(self.engine.device) for m in micros)]
 
     # -- training
-    def train(self, batch: TrainBatch) -> dict[str, float]:
-        """One GRPO update from this rank's share of the batch: ``algorithm.epochs`` passes of
-        ``grad_accumulation`` micro-batches each. Returns metrics averaged over micro-batches."""
-        batch = self._device(batch)
+    def train(self, micros: list[MicroBatch]) -> dict[str, float]:
+        """One GRPO update from this rank's micro-batches: ``algorithm.epochs`` passes over them,
+        one optimiser step per pass. Returns the loss (summed: it is already normalised over
+        the whole batch) and metrics as sums over tokens with their ``tokens`` count."""
+        micros = [m.to(self.engine.device) for m in micros]
         self.engine.train()
-        micro = self.cfg.learner.micro_batch_size
-        old_logp = self._old_logprobs(batch) if self.cfg.algorithm.epochs > 1 else None
+        old_logp = self._old_logprobs(micros) if self.cfg.algorithm.epochs > 1 else None
         sums: dict[str, float] = {}
-        count = 0
         for _ in range(self.cfg.algorithm.epochs):
-            for start in range(0, batch.input_ids.shape[0], micro):
-                part = batch.rows(start, start + micro)
-                metrics = self._micro_step(part, None if old_logp is None else old_logp[start:start + micro])
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
-        out = {k: v / count for k, v in sums.items()}
+            for k, micro in enumerate(micros):
+                self.engine.set_gradient_accumulation_boundary(k == len(micros) - 1)
+                for name, value in self._micro_step(micro, None if old_logp is None else old_logp[k]).items():
+                    sums[name] = sums.get(name, 0.0) + value
+        out = {k: v / self.cfg.algorithm.epochs for k, v in sums.items()}
         out["lr"] = self.scheduler.get_last_lr()[0]
         grad_norm = self._grad_norm if self.cfg.learner.zero_stage == 0 else self.engine.get_global_grad_norm()
         if grad_norm is not None:
             out["grad_norm"] = float(grad_norm)
         return out
 
-    def _old_logprobs(self, batch: TrainBatch) -> torch.Tensor:
+    def _old_logprobs(self, micros: list[MicroBatch]) -> list[torch.Tensor]:
         self.engine.eval()
-        micro = self.cfg.learner.micro_batch_size
         with torch.no_grad():
-            parts = [token_logprobs(self.engine(batch.input_ids[s:s + micro, :-1]), batch.input_ids[s:s + micro])[0]
-                     for s in range(0, batch.input_ids.shape[0], micro)]
+            parts = [token_logprobs(self._forward(self.engine, m), m.input_ids)[0] for m in micros]
         self.engine.train()
-        return torch.cat(parts)
+        return parts
 
-    def _micro_step(self, part: TrainBatch, old_logp: torch.Tensor | None) -> dict[str, float]:
-        logits = self.engine(part.input_ids[:, :-1])
-        logp, entropy = token_logprobs(logits, part.input_ids)
+    def _micro_step(self, micro: MicroBatch, old_logp: torch.Tensor | None) -> dict[str, float]:
+        logp, entropy = token_logprobs(self._forward(self.engine, micro), micro.input_ids)
+        t = micro.tokens
         ref_logp = None
         if self.loss_config.kl_coef:
             with torch.no_grad():
-                ref_logp = token_logprobs(self.reference(part.input_ids[:, :-1]), part.input_ids)[0]
+                ref_logp = token_logprobs(self._forward(self.reference, micro), micro.input_ids)[0]
         # One pass on fresh samples: the "old" policy is the current one (ratio 1, gradient of
         # the plain policy gradient); more epochs compare against the pre-update log-probs.
         old = logp.detach() if old_logp is None else old_logp
-        loss, metrics = grpo.grpo_loss(logp, old, part.advantages, part.mask, self.loss_config,
-                                       engine_logp=part.engine_logp, ref_logp=ref_logp)
-        self.engine.backward(loss)
+        loss, metrics = grpo.grpo_loss(logp, old, t["advantages"], t["mask"], self.loss_config,
+                                       engine_logp=t["engine_logp"], ref_logp=ref_logp, weights=t["weights"])
+        # The weights normalise over the global batch; DeepSpeed averages gradients over ranks.
+        self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
         if self.cfg.learner.zero_stage == 0 and self.engine.is_gradient_accumulation_boundary():
             # DeepSpeed reports the global norm only from its ZeRO optimisers: measure it here.
             grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
             self._grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
         self.engine.step()
-        mask = part.mask
-        n = mask.sum().clamp(min=1)
-        diff = (logp.detach() - part.engine_logp) * mask
-        metrics.update(loss=float(loss.detach()), entropy=float((entropy.detach() * mask).sum() / n),
-                       logprob_mismatch=float(diff.abs().sum() / n),
+        mask = t["mask"]
+        n = float(mask.sum())
+        diff = (logp.detach() - t["engine_logp"]) * mask
+        metrics.update(entropy=float((entropy.detach() * mask).sum()) / max(n, 1),
+                       logprob_mismatch=float(diff.abs().sum()) / max(n, 1),
                        # KL(engine || trainer) on sampled tokens, k3 estimator
-                       engine_trainer_kl=float((grpo.kl_k3(part.engine_logp, logp.detach()) * mask).sum() / n))
-        return metrics
+                       engine_trainer_kl=float((grpo.kl_k3(t["engine_logp"], logp.detach()) * mask).sum()) / max(n, 1))
+        # Token means -> token sums, so that the group can average over all ranks' tokens.
+        out = {k: v * n for k, v in metrics.items()}
+        out.update(loss=float(loss.detach()), tokens=n)
+        return out
 
     # -- weight sync (bucketed: one bucket in flight at a time)
     def prepare_sync(self, bucket_bytes: int) -> int:
@@ -297,13 +304,45 @@ class LearnerGroup:
     def node_ids(self) -> list[str]:
         return self._all("node_id")
 
+    def micro_batches(self, batch: TrainBatch, shares: list[list[int]], weights: torch.Tensor | None = None
+                      ) -> list[list[MicroBatch]]:
+        """Each share of the batch (sequence indices) as packed micro-batches of at most
+        ``learner.max_tokens_per_micro_batch`` tokens, as many for every share."""
+        tokens = {"mask": batch.mask, "engine_logp": batch.engine_logp,
+                  "advantages": batch.advantages[:, None].expand_as(batch.mask)}
+        if weights is not None:
+            tokens["weights"] = weights
+        plans = packing.plan(batch.lengths.tolist(), shares, self.cfg.learner.max_tokens_per_micro_batch)
+        return [[packing.pack(batch.input_ids, batch.lengths, tokens, rows) for rows in rank_plan] for rank_plan in plans]
+
     def train(self, batch: TrainBatch) -> dict[str, float]:
-        share = batch.input_ids.shape[0] // len(self.ranks)
-        results = ray.get([r.train.remote(batch.rows(i * share, (i + 1) * share)) for i, r in enumerate(self.ranks)])
-        return {k: sum(m[k] for m in results) / len(results) for k in results[0]}
+        """One update from the whole batch: each rank takes a contiguous share."""
+        B, n = batch.input_ids.shape[0], len(self.ranks)
+        alg = self.cfg.algorithm
+        weights = grpo.loss_weights(batch.mask, alg.aggregation, max_len=self.cfg.rollout.sampling.max_tokens)
+        micros = self.micro_batches(batch, [list(range(r * B // n, (r + 1) * B // n)) for r in range(n)], weights)
+        results = ray.get([r.train.remote(m) for r, m in zip(self.ranks, micros)])
+        tokens = sum(m.pop("tokens") for m in results)
+        out = {"loss": sum(m.pop("loss") for m in results)}
+        for key in ("lr", "grad_norm"):
+            if key in results[0]:
+                out[key] = results[0].pop(key)
+                for m in results[1:]:
+                    m.pop(key, None)
+        out.update({k: sum(m[k] for m in results) / max(tokens, 1) for k in results[0]})
+        computed = sum(m.num_tokens for rank in micros for m in rank)
+        out["micro_batches"] = len(micros[0])
+        out["padding_fraction"] = 1 - float(batch.lengths.sum()) / computed
+        return out
 
     def reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
-        return ray.get(self.ranks[0].reference_logprobs.remote(batch))
+        """(B, L - 1) log-probabilities of the targets under the reference policy (rank 0)."""
+        micros = self.micro_batches(batch, [list(range(batch.input_ids.shape[0]))])[0]
+        values = ray.get(self.ranks[0].reference_logprobs.remote(micros))
+        out = torch.zeros_like(batch.engine_logp)
+        for v, m in zip(values, micros):
+            packing.unpack(v, m, batch.lengths, out)
+        return out
 
     def weight_buckets(self, bucket_bytes: int = 64 * 1024**2):
         """Yield object refs of packed weight buckets, one at a time (checkpoint names)."""

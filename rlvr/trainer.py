@@ -51,7 +51,7 @@ def build_batch(completions: list[Completion], pad_id: int) -> TrainBatch:
         start = len(c.prompt_ids) - 1
         mask[i, start:start + len(c.token_ids)] = 1
         engine_logp[i, start:start + len(c.token_ids)] = torch.tensor(c.logprobs)
-    return TrainBatch(ids, mask, torch.zeros(len(seqs)), engine_logp)
+    return TrainBatch(ids, mask, torch.zeros(len(seqs)), engine_logp, torch.tensor([len(s) for s in seqs]))
 
 
 def sampling_seed(seed: int, step: int, round_: int) -> int:

@@ -27,7 +27,7 @@ def test_rollout_and_learner_on_different_nodes(tmp_path):
     done = subprocess.run(
         ["bash", str(ROOT / "launch" / "two_node_local.sh"), str(out), f"model.path={tmp_path / 'ckpt'}", "~sft",
          "steps=2", "prompts_per_step=16", "algorithm.group_size=4", "learner=zero2_2ranks",
-         "learner.micro_batch_size=16", "learner.resources={learner_node: 0.5}", "eval_prompts=16",
+         "learner.max_tokens_per_micro_batch=256", "learner.resources={learner_node: 0.5}", "eval_prompts=16",
          "logging.progress=false", "logging.tensorboard=false"],
         capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

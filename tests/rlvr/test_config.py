@@ -14,8 +14,8 @@ DATA = {"train": [{"generator": "addition"}]}
 
 def test_defaults_and_derived_batch_arithmetic():
     cfg = load_config({"data": DATA, "prompts_per_step": 16, "algorithm": {"group_size": 4},
-                       "learner": {"num_ranks": 2, "micro_batch_size": 8}})
-    assert cfg.sequences_per_step == 64 and cfg.sequences_per_rank == 32 and cfg.grad_accumulation == 4
+                       "learner": {"num_ranks": 2}})
+    assert cfg.sequences_per_step == 64 and cfg.sequences_per_rank == 32
 
 
 @pytest.mark.parametrize("overrides,key", [
@@ -25,7 +25,7 @@ def test_defaults_and_derived_batch_arithmetic():
     ({"rollout": {"sampling": {"temperature": -1}}}, "rollout.sampling.temperature"),
     ({"data": {"train": [{"generator": "addition", "path": "x.jsonl"}]}}, "data.train.0: give exactly one of"),
     ({"prompts_per_step": 10, "learner": {"num_ranks": 3}}, "learner.num_ranks = 3"),
-    ({"prompts_per_step": 8, "learner": {"micro_batch_size": 48}}, "learner.micro_batch_size = 48"),
+    ({"learner": {"max_tokens_per_micro_batch": 0}}, "learner.max_tokens_per_micro_batch"),
 ])
 def test_errors_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as err:
@@ -39,7 +39,7 @@ def _train(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["learner.micro_batch_size=48"], "learner.micro_batch_size = 48"),
+    (["prompts_per_step=5", "algorithm.group_size=3", "learner.num_ranks=2"], "learner.num_ranks = 2"),
     (["learner.lr=fast"], "learner.lr"),
     (["+learner.typo=1"], "learner.typo: unknown key"),
     (["learner.typo=1"], "Key 'typo' is not in struct"),  # Hydra's own check of overrides

@@ -19,11 +19,15 @@ def ray_cluster():
 
 
 def _batch(seed: int = 0, rows: int = 8, length: int = 12) -> TrainBatch:
+    """Sequences of 6 to ``length`` tokens, right-padded: short ones get packed together."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, 256, (rows, length), generator=g)
+    lengths = torch.randint(6, length + 1, (rows,), generator=g)
     mask = torch.zeros(rows, length - 1)
-    mask[:, 4:] = 1
-    return TrainBatch(ids, mask, torch.randn(rows, generator=g), torch.zeros(rows, length - 1))
+    for i, n in enumerate(lengths.tolist()):
+        ids[i, n:] = 0
+        mask[i, 4:n - 1] = 1
+    return TrainBatch(ids, mask, torch.randn(rows, generator=g), torch.zeros(rows, length - 1), lengths)
 
 
 def _config(path, **learner):
@@ -37,25 +41,32 @@ def _weights(group: LearnerGroup) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_two_zero2_ranks_match_one_rank_with_the_same_global_batch(ray_cluster, tmp_path):
+def test_two_zero2_or_zero3_ranks_match_one_rank_with_the_same_global_batch(ray_cluster, tmp_path):
     torch.manual_seed(0)
     M.HybridLM(tiny(initializer_range=0.1)).save(tmp_path)
     runs = {}
-    for name, learner in {"1 rank": dict(num_ranks=1, micro_batch_size=4),  # 2 micro-batches accumulated
-                          "2 ranks, ZeRO-2": dict(num_ranks=2, micro_batch_size=4, zero_stage=2)}.items():
+    # 36 tokens: three rows of 12 per micro-batch, so one rank accumulates several packed ones
+    for name, learner in {"1 rank": dict(num_ranks=1, max_tokens_per_micro_batch=36),
+                          "2 ranks, ZeRO-2": dict(num_ranks=2, max_tokens_per_micro_batch=36, zero_stage=2),
+                          "2 ranks, ZeRO-3": dict(num_ranks=2, max_tokens_per_micro_batch=36, zero_stage=3)}.items():
         group = LearnerGroup(_config(tmp_path, **learner), str(tmp_path))
         try:
-            losses = [group.train(_batch(step))["loss"] for step in range(3)]
+            metrics = [group.train(_batch(step)) for step in range(3)]
+            losses = [m["loss"] for m in metrics]
+            assert metrics[0]["micro_batches"] >= (2 if learner["num_ranks"] == 1 else 1)
             runs[name] = losses, _weights(group)
         finally:
             group.shutdown()
-    (loss_1, w_1), (loss_2, w_2) = runs.values()
-    print("losses", loss_1, loss_2)
-    assert loss_1 == pytest.approx(loss_2, rel=1e-5)
-    assert w_1.keys() == w_2.keys()
-    diff = max((w_1[k] - w_2[k]).abs().max().item() for k in w_1)
-    print(f"max weight difference after 3 steps: {diff:.2e}")
-    assert diff < 1e-5
+    (loss_1, w_1), *others = runs.values()
+    for loss_2, w_2 in others:
+        print("losses", loss_1, loss_2)
+        assert loss_1 == pytest.approx(loss_2, rel=1e-5)
+        assert w_1.keys() == w_2.keys()
+        diff = max((w_1[k] - w_2[k]).abs().max().item() for k in w_1)
+        print(f"max weight difference after 3 steps: {diff:.2e}")
+        # Rows are packed differently on one rank and on two, so gradients differ by fp32
+        # rounding (~1e-7); Adam's 1/sqrt(v) scales that up on near-zero gradients (lr 1e-2).
+        assert diff < 5e-5
 
 
 @pytest.mark.slow
@@ -63,7 +74,7 @@ def test_update_moves_the_policy_keeps_routers_frozen_and_exports_checkpoint_nam
     torch.manual_seed(0)
     start = M.HybridLM(tiny(initializer_range=0.1))
     start.save(tmp_path)
-    group = LearnerGroup(_config(tmp_path, num_ranks=1, micro_batch_size=8), str(tmp_path))
+    group = LearnerGroup(_config(tmp_path, num_ranks=1), str(tmp_path))
     try:
         batch = _batch()
         metrics = group.train(batch)

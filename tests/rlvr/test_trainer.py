@@ -20,7 +20,7 @@ QUICK = [
     "data.train.0.generator_args.digits=1", "data.eval.0.generator_args.digits=1", "eval_prompts=40",
     "sft.data.generator_args.digits=1", "sft.steps=120",
     "steps=4", "time_limit=null", "prompts_per_step=16", "algorithm.group_size=4",
-    "learner.micro_batch_size=32", "eval_every=2", "checkpoint_every=2", "rollout.sampling.max_tokens=3",
+    "learner.max_tokens_per_micro_batch=256", "eval_every=2", "checkpoint_every=2", "rollout.sampling.max_tokens=3",
     "rollout.eval_sampling.max_tokens=3", "logging.progress=false", "logging.tensorboard=false",
     "cluster.num_cpus=4", "reward.workers=1",
 ]
