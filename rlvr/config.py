@@ -9,6 +9,8 @@ sequences per step, the share of each learner rank (micro-batches follow from a 
 
 from __future__ import annotations
 
+import re
+import typing
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -19,7 +21,31 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown keys, inf/nan and booleans where a number belongs (``steps=true``, which
+    pydantic would read as 1) are errors."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key)
+                if isinstance(value, bool) and field is not None and not _accepts_bool(field.annotation):
+                    raise ValueError(f"{key}: expected {_type_name(field.annotation)}, got {value!r}")
+        return data
+
+
+def _accepts_bool(annotation: Any) -> bool:
+    if annotation in (bool, Any):
+        return True
+    args = typing.get_args(annotation)
+    return any(_accepts_bool(a) for a in args) or (True in args or False in args)
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
 class ModelConfig(_Strict):
@@ -56,6 +82,9 @@ class DataSource(_Strict):
 class DataConfig(_Strict):
     train: list[DataSource] = Field(min_length=1)
     eval: list[DataSource] = []
+    # With no eval sources: this share of each training source's rows is held out (never
+    # trained on) for the held-out accuracy; 0 runs no evaluation.
+    holdout: float = Field(0.05, ge=0, lt=1)
     prompt_template: str = "{prompt}"  # format string over the row's fields
 
 
@@ -65,8 +94,8 @@ class AlgorithmConfig(_Strict):
     name: Literal["grpo"] = "grpo"
     advantage: Literal["grpo", "dr_grpo"] = "grpo"
     group_size: int = Field(8, ge=2)  # samples per prompt
-    clip_low: float = Field(0.2, ge=0)
-    clip_high: float = Field(0.28, ge=0)  # > clip_low: DAPO's clip-higher
+    clip_low: float = Field(0.2, ge=0, le=1)  # the ratio's floor is 1 - clip_low
+    clip_high: float = Field(0.28, ge=0)  # >= clip_low; > clip_low is DAPO's clip-higher
     aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
     kl_coef: float = Field(0.0, ge=0)  # KL to the starting policy; 0 = off
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
@@ -77,6 +106,13 @@ class AlgorithmConfig(_Strict):
     overlong_buffer: int | None = Field(None, ge=1)  # soft penalty over the last N allowed tokens
     overlong_mask: bool = False  # leave truncated samples out of the loss
     epochs: int = Field(1, ge=1)  # optimiser passes over each batch
+
+    @model_validator(mode="after")
+    def _clip_range(self):
+        if self.clip_high < self.clip_low:
+            raise ValueError(f"clip_high: {self.clip_high} < clip_low = {self.clip_low} (clip-higher means "
+                             "clip_high >= clip_low)")
+        return self
 
 
 class SamplingConfig(_Strict):
@@ -98,6 +134,8 @@ class RolloutConfig(_Strict):
     sampling: SamplingConfig = SamplingConfig()
     eval_sampling: SamplingConfig = SamplingConfig(temperature=0.0)
     vllm_kwargs: dict[str, Any] = {}
+    # Weight sync to the rollout workers travels in buckets of at most this many bytes.
+    sync_bucket_bytes: int = Field(64 * 1024**2, ge=1)
 
 
 class LearnerConfig(_Strict):
@@ -115,12 +153,18 @@ class LearnerConfig(_Strict):
     max_tokens_per_micro_batch: int = Field(16384, ge=1)
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    betas: tuple[float, float] = (0.9, 0.999)  # each in [0, 1)
+    eps: float = Field(1e-8, gt=0)
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
     warmup_steps: int = Field(0, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
     freeze_router: bool = True  # MoE routers frozen during RL, as NeMo RL does
+
+    @model_validator(mode="after")
+    def _betas_in_range(self):
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas: each must be in [0, 1), got {list(self.betas)}")
+        return self
 
 
 class SFTConfig(_Strict):
@@ -159,7 +203,8 @@ class LoggingConfig(_Strict):
 
 
 class Config(_Strict):
-    name: str = "default"  # the run's name: outputs/<name> holds its checkpoints and logs
+    # the run's name: outputs/<name> holds its checkpoints and logs (a folder name, not a path)
+    name: str = Field("default", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.,=+-]*$")
     seed: int = 0
     steps: int = Field(100, ge=1)
     prompts_per_step: int = Field(64, ge=1)
@@ -168,7 +213,9 @@ class Config(_Strict):
     eval_prompts: int | None = Field(None, ge=1)  # held-out prompts per evaluation (None: all)
     checkpoint_every: int = Field(25, ge=0)  # 0: only at the end
     keep_checkpoints: int = Field(2, ge=1)
-    resume: bool = True  # continue from the newest checkpoint in the output directory
+    # Continue from the newest checkpoint in the output directory; a relaunch with a changed
+    # config is refused unless "force".
+    resume: bool | Literal["force"] = True
     output_dir: str | None = None  # default: Hydra's run directory
     model: ModelConfig = ModelConfig()
     data: DataConfig
@@ -188,6 +235,9 @@ class Config(_Strict):
                              f"over learner.num_ranks = {ranks}")
         if self.algorithm.kl_in_reward and not self.algorithm.kl_coef:
             raise ValueError("algorithm.kl_in_reward needs algorithm.kl_coef > 0")
+        if self.rollout.sampling.temperature == 0:
+            raise ValueError(f"rollout.sampling.temperature: 0 is greedy: the {self.algorithm.group_size} samples "
+                             "of a group would be identical, their advantages zero, and nothing learnt")
         return self
 
     # -- derived
@@ -211,9 +261,18 @@ def load_config(data: dict[str, Any]) -> Config:
 def format_errors(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "config"
+        loc = [str(p) for p in e["loc"] if p not in ("bool", "literal['force']")]
+        key = ".".join(loc)
         message = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             message = "unknown key (a typo?)"
-        lines.append(f"{key}: {message}")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+        elif e["type"] == "string_pattern_mismatch" and key == "name":
+            message = f"{e['input']!r} is not a folder name (letters, digits and _ . , = + - only; no '/')"
+        elif key == "resume":
+            message = f"expected true, false or force, got {e['input']!r}"
+        elif e["type"] == "value_error" and (m := re.match(r"^([A-Za-z_][\w.]*): (.*)$", message, re.S)):
+            # a model-level check naming its own key, relative to where it runs
+            key, message = ".".join(filter(None, [key, m.group(1)])), m.group(2)
+        lines.append(f"{key or 'config'}: {message}")
+    lines = list(dict.fromkeys(lines))
+    return lines[0] if len(lines) == 1 else "invalid configuration:\n  " + "\n  ".join(lines)

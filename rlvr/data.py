@@ -99,7 +99,7 @@ def to_prompts(rows: list[dict | BadRow], src: DataSource, template: str, where:
     if bad:
         log.warning("%s: %d of %d rows skipped", where, bad, len(rows))
     if not prompts:
-        raise ConfigError(f"{where}: no usable rows")
+        raise ConfigError(f"{where}: none of its {len(rows)} rows is usable (see the warnings above)")
     return prompts
 
 
@@ -108,6 +108,19 @@ def load_prompts(sources: list[DataSource], template: str, seed: int, split: str
     offset = 0 if split == "train" else 1_000_003  # generators: held-out rows differ from training rows
     return [to_prompts(load_rows(src, seed + offset + i), src, template, f"data.{split}[{i}]")
             for i, src in enumerate(sources)]
+
+
+def hold_out(sources: list[list[Prompt]], share: float, seed: int) -> tuple[list[list[Prompt]], list[Prompt]]:
+    """Split ``share`` of each source's prompts off for evaluation (a fixed, seeded choice: the
+    same rows on every launch), at least one and never all of them."""
+    train, held = [], []
+    for i, prompts in enumerate(sources):
+        order = list(range(len(prompts)))
+        random.Random(f"holdout:{seed}:{i}").shuffle(order)
+        k = min(max(1, round(share * len(prompts))), len(prompts) - 1)
+        held += [prompts[j] for j in sorted(order[:k])]
+        train.append([prompts[j] for j in sorted(order[k:])])
+    return train, held
 
 
 class PromptStream:

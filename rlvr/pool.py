@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing as mp
+import signal
 import time
 import traceback
 from collections import deque
@@ -38,6 +39,8 @@ class Outcome:
 
 
 def _worker_main(conn: Connection, factory: Callable, factory_args: tuple) -> None:
+    # A terminal's Ctrl-C reaches the whole process group; the parent decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         handler = factory(*factory_args)
     except Exception:  # reported to the parent, which fails loudly

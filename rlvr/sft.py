@@ -71,10 +71,11 @@ def build_model(cfg: ModelConfig, tokenizer: Tokenizer) -> M.HybridLM:
 
 
 def run_sft(model: M.HybridLM, cfg: SFTConfig, tokenizer: Tokenizer, out_dir: Path, seed: int,
-            progress: bool = True, every: float | None = None, on_every=None) -> dict:
+            progress: bool = True, every: float | None = None, on_every=None, stop=None) -> dict:
     """Train ``model`` in place on the demonstrations; save it to ``out_dir``; return stats.
     ``on_every(seconds_trained)`` is called every ``every`` seconds of training (its own time
-    does not count against the budget)."""
+    does not count against the budget); ``stop(where)`` before every step may raise to end the
+    warm start early (nothing is saved then: a relaunch runs it again from the start)."""
     from tqdm import tqdm
 
     torch.manual_seed(seed)
@@ -89,6 +90,8 @@ def run_sft(model: M.HybridLM, cfg: SFTConfig, tokenizer: Tokenizer, out_dir: Pa
     bar = tqdm(total=cfg.steps or int(cfg.seconds), desc=f"SFT warm start ({budget})", disable=not progress,
                unit="step" if cfg.steps else "s", leave=False)
     while not _done(cfg, step, start + paused):
+        if stop is not None:
+            stop(f"the SFT warm start (step {step})")
         ids, mask = collate(rng.sample(pairs, min(cfg.batch_size, len(pairs))), tokenizer, pad_id)
         logits = model(ids[:, :-1])
         per_token = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="none")

@@ -28,7 +28,8 @@ import torch
 
 from rlvr import grpo
 from rlvr.config import Config, ConfigError
-from rlvr.data import Prompt, PromptStream, load_prompts
+from rlvr.data import Prompt, PromptStream, hold_out, load_prompts
+from rlvr.interrupt import Interrupted, StopRequest
 from rlvr.learner import LearnerGroup, TrainBatch
 from rlvr.rollout.engine import Completion, SamplingParams
 from rlvr.rollout.workers import EngineSpec, RolloutPool
@@ -65,101 +66,181 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.ckpt_dir = self.out / "checkpoints"
         self.started = time.monotonic()
+        self.wall_before = 0.0  # wall seconds of earlier launches of this run (from its checkpoint)
         self.step = 0
         self.evals: list[tuple[int, float]] = []
         self.train_seconds = 0.0
+        self.stop = StopRequest()
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
+        """Everything that can fail on the user's input (data, warm start) runs before Ray."""
         cfg = self.cfg
-        if not ray.is_initialized():
-            ray.init(address=cfg.cluster.address, num_cpus=cfg.cluster.num_cpus, namespace=cfg.cluster.namespace,
-                     include_dashboard=False, log_to_driver=False, configure_logging=False)
         self.tokenizer = make_tokenizer(cfg.model.tokenizer)
         self.pad_id = getattr(self.tokenizer, "pad_token_id", None) or self.tokenizer.eos_token_id
+        self._load_prompts()
         self.start_checkpoint = self._starting_checkpoint()
-        train = load_prompts(cfg.data.train, cfg.data.prompt_template, cfg.seed, "train")
-        self.stream = PromptStream(train, [s.weight for s in cfg.data.train], cfg.seed)
-        evals = load_prompts(cfg.data.eval, cfg.data.prompt_template, cfg.seed, "eval") if cfg.data.eval else []
-        self.eval_prompts = [p for source in evals for p in source][:cfg.eval_prompts]
-        envs = {s.env for s in cfg.data.train + cfg.data.eval}
+        self.stop.check("before Ray started")
+        self._start_ray()
+        self.stop.install()
+        envs = {p.env for source in self.stream.sources for p in source} | {p.env for p in self.eval_prompts}
         self.scorers = {env: open_scorer(env, workers=cfg.reward.workers, timeout=cfg.reward.timeout) for env in envs}
         rc = cfg.rollout
         spec = EngineSpec(self.start_checkpoint, backend=rc.engine, tokenizer=cfg.model.tokenizer, max_batch=rc.max_batch,
                           dtype=cfg.model.dtype, threads=rc.threads, vllm_kwargs=tuple(rc.vllm_kwargs.items()))
         self.learner = LearnerGroup(cfg, self.start_checkpoint)
+        self.stop.check("while the actors started")
         self.pool = RolloutPool(spec, num_workers=rc.num_workers, num_cpus=rc.cpus_per_worker,
                                 num_gpus=rc.gpus_per_worker, resources=rc.resources,
-                                weights_source=self.learner.weight_buckets)
+                                weights_source=self._weight_buckets, bucket_bytes=rc.sync_bucket_bytes)
         resumed = self._resume()
         self.metrics = MetricsLogger(cfg.logging, self.out, cfg.name, cfg.model_dump(), resume_step=self.step)
         if resumed:
-            self.pool.update_weights(self.learner.weight_buckets())
+            self.pool.update_weights(self._weight_buckets())
+
+    def _weight_buckets(self):
+        return self.learner.weight_buckets(self.cfg.rollout.sync_bucket_bytes)
+
+    def _load_prompts(self) -> None:
+        """Training prompts and held-out prompts: ``data.eval``, or else ``data.holdout`` of the
+        training rows (never trained on), or else none (said plainly)."""
+        cfg = self.cfg
+        train = load_prompts(cfg.data.train, cfg.data.prompt_template, cfg.seed, "train")
+        if cfg.data.eval:
+            evals = [p for source in load_prompts(cfg.data.eval, cfg.data.prompt_template, cfg.seed, "eval")
+                     for p in source]
+        elif cfg.data.holdout:
+            train, evals = hold_out(train, cfg.data.holdout, cfg.seed)
+            log.info("held out %d training rows for evaluation (data.holdout=%g; data.eval is empty)",
+                     len(evals), cfg.data.holdout)
+        else:
+            evals = []
+            log.warning("no held-out evaluation: data.eval is empty and data.holdout=0")
+        self.stream = PromptStream(train, [s.weight for s in cfg.data.train], cfg.seed)
+        self.eval_prompts = evals[:cfg.eval_prompts]
+
+    def _start_ray(self) -> None:
+        from rlvr.preflight import check_cluster_resources
+
+        if ray.is_initialized():
+            return
+        c = self.cfg.cluster
+        kwargs = dict(namespace=c.namespace, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        if c.address is None:
+            kwargs["num_cpus"] = c.num_cpus
+        elif c.num_cpus is not None:
+            log.info("cluster.num_cpus=%s is not used: the Ray cluster at %s has its own resources", c.num_cpus, c.address)
+        try:
+            ray.init(address=c.address, **kwargs)
+        except (ConnectionError, TimeoutError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"cluster.address: no Ray cluster reachable at {c.address!r} ({first}). Start one with "
+                              "`ray start --head`, or leave cluster.address unset to start Ray inside the job") from None
+        if c.address is not None:
+            check_cluster_resources(self.cfg, ray.nodes())
 
     def _starting_checkpoint(self) -> str:
-        """model.path, or the SFT warm start (run now unless an earlier launch already did)."""
+        """model.path, or the SFT warm start (run now unless an earlier launch already did), or
+        a fresh model of model.preset. The log says which."""
         cfg = self.cfg
         if cfg.model.path is not None:
+            log.info("starting from model.path=%s (no warm start)", cfg.model.path)
             return cfg.model.path
+        from rlvr.sft import build_model, run_sft
+
         target = self.out / "sft"
         if cfg.sft is None:
-            # A fresh model of the preset, saved so every actor loads the same weights.
-            from rlvr.sft import build_model
-
-            torch.manual_seed(cfg.seed)
+            log.info("no warm start (sft is unset): starting from a fresh %r model", cfg.model.preset)
+            # Saved once, so that every actor (and every relaunch) loads the same weights.
             if not (target / "config.json").exists():
+                torch.manual_seed(cfg.seed)
                 build_model(cfg.model, self.tokenizer).save(target)
             return str(target)
-        if not (target / "sft.json").exists():
-            from rlvr.sft import build_model, run_sft
-
-            torch.manual_seed(cfg.seed)
-            model = build_model(cfg.model, self.tokenizer)
-            log.info("SFT warm start: %s parameters, %s", f"{model.num_parameters():,}",
-                     f"{cfg.sft.seconds:.0f} s" if cfg.sft.seconds else f"{cfg.sft.steps} steps")
-            stats = run_sft(model, cfg.sft, self.tokenizer, target, cfg.seed, progress=cfg.logging.progress)
-            log.info("SFT done: %s", stats)
+        if (target / "sft.json").exists():
+            log.info("warm start: the SFT checkpoint of an earlier launch, %s", target)
+            return str(target)
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model, self.tokenizer)
+        log.info("warm start: SFT of a fresh %r model (%s parameters) on sft.data, %s", cfg.model.preset,
+                 f"{model.num_parameters():,}", f"{cfg.sft.seconds:.0f} s" if cfg.sft.seconds else f"{cfg.sft.steps} steps")
+        stats = run_sft(model, cfg.sft, self.tokenizer, target, cfg.seed, progress=cfg.logging.progress,
+                        stop=self.stop.check)
+        log.info("SFT done: %s", stats)
         return str(target)
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
+        """The whole run; raises ``Interrupted`` after a SIGINT/SIGTERM, with a checkpoint of the
+        last finished step written."""
         from tqdm import tqdm
 
-        try:
-            self.setup()
-            if not self.evals:
-                self.evals.append((self.step, self.evaluate()["eval/accuracy"]))
-            bar = tqdm(total=self.cfg.steps, initial=self.step, desc="GRPO", unit="step",
-                       disable=not self.cfg.logging.progress)
-            while self.step < self.cfg.steps and not self._out_of_time():
-                started = time.monotonic()
-                metrics = self.train_step()
-                self.train_seconds += time.monotonic() - started
-                self.step += 1
-                if self.cfg.eval_every and self.step % self.cfg.eval_every == 0 and self.step < self.cfg.steps:
-                    metrics.update(self.evaluate())
-                    self.evals.append((self.step, metrics["eval/accuracy"]))
-                self.metrics.log(self.step, metrics)
-                bar.update(1)
-                bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{self.evals[-1][1]:.3f}")
-                if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+        finished = self._finished_summary()
+        if finished is not None:
+            return finished
+        with self.stop:
+            try:
+                self.setup()
+                if not self.evals:
+                    self.evals.append((self.step, self.evaluate()["eval/accuracy"]))
+                bar = tqdm(total=self.cfg.steps, initial=self.step, desc="GRPO", unit="step",
+                           disable=not self.cfg.logging.progress)
+                while self.step < self.cfg.steps and not self._out_of_time():
+                    self.stop.check(f"step {self.step}")
+                    self._one_step(bar)
+                bar.close()
+                if self.evals[-1][0] != self.step:
+                    final = self.evaluate()
+                    self.evals.append((self.step, final["eval/accuracy"]))
+                    self.metrics.log(self.step, final)
+                self.save_checkpoint()
+                return self.finish()
+            except Interrupted:
+                if self.step > 0 and hasattr(self, "learner"):
                     self.save_checkpoint()
-            bar.close()
-            if self.evals[-1][0] != self.step:
-                final = self.evaluate()
-                self.evals.append((self.step, final["eval/accuracy"]))
-                self.metrics.log(self.step, final)
+                raise
+            finally:
+                self.shutdown()
+
+    def _one_step(self, bar) -> None:
+        started = time.monotonic()
+        metrics = self.train_step()
+        self.train_seconds += time.monotonic() - started
+        self.step += 1
+        if self.cfg.eval_every and self.step % self.cfg.eval_every == 0 and self.step < self.cfg.steps:
+            metrics.update(self.evaluate())
+            self.evals.append((self.step, metrics["eval/accuracy"]))
+        self.metrics.log(self.step, metrics)
+        bar.update(1)
+        bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{self.evals[-1][1]:.3f}")
+        if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
             self.save_checkpoint()
-            return self.finish()
-        finally:
-            self.shutdown()
+
+    def _finished_summary(self) -> dict | None:
+        """The summary of this run if an earlier launch already finished it (same config): a
+        relaunch then changes nothing, its record included."""
+        path, pointer = self.out / "summary.json", self.ckpt_dir / "resume_from"
+        if not (self.cfg.resume and path.exists() and pointer.exists()):
+            return None
+        summary = json.loads(path.read_text())
+        if pointer.read_text().strip() != f"step_{summary['steps']:06d}":
+            return None
+        limit = self.cfg.time_limit
+        done = summary["steps"] >= self.cfg.steps or (limit is not None and summary["train_seconds"] >= limit)
+        if done:
+            log.info("%s finished earlier (%d steps): nothing to do", self.out, summary["steps"])
+        return summary if done else None
 
     def _out_of_time(self) -> bool:
         return self.cfg.time_limit is not None and self.train_seconds >= self.cfg.time_limit
 
     def train_step(self) -> dict[str, float]:
         t = {"start": time.monotonic()}
+        before_step = self._driver_state()
         prompts, completions, rewards, stats = self._collect()
+        if self.stop.requested:
+            # Nothing has reached the learner: abandon the step, as if it had not begun.
+            self._load_driver_state(before_step)
+            self.stop.check(f"step {self.step}")
         t["rollout"] = stats.pop("rollout_seconds")
         t["reward"] = stats.pop("reward_seconds")
         batch = build_batch(completions, self.pad_id)
@@ -179,7 +260,7 @@ class Trainer:
         learner_metrics = self.learner.train(batch)
         t["learn"] = time.monotonic() - before
         before = time.monotonic()
-        self.pool.update_weights(self.learner.weight_buckets())
+        self.pool.update_weights(self._weight_buckets())
         t["sync"] = time.monotonic() - before
         t["step"] = time.monotonic() - t["start"]
         return self._step_metrics(prompts, rewards, lengths, truncated, learner_metrics, stats, t)
@@ -273,9 +354,8 @@ class Trainer:
         if (self.ckpt_dir / "resume_from").exists() and (self.ckpt_dir / "resume_from").read_text() == tag:
             return
         self.learner.save(str(self.ckpt_dir), tag)
-        state = {"step": self.step, "stream": self.stream.state_dict(), "evals": self.evals,
-                 "train_seconds": self.train_seconds, "python_rng": random.getstate(),
-                 "numpy_rng": np.random.get_state(), "torch_rng": torch.get_rng_state()}
+        state = {"step": self.step, "evals": self.evals, "train_seconds": self.train_seconds,
+                 "wall_seconds": self._wall_seconds(), **self._driver_state()}
         torch.save(state, self.ckpt_dir / tag / "trainer_state.pt")
         pointer = self.ckpt_dir / "resume_from.tmp"
         pointer.write_text(tag)
@@ -295,12 +375,25 @@ class Trainer:
         self.learner.load(str(self.ckpt_dir), tag)
         state = torch.load(self.ckpt_dir / tag / "trainer_state.pt", weights_only=False)
         self.step, self.evals, self.train_seconds = state["step"], [tuple(e) for e in state["evals"]], state["train_seconds"]
+        self.wall_before = state.get("wall_seconds", 0.0)
+        self._load_driver_state(state)
+        log.info("resumed from %s (step %d)", self.ckpt_dir / tag, self.step)
+        return True
+
+    def _driver_state(self) -> dict:
+        """What the driver needs to continue exactly: the prompt stream's position and the RNGs."""
+        return {"stream": self.stream.state_dict(), "python_rng": random.getstate(),
+                "numpy_rng": np.random.get_state(), "torch_rng": torch.get_rng_state()}
+
+    def _load_driver_state(self, state: dict) -> None:
         self.stream.load_state_dict(state["stream"])
         random.setstate(state["python_rng"])
         np.random.set_state(state["numpy_rng"])
         torch.set_rng_state(state["torch_rng"])
-        log.info("resumed from %s (step %d)", self.ckpt_dir / tag, self.step)
-        return True
+
+    def _wall_seconds(self) -> float:
+        """Wall time of the whole run, over every launch of it."""
+        return self.wall_before + time.monotonic() - self.started
 
     # ------------------------------------------------------------------ the end
     def finish(self) -> dict:
@@ -309,9 +402,11 @@ class Trainer:
         rewards = [r["reward/mean"] for r in rows if "reward/mean" in r]
         k = max(1, min(10, len(rewards) // 4))
         summary = {
-            "eval_accuracy_before": self.evals[0][1], "eval_accuracy_after": self.evals[-1][1],
+            # None, not NaN, when no evaluation ran (summary.json stays strict JSON)
+            "eval_accuracy_before": self.evals[0][1] if self.eval_prompts else None,
+            "eval_accuracy_after": self.evals[-1][1] if self.eval_prompts else None,
             "eval_prompts": len(self.eval_prompts), "steps": self.step,
-            "wall_seconds": round(time.monotonic() - self.started, 1), "train_seconds": round(self.train_seconds, 1),
+            "wall_seconds": round(self._wall_seconds(), 1), "train_seconds": round(self.train_seconds, 1),
             "reward_first_steps": sum(rewards[:k]) / k if rewards else None,
             "reward_last_steps": sum(rewards[-k:]) / k if rewards else None,
             "evals": self.evals, "starting_checkpoint": self.start_checkpoint, "final_model": str(self.out / "final"),

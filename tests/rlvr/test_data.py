@@ -40,7 +40,7 @@ def test_unusable_sources_fail_with_the_key():
         load_rows(DataSource(path="/nonexistent.jsonl"), 0)
     with pytest.raises(ConfigError, match="unknown generator"):
         load_rows(DataSource(generator="nope"), 0)
-    with pytest.raises(ConfigError, match="no usable rows"):
+    with pytest.raises(ConfigError, match="rows is usable"):
         to_prompts([{"prompt": 1}], DataSource(generator="addition"), "{prompt}", "data.train[0]")
 
 

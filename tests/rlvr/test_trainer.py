@@ -62,10 +62,95 @@ def test_a_short_job_trains_and_writes_its_summary(tmp_path):
     assert (tmp_path / "final" / "config.json").exists()
 
 
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """The reference: the quick job, run once without interruption."""
+    out = tmp_path_factory.mktemp("whole")
+    assert subprocess.run(_command(out), capture_output=True, timeout=600).returncode == 0
+    return out
+
+
+def _assert_same_run(whole: Path, resumed: Path, steps=(3, 4)) -> None:
+    a, b = _metrics(whole), _metrics(resumed)
+    assert sorted(b) == [1, 2, 3, 4]
+    for step in steps:
+        for key in ("reward/mean", "train/loss", "train/entropy", "train/clip_fraction", "eval/accuracy"):
+            if key in a[step]:
+                assert b[step][key] == pytest.approx(a[step][key], rel=1e-5, abs=1e-7), (step, key)
+    before, after = (json.loads((p / "summary.json").read_text()) for p in (whole, resumed))
+    for key in ("eval_accuracy_before", "eval_accuracy_after"):
+        assert after[key] == before[key], key
+
+
+def _start(out: Path) -> subprocess.Popen:
+    return subprocess.Popen(_command(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _log(out: Path) -> str:
+    log = out / "train.log"  # Hydra's log of the run
+    return log.read_text() if log.exists() else ""
+
+
+def _wait_for(proc: subprocess.Popen, ready, what: str) -> None:
+    deadline = time.monotonic() + 600
+    while not ready():
+        assert proc.poll() is None and time.monotonic() < deadline, f"the run ended before {what}"
+        time.sleep(0.1)
+
+
 @pytest.mark.slow
-def test_kill_9_then_relaunch_continues_exactly(tmp_path):
-    whole = tmp_path / "whole"
-    assert subprocess.run(_command(whole), capture_output=True, timeout=600).returncode == 0
+@pytest.mark.parametrize("signum,target,phase", [
+    (signal.SIGINT, "group", "grpo"),  # Ctrl-C in a terminal: the whole process group
+    (signal.SIGTERM, "driver", "grpo"),  # Slurm / Kubernetes preemption
+    (signal.SIGINT, "group", "sft"),
+])
+def test_a_signal_stops_cleanly_and_a_relaunch_continues_exactly(whole, tmp_path, signum, target, phase):
+    proc = _start(tmp_path)
+    if phase == "grpo":
+        _wait_for(proc, lambda: (tmp_path / "metrics.jsonl").exists()
+                  and '"step": 1,' in (tmp_path / "metrics.jsonl").read_text(), "step 1")
+    else:
+        _wait_for(proc, lambda: "warm start: SFT" in _log(tmp_path), "the SFT warm start")
+        time.sleep(1)
+    sent = time.monotonic()
+    os.killpg(proc.pid, signum) if target == "group" else proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=120)
+    stopped = time.monotonic() - sent
+    assert proc.returncode == 128 + signum, stderr[-2000:]
+    assert "relaunch the same command" in stderr and "Traceback" not in stderr, stderr[-2000:]
+    assert stopped < 30, f"took {stopped:.1f} s to stop"
+    if phase == "grpo":
+        pointer = (tmp_path / "checkpoints" / "resume_from").read_text()
+        assert f"interrupted at step {int(pointer.removeprefix('step_'))}" in stderr
+    done = subprocess.run(_command(tmp_path), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_same_run(whole, tmp_path, steps=(2, 3, 4))
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_exits_at_once(tmp_path):
+    proc = _start(tmp_path)
+    _wait_for(proc, lambda: "warm start: SFT" in _log(tmp_path), "the SFT warm start")
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.05)
+    sent = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130 and time.monotonic() - sent < 5
+
+
+@pytest.mark.slow
+def test_relaunching_a_finished_run_keeps_its_record(whole):
+    before = (whole / "summary.json").read_text()
+    done = subprocess.run(_command(whole), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (whole / "summary.json").read_text() == before
+    assert "nothing to do" in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_kill_9_then_relaunch_continues_exactly(whole, tmp_path):
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -81,14 +166,7 @@ def test_kill_9_then_relaunch_continues_exactly(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stdout + done.stderr
 
-    a, b = _metrics(whole), _metrics(killed)
-    assert sorted(b) == [1, 2, 3, 4]
-    for step in (3, 4):
-        for key in ("reward/mean", "train/loss", "train/entropy", "train/clip_fraction", "eval/accuracy"):
-            if key in a[step]:
-                assert b[step][key] == pytest.approx(a[step][key], rel=1e-5, abs=1e-7), (step, key)
-    assert json.loads((killed / "summary.json").read_text())["eval_accuracy_after"] == \
-        json.loads((whole / "summary.json").read_text())["eval_accuracy_after"]
+    _assert_same_run(whole, killed)
 
 
 @pytest.mark.slow

