@@ -36,7 +36,7 @@ $(VLLM_VENV)/.installed: pyproject.toml
 
 test: setup setup-vllm
 	$(BIN)/python -m pytest -q
-	$(VLLM_VENV)/bin/python -m pytest -q tests/rlvr/rollout/test_vllm.py
+	$(VLLM_VENV)/bin/python -m pytest -q tests/rlvr/rollout/test_vllm.py tests/rlvr/test_gpu_rehearsal.py
 
 # The default training job (configs/config.yaml): ~5 minutes on 2 CPU cores.
 demo: setup

@@ -277,7 +277,9 @@ def _output_dir(cfg, number: int | None) -> Path | None:
 def _first_lines(err: Exception) -> str:
     text = str(err).strip()
     if m := re.match(r"Could not override '([^']+)'\.\s*To append to your config use", text):
-        return f"{m.group(1)}: unknown key (a typo?)"
+        key = m.group(1)
+        return (f"{key}: unknown key, or a value with keys the config does not have (a typo? a new key is added "
+                f"with +{key}=...)")
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith(("\tprovider=", "Config search path"))]
     return " ".join(ln.strip() for ln in lines[:6])
 
