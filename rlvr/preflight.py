@@ -35,6 +35,7 @@ def check(cfg: Config, out: Path | None = None) -> None:
     check_tokenizer(cfg.model.tokenizer)
     check_engine(cfg)
     check_local_gpus(cfg)
+    check_cluster_address(cfg.cluster.address)
     if out is not None:
         check_relaunch(cfg, out)
 
@@ -131,6 +132,33 @@ def check_local_gpus(cfg: Config) -> None:
         if per and per * count > have:
             raise ConfigError(f"{key}: {per:g} GPU(s) x {count} asked for, but this machine has {have} "
                               "(cluster.address is unset, so Ray runs here)")
+
+
+def check_cluster_address(address: str | None) -> None:
+    """A Ray cluster to join must answer: ``auto`` needs a cluster started on this machine (or
+    RAY_ADDRESS); HOST:PORT and ray://HOST:PORT must accept a connection (Ray itself retries
+    for minutes before it gives up)."""
+    import os
+    import socket
+
+    if address is None:
+        return
+    if address == "auto":
+        address = os.environ.get("RAY_ADDRESS") or ""
+        if not address:
+            if Path("/tmp/ray/ray_current_cluster").exists():  # written by `ray start` on this machine
+                return
+            raise ConfigError("cluster.address: auto, but no Ray cluster runs on this machine and RAY_ADDRESS is unset "
+                              "(start one with `ray start --head`, or leave cluster.address unset to start Ray "
+                              "inside the job)")
+    host, _, port = address.split("://")[-1].rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"cluster.address: {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except OSError as err:
+        raise ConfigError(f"cluster.address: nothing answers at {host}:{port} ({err.strerror or err}); is the Ray "
+                          "head started there (`ray start --head --port=...`)?") from None
 
 
 def check_cluster_resources(cfg: Config, nodes: list[dict]) -> None:
@@ -294,7 +322,8 @@ def check_command_line(config_dir: Path, args: list[str]) -> list[str]:
         try:
             check(load_config(plain), out)
         except ConfigError as err:
-            if multirun:
-                raise ConfigError(f"job {' '.join(job) or '(no overrides)'}: {err}") from None
+            if multirun:  # named by the overrides that set it apart from the other jobs
+                label = " ".join(a for a in job if not all(a in other for other, _, _ in jobs)) or " ".join(job)
+                raise ConfigError(f"job {label}: {err}") from None
             raise
     return args if multirun else jobs[0][0]

@@ -58,6 +58,12 @@ def test_ray_job_submit_recipe_with_dashboard_and_token_auth(ckpt, tmp_path):
         summary = json.loads((tmp_path / "submitted" / "summary.json").read_text())
         assert summary["steps"] == 2 and summary["eval_prompts"] == 16
         assert "succeeded" in done.stdout
+        # The same head joined directly, as the README's two-node recipe does: cluster.num_cpus
+        # (8 in cluster=local) belongs to a Ray started by the job and is not passed to a cluster.
+        direct = subprocess.run([str(BIN / "rlvr-train"), *_job(ckpt), "steps=1", "cluster.address=127.0.0.1:6393",
+                                 f"hydra.run.dir={tmp_path / 'direct'}"], env=env, capture_output=True, text=True,
+                                timeout=600)
+        assert direct.returncode == 0, direct.stderr[-3000:]
     finally:
         _ray("stop", "--force", env=env)
 

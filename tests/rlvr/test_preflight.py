@@ -1,0 +1,154 @@
+"""Every configuration mistake of a user is found before Ray starts, in about a second, with one
+line naming the key (rlvr/preflight.py); nothing in an earlier run's folder is touched."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import rlvr.model as M
+from rlvr.config import ConfigError, load_config
+from rlvr.model.config import tiny
+from rlvr.preflight import check_command_line, compose_jobs
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    (d / "gsm.jsonl").write_text("".join(json.dumps({"question": f"{i}+1?", "answer": str(i + 1)}) + "\n"
+                                         for i in range(40)))
+    (d / "empty.jsonl").write_text("")
+    (d / "noprompt.jsonl").write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
+    torch.manual_seed(0)
+    M.HybridLM(tiny()).save(d / "ckpt")
+    return d
+
+
+def _check(*args: str, out: Path | None = None) -> list[str]:
+    return check_command_line(CONFIGS, [*args, f"hydra.run.dir={out or '/nonexistent/run'}"])
+
+
+CASES = [
+    # (overrides, text the one-line error must contain)
+    (["experiment=nano_gpuu"], "Available options in 'experiment': nano_gpu two_node"),
+    (["data=gsm8k_local"], "data.train.0.path: must be set"),
+    (["data=gsm8k_local", "data.train.0.path=/no/such.jsonl"], "data.train.0.path: /no/such.jsonl not found"),
+    (["data=gsm8k_local", "data.train.0.path={d}/empty.jsonl"], "data.train.0.path: {d}/empty.jsonl is empty"),
+    (["data=gsm8k_local", "data.train.0.path={d}/noprompt.jsonl"], "data.train.0.prompt_field: the first row"),
+    (["data=gsm8k_local", "data.train.0.path={d}/gsm.jsonl", "data.train.0.fields.answer=gold"],
+     "data.train.0.fields.answer: the first row"),
+    (["data.train.0.generator=addd"], "data.train.0.generator: unknown generator 'addd'"),
+    (["data.train.0.env=mathh"], "data.train.0.env: unknown environment 'mathh'"),
+    (["model.path={d}"], "model.path: {d} is not a checkpoint folder"),
+    (["model.path=/no/such/ckpt"], "model.path: /no/such/ckpt does not exist"),
+    (["model.preset=nope"], "model.preset: unknown preset 'nope'"),
+    (["model.tokenizer=surely-not-a-cached/tokenizer"], "model.tokenizer: cannot load"),
+    (["learner.gpus_per_rank=1"], "learner.gpus_per_rank: 1 GPU(s) x 1 asked for, but this machine has 0"),
+    (["rollout=vllm_gpu", "rollout.engine=builtin"], "rollout.gpus_per_worker: 1 GPU(s) x 2 asked for"),
+    (["rollout.sampling.temperature=0"], "rollout.sampling.temperature: 0 is greedy"),
+    (["algorithm.clip_low=1.5"], "algorithm.clip_low"),
+    (["algorithm.clip_low=0.3", "algorithm.clip_high=0.2"], "algorithm.clip_high: 0.2 < clip_low"),
+    (["learner.lr=inf"], "learner.lr: Input should be a finite number"),
+    (["learner.eps=-1"], "learner.eps"),
+    (["learner.betas=[0.9,1.0]"], "learner.betas: each must be in [0, 1)"),
+    (["steps=true"], "steps: expected int, got True"),
+    (["name=../x"], "name: '../x' is not a folder name"),
+    (["name=a/b"], "name: 'a/b' is not a folder name"),
+    (["learner.typo=1"], "learner.typo: unknown key"),
+    (["cluster.address=auto"], "cluster.address: auto, but no Ray cluster runs on this machine"),
+    (["cluster.address=127.0.0.1:9"], "cluster.address: nothing answers at 127.0.0.1:9"),
+    (["resume=maybe"], "resume: expected true, false or force"),
+]
+
+
+@pytest.mark.parametrize("args,needle", CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_each_mistake_is_one_line_naming_the_key_within_a_second(files, args, needle):
+    args = [a.format(d=files) for a in args]
+    start = time.monotonic()
+    with pytest.raises(ConfigError) as err:
+        _check(*args)
+    elapsed = time.monotonic() - start
+    message = str(err.value)
+    assert needle.format(d=files) in message, message
+    assert "\n" not in message and elapsed < 3, (message, elapsed)
+
+
+def test_vllm_engine_where_vllm_is_not_installed():
+    pytest.importorskip("hydra")
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        assert _check("rollout.engine=vllm") is not None  # (in .venv-vllm it is installed: no error)
+        return
+    with pytest.raises(ConfigError, match="rollout.engine: vllm is not installed"):
+        _check("rollout.engine=vllm")
+
+
+def _composed(*args: str) -> dict:
+    [(_, plain, _)] = compose_jobs(CONFIGS, list(args))
+    return plain
+
+
+def test_the_warm_start_belongs_to_the_default_data_only(files):
+    assert _composed()["sft"] is not None
+    gsm = ["data=gsm8k_local", f"data.train.0.path={files}/gsm.jsonl"]
+    assert _composed(*gsm).get("sft") is None
+    assert _composed(*gsm, "~sft").get("sft") is None  # nothing to delete: fine
+    assert _composed(*gsm, "sft=addition_teacher")["sft"]["steps"] == 1000  # asked for: added
+    assert _composed("~sft").get("sft") is None
+
+
+def test_a_multirun_checks_every_job_before_the_first():
+    with pytest.raises(ConfigError, match="job learner.lr=abc.*learner.lr"):
+        check_command_line(CONFIGS, ["--multirun", "learner.lr=1e-4,abc", "hydra.sweep.dir=/nonexistent"])
+
+
+def _earlier_run(out: Path, **changes) -> None:
+    cfg = load_config(_composed(f"hydra.run.dir={out}") | changes)
+    out.mkdir(parents=True)
+    (out / "config.json").write_text(json.dumps(cfg.model_dump(mode="json")))
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "resume_from").write_text("step_000025")
+
+
+def test_a_relaunch_with_another_config_is_refused_unless_forced(tmp_path):
+    _earlier_run(tmp_path / "run")
+    _check(out=tmp_path / "run")  # the same command resumes
+    _check("steps=400", "logging.progress=false", out=tmp_path / "run")  # run longer, log less: fine
+    with pytest.raises(ConfigError, match=r"resume: .* another config \(learner.lr: 0.0002 -> 0.0003\).*resume=force"):
+        _check("learner.lr=3e-4", out=tmp_path / "run")
+    _check("learner.lr=3e-4", "resume=force", out=tmp_path / "run")
+
+
+def _train(*args: str) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.monotonic()
+    done = subprocess.run([str(Path(sys.executable).parent / "rlvr-train"), *args], capture_output=True, text=True,
+                          timeout=120)
+    return done, time.monotonic() - start
+
+
+def test_resume_false_refuses_before_anything_in_the_run_is_written(tmp_path):
+    out = tmp_path / "run"
+    _earlier_run(out)
+    before = (out / "config.json").read_text()
+    done, elapsed = _train(f"hydra.run.dir={out}", "resume=false")
+    assert done.returncode == 2 and "resume: false, but" in done.stderr and "Traceback" not in done.stderr
+    assert (out / "config.json").read_text() == before and not (out / ".hydra").exists()
+    print(f"rlvr-train resume=false refused in {elapsed:.1f} s")
+    assert elapsed < 10
+
+
+def test_rlvr_train_stops_before_ray_and_writes_nothing(tmp_path):
+    done, elapsed = _train(f"hydra.run.dir={tmp_path / 'run'}", "experiment=nano_gpuu")
+    assert done.returncode == 2 and "Could not find 'experiment/nano_gpuu'" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()
+    done, _ = _train("--multirun", f"hydra.sweep.dir={tmp_path / 'sweep'}", "learner.lr=1e-4,abc")
+    assert done.returncode == 2 and "job learner.lr=abc" in done.stderr and not (tmp_path / "sweep").exists()
+    print(f"rlvr-train rejected an unknown experiment in {elapsed:.1f} s")
+    assert elapsed < 10
