@@ -73,12 +73,16 @@ def read_rows(path: Path, split: str | None = None) -> Iterator[dict | BadRow]:
 
 
 def _read_jsonl(path: Path) -> Iterator[dict | BadRow]:
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
+    # Bytes, decoded line by line: a line that is not UTF-8 is one bad row, not the end of the run.
+    with path.open("rb") as f:
+        for raw in f:
+            if not raw.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                yield BadRow(f"not UTF-8: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}")
+                continue
             except json.JSONDecodeError as exc:
                 yield BadRow(f"invalid JSON: {exc.msg} at column {exc.colno}")
                 continue
@@ -88,6 +92,8 @@ def _read_jsonl(path: Path) -> Iterator[dict | BadRow]:
 def _read_json(path: Path) -> Iterator[dict | BadRow]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path}: invalid JSON ({exc.msg}, line {exc.lineno})") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -215,6 +221,8 @@ def score_file(env_name: str, input_path: Path, output_path: Path, *, workers: i
     env_kwargs = env_kwargs or {}
     if not input_path.exists():
         raise UsageError(f"input not found: {input_path}")
+    if output_path.exists() and output_path.resolve() == input_path.resolve():
+        raise UsageError(f"--output is the input file {input_path}: scoring writes a new file (name another one)")
     try:
         env = get_environment_class(env_name)(**env_kwargs)
     except (KeyError, TypeError) as exc:

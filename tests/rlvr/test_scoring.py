@@ -49,6 +49,27 @@ def test_cli_scores_reports_bad_row_and_keeps_every_row(tmp_path):
     assert summary["rows"] == 5 and summary["errors"] == 1 and summary["mean_reward"] == 0.75
 
 
+def test_a_line_that_is_not_utf8_is_one_bad_row(tmp_path):
+    src = tmp_path / "in.jsonl"
+    lines = [json.dumps(r).encode() for r in ROWS[:3]]
+    lines.insert(1, b'{"response": "caf\xe9 \\boxed{1}", "answer": "1"}')  # latin-1, not UTF-8
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "out.jsonl"
+    proc = run_cli("score", "--env", "math", "--input", str(src), "--output", str(out))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "row 1: not UTF-8: byte 0xe9" in proc.stderr
+    rows = read_jsonl(out)
+    assert [r["reward"] for r in rows] == [1.0, 0.0, 0.0, 1.0] and "not UTF-8" in rows[1]["reward_info"]["error"]
+
+
+def test_output_naming_the_input_is_refused(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", ROWS)
+    before = src.read_text()
+    proc = run_cli("score", "--env", "math", "--input", str(src), "--output", str(src))
+    assert proc.returncode == 2 and "--output is the input file" in proc.stderr
+    assert src.read_text() == before
+
+
 def test_resume_continues_after_last_complete_line(tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", ROWS)
     out = tmp_path / "out.jsonl"
