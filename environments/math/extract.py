@@ -7,7 +7,9 @@ Order of preference (the first that yields something wins):
   3. the last display or inline math span (``$$..$$``, ``\\[..\\]``, ``\\(..\\)``, ``$..$``);
   4. the whole response, when it is short enough to be an answer itself;
   5. the last number in the text.
-``candidates`` returns these in that order and the grader parses the first one that parses.
+``candidates`` returns these in that order. When the response states a final answer (1, 2 or a
+GSM8K ``####`` line: ``FINAL_METHODS``), the grader grades that alone: an empty, unparseable or
+hedged final answer ("7 or maybe 9") scores 0 rather than falling back to a number elsewhere.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ _DOUBLED_COMMAND_RE = re.compile(
     r"(?<!\\)\\\\(?=(?:boxed|frac|dfrac|tfrac|sqrt|left|right|le|leq|ge|geq|lt|gt|ne|neq|text|pi|"
     r"cdot|times|infty|in\b|cup|pm|mathbf|operatorname|begin|end)(?![a-zA-Z]))"
 )
+# Candidates that are the response's own statement of its final answer.
+FINAL_METHODS = frozenset({"####", "boxed", "answer-is", "hedged"})
+# A final-answer line in prose that offers several values is a hedge, not an answer.
+_HEDGE_RE = re.compile(r"\b(?:or|either|maybe|perhaps|possibly|probably)\b", re.IGNORECASE)
 # Words allowed between two boxed answers for them to count as one list answer.
 _JOINERS = {"and", "or", ",", ";", "&"}
 _MAX_JOIN_WORDS = 5
@@ -125,6 +131,12 @@ def _last_positioned(text: str) -> list[tuple[str, str]]:
     return out
 
 
+def hedged(line: str) -> bool:
+    """Prose that offers several different numbers with "or", "maybe", ... ("7 or maybe 9")."""
+    values = {n.replace(",", "") for n in _NUMBER_RE.findall(line)}
+    return len(values) > 1 and _HEDGE_RE.search(line) is not None
+
+
 def looks_like_math(answer: str) -> bool:
     """No prose words: letters outside commands and ``\\text{}`` come in runs of at most two."""
     bare = re.sub(r"\\(?:text\w*|begin|end)\s*\{[^{}]*\}|\\[a-zA-Z]+", " ", answer)
@@ -148,7 +160,11 @@ def candidates(text: str) -> list[tuple[str, str]]:
         line = re.split(r"\n|\. I hope|(?<!\d)\.(?:\s|$)", tail, maxsplit=1)[0].strip()
         if line and looks_like_math(normalize(line)):
             out.append((line, "answer-is"))
-        out.extend((answer, "answer-is") for answer, _ in _last_positioned(line))
+            out.extend((answer, "answer-is") for answer, _ in _last_positioned(line))
+        elif hedged(line):
+            out.append((line, "hedged"))
+        else:
+            out.extend((answer, "answer-is") for answer, _ in _last_positioned(line))
     if boxed and boxed not in out:
         out.append(boxed)
     stripped = text.strip()

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import random
 import re
 from fractions import Fraction
 
 import sympy
 
-from environments.math.extract import candidates, normalize
+from environments.math.extract import FINAL_METHODS, candidates, normalize
 from environments.math.latex import ParseError, Rel, Seq, Text, Union, parse_answer
 
 
@@ -74,12 +75,30 @@ def parsed(answer: str):
 
 @functools.lru_cache(maxsize=16384)
 def extract(text: str, plain_numbers: bool = True) -> tuple[str, str] | None:
-    """The first candidate answer of ``text`` that parses, as (answer, method)."""
+    """The first candidate answer of ``text`` that parses, as (answer, method). When ``text``
+    states a final answer (a box, "the answer is", ``####``), only that is a candidate: an answer
+    elsewhere in the text never stands in for a final answer that is empty or broken."""
     found = [c for c in candidates(text) if plain_numbers or c[1] != "last-number"]
-    for answer, method in found:
-        if parsed(answer)[1] is not None:
+    final = [c for c in found if c[1] in FINAL_METHODS]
+    # The statement that comes first is the final answer (a box, or a later "the answer is"
+    # line); the other is no fallback for it.
+    final = [c for c in final if c[1] == final[0][1]] if final else []
+    for answer, method in final or found:
+        if method == "hedged" or parsed(answer)[1] is not None:
             return answer, method
-    return found[0] if found else None
+    return (final or found)[0] if found else None
+
+
+# A final answer longer than this is not an answer (and would only cost parsing time).
+MAX_ANSWER_CHARS = 1000
+# Exact arithmetic on integers and rationals up to this many bits (2^(2^20) has 2^20); beyond,
+# a value is "too large" and two of them are equal only in the same form.
+EXACT_BITS = 1 << 22
+MAX_EXACT_FACTORIAL = 100_000
+
+
+class TooLarge(ValueError):
+    """A value too large to compute exactly (a power tower, a huge factorial)."""
 
 
 # ---------------------------------------------------------------- the comparison
@@ -92,6 +111,9 @@ def grade(response: str, gold: str, options: Options = Options()) -> Verdict:
     p = extract(response, options.plain_numbers)
     if p is None:
         return Verdict(False, None, g[0], "no answer found in response")
+    refused = _refuse(p)
+    if refused:
+        return Verdict(False, p[0], g[0], refused)
     p_norm, p_val = parsed(p[0])
     g_norm, g_val = parsed(g[0])
     if p_norm == g_norm or _canonical_text(p_norm) == _canonical_text(g_norm):
@@ -101,14 +123,29 @@ def grade(response: str, gold: str, options: Options = Options()) -> Verdict:
         same = pn == gn or _close(pn, gn, p_norm, g_norm, options.precision)
         return Verdict(same, p[0], g[0], "equal numbers" if same else "different numbers")
     if p_val is None or g_val is None:
-        side = "response" if p_val is None else "gold"
+        side = ("final" if p[1] in FINAL_METHODS else "response") if p_val is None else "gold"
         return Verdict(False, p[0], g[0], f"{side} answer did not parse; strings differ")
     try:
         same = bool(equivalent(p_val, g_val, options))
+    except TooLarge:
+        return Verdict(False, p[0], g[0], "too large to compare exactly (a power tower or a huge factorial) "
+                                          "and not written the same way")
     except (TypeError, ValueError, AttributeError, NotImplementedError, RecursionError,
             ZeroDivisionError, OverflowError, sympy.SympifyError) as exc:
         return Verdict(False, p[0], g[0], f"comparison failed: {type(exc).__name__}")
     return Verdict(same, p[0], g[0], "equivalent" if same else "not equivalent")
+
+
+def _refuse(p: tuple[str, str]) -> str | None:
+    """Why an extracted answer scores 0 before any comparison, if it does."""
+    answer, method = p
+    if method == "hedged":
+        return "hedged final answer: several values offered"
+    if method in FINAL_METHODS and not normalize(answer):
+        return "empty final answer"
+    if len(answer) > MAX_ANSWER_CHARS:
+        return f"final answer longer than {MAX_ANSWER_CHARS} characters"
+    return None
 
 
 def _canonical_text(s: str) -> str:
@@ -396,6 +433,8 @@ def expressions_equal(a, b, options: Options) -> bool:
         return True
     if a.is_number and b.is_number:
         return _numbers_equal(a, b, options)
+    if _huge(a) or _huge(b):
+        raise TooLarge  # numeric evaluation at sample points could take hours
     verdict = _sampled_equal(a, b)
     if verdict is not None:
         return verdict
@@ -408,8 +447,16 @@ def expressions_equal(a, b, options: Options) -> bool:
 def _numbers_equal(a, b, options: Options) -> bool:
     if a.has(sympy.oo, sympy.zoo, -sympy.oo) or b.has(sympy.oo, sympy.zoo, -sympy.oo):
         return a == b
+    if not (a.has(sympy.Float) or b.has(sympy.Float)):
+        # Integers, rationals, their powers and factorials: decided exactly (a tolerance would
+        # take 100! + 1 for 100!), or raise TooLarge before any slow evaluation.
+        ea, eb = exact_value(a), exact_value(b)
+        if ea is not None and eb is not None:
+            return ea == eb
+    if _huge(a) or _huge(b):
+        raise TooLarge
     try:
-        va, vb = sympy.N(a, 30), sympy.N(b, 30)
+        va, vb = sympy.N(a, 60), sympy.N(b, 60)
     except (TypeError, ValueError, OverflowError):
         return False
     if not (va.is_real and vb.is_real):
@@ -419,10 +466,75 @@ def _numbers_equal(a, b, options: Options) -> bool:
             return False
     inexact = a.has(sympy.Float) or b.has(sympy.Float)
     if not inexact:
-        # Exact on both sides: equal values differ by rounding noise of the evaluation only.
-        return bool(abs(va - vb) <= sympy.Float(10) ** -20 * max(1, abs(vb)))
+        # Exact irrationals (roots, pi): equal values differ by rounding noise only.
+        return bool(abs(va - vb) <= sympy.Float(10) ** -45 * max(1, abs(vb)))
     return round(float(va), options.precision) == round(float(vb), options.precision) or \
         bool(abs(va - vb) <= 1e-9 * max(1, abs(vb)))
+
+
+def exact_value(expr) -> Fraction | None:
+    """The exact rational value of an expression built from integers and rationals with +, *,
+    integer powers and factorials; None if it is not one (sqrt 2, pi); ``TooLarge`` if it would
+    need more than ``EXACT_BITS`` bits. Never slow: sizes are checked before anything is computed."""
+    if expr.is_Rational:
+        return Fraction(int(expr.p), int(expr.q))
+    if isinstance(expr, (sympy.Add, sympy.Mul)):
+        parts = [exact_value(arg) for arg in expr.args]
+        if any(p is None for p in parts):
+            return None
+        total = parts[0]
+        for p in parts[1:]:
+            if isinstance(expr, sympy.Add):
+                total += p
+            else:
+                _check_bits(_bits(total) + _bits(p))
+                total *= p
+        return total
+    if isinstance(expr, sympy.Pow):
+        base, exp = exact_value(expr.base), exact_value(expr.exp)
+        if base is None or exp is None or exp.denominator != 1:
+            return None
+        if base == 0:
+            return None if exp < 0 else Fraction(int(exp == 0))
+        if abs(base) == 1:  # no growth, whatever the exponent
+            return base ** (int(exp) % 2)
+        _check_bits(_bits(base) * abs(exp))
+        return base ** int(exp)
+    if isinstance(expr, sympy.factorial):
+        n = exact_value(expr.args[0])
+        if n is None or n.denominator != 1 or n < 0:
+            return None
+        if n > MAX_EXACT_FACTORIAL:
+            raise TooLarge
+        return Fraction(math.factorial(int(n)))
+    return None
+
+
+def _bits(x: Fraction) -> int:
+    return max(abs(x.numerator).bit_length(), x.denominator.bit_length(), 1)
+
+
+def _check_bits(bits) -> None:
+    if bits > EXACT_BITS:
+        raise TooLarge
+
+
+def _huge(expr) -> bool:
+    """Holds a power or factorial whose value is too large to evaluate (``TooLarge``)."""
+    for node in sympy.preorder_traversal(expr):
+        if isinstance(node, (sympy.Pow, sympy.factorial)) and node.is_number:
+            try:
+                exact_value(node)
+            except TooLarge:
+                return True
+        elif isinstance(node, sympy.Pow) and node.exp.is_number:
+            try:
+                e = exact_value(node.exp)
+            except TooLarge:
+                return True
+            if e is not None and abs(e) > 10**9:
+                return True
+    return False
 
 
 def _sampled_equal(a, b) -> bool | None:
