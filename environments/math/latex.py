@@ -239,16 +239,16 @@ class Parser:
         first = self.parse_term(allow_sign=True)
         if not isinstance(first, sympy.Basic):
             return first
-        total = first
+        total, guarded = first, _guarded(first)
         while self.at("+", "-", "\\pm", "\\mp"):
             op = self.take().value
             term = _expr(self.parse_term(allow_sign=False))
-            if op == "+":
-                total = total + term
-            elif op == "-":
-                total = total - term
-            else:
-                total = total + (_PM if op == "\\pm" else -_PM) * term
+            guarded = guarded or _guarded(term)
+            if op == "-":
+                term = _mul(-1, term, guarded)
+            elif op in ("\\pm", "\\mp"):
+                term = _mul(_PM if op == "\\pm" else -_PM, term, guarded)
+            total = sympy.Add(total, term, evaluate=False) if guarded else total + term
         return total
 
     def parse_text(self):
@@ -267,26 +267,34 @@ class Parser:
             if sign != 1:
                 raise ParseError("sign before a structured value")
             return value
-        value = sign * value
+        guarded = _guarded(value)
+        value = value if sign == 1 else _mul(sign, value, guarded)
         while True:
             if self.at(*_MULS):
                 self.take()
-                value = value * _expr(self.parse_signed_factor())
+                factor = _expr(self.parse_signed_factor())
+                guarded = guarded or _guarded(factor)
+                value = _mul(value, factor, guarded)
             elif self.at(*_DIVS):
                 self.take()
-                value = value / _expr(self.parse_signed_factor())
+                factor = _expr(self.parse_signed_factor())
+                guarded = guarded or _guarded(factor)
+                value = _mul(value, sympy.Pow(factor, -1, evaluate=False) if guarded else 1 / factor, guarded)
             elif self.at(":") and self.peek(1) is not None and self.peek(1).value != "=":
                 self.take()
                 return Seq((value, _expr(self.parse_term(allow_sign=True))), ":", ":")
             elif self.starts_factor():
-                value = value * _expr(self.parse_factor())
+                factor = _expr(self.parse_factor())
+                guarded = guarded or _guarded(factor)
+                value = _mul(value, factor, guarded)
             else:
                 return value
 
     def parse_signed_factor(self):
         if self.at("-"):
             self.take()
-            return -_expr(self.parse_factor())
+            value = _expr(self.parse_factor())
+            return _mul(-1, value, _guarded(value))
         return self.parse_factor()
 
     def starts_factor(self) -> bool:
@@ -381,6 +389,8 @@ class Parser:
                 index = _expr(self.parse_expr())
                 self.expect("]")
             radicand = _expr(self.parse_arg())
+            if _guarded(radicand):
+                return sympy.Pow(radicand, sympy.Rational(1, index or 2), evaluate=False)
             return sympy.sqrt(radicand) if index is None else sympy.root(radicand, index)
         if v in _FUNCTIONS:
             return self.parse_function(v)
@@ -527,7 +537,28 @@ def _number(text: str):
     return sympy.Integer(int(text))
 
 
+def _guarded(value) -> bool:
+    """Holds a power or factorial left unevaluated because its value is too large. sympy's
+    arithmetic would evaluate it again (``10^{10^{10}} + 1`` computes ``10^{10^{10}}``), so
+    whatever contains one is built with ``evaluate=False``."""
+    if not isinstance(value, sympy.Basic):
+        return False
+    for node in sympy.preorder_traversal(value):
+        if isinstance(node, sympy.factorial) and node.args[0].is_Integer:
+            return True  # (a small one would have been evaluated)
+        if isinstance(node, sympy.Pow) and node.base.is_Integer and (
+                (node.exp.is_Integer and node.exp > 0) or isinstance(node.exp, sympy.Pow)):
+            return True
+    return False
+
+
+def _mul(a, b, guarded: bool):
+    return sympy.Mul(a, b, evaluate=False) if guarded else a * b
+
+
 def _power(base, exponent):
+    if _guarded(base) or _guarded(exponent):
+        return sympy.Pow(base, exponent, evaluate=False)
     if base.is_Integer and exponent.is_Integer and exponent > 0:
         bits = abs(int(base)).bit_length() * int(exponent) if int(exponent) < 10**9 else math.inf
         if bits > MAX_EXACT_BITS:
@@ -540,7 +571,7 @@ def _power(base, exponent):
 
 
 def _factorial(value):
-    if value.is_Integer and int(value) > 2000:
+    if _guarded(value) or value.is_Integer and int(value) > 2000:
         return sympy.factorial(value, evaluate=False)
     return sympy.factorial(value)
 
