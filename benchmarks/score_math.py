@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from environments.math import grader as ours  # noqa: E402
-from rlvr.scoring import score_file  # noqa: E402
+from rlvr.score_job import score_file  # noqa: E402
 
 
 def load_rows(data: Path, limit: int | None) -> dict[str, list[tuple[str, str, bool]]]:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
 from rlvr.env import available, get_environment_class
-from rlvr.scoring import UsageError, score_file
+from rlvr.rows import UsageError
 
 SCORE_HELP = """\
 Score a dataset of model responses with an environment's reward function, the same code that
@@ -25,9 +26,14 @@ Input formats: .jsonl, .json (a list of objects), .parquet, or a folder written 
 datasets' save_to_disk. For the math environment a row needs "response" (model output) and
 "answer" (gold); --field maps other column names onto those fields.
 
-A bad row (missing field, wrong type, malformed JSON) is reported with its row number and written
-with reward 0.0 and reward_info.error; every other row is still scored. A row that takes longer
-than --timeout seconds is killed (its worker process is replaced) and counted as a timeout.
+A bad row (missing field, wrong type, malformed JSON, not UTF-8) is reported on stderr with its
+row and line number and written with reward 0.0 and reward_info.error; every other row is still
+scored. A row that takes longer than --timeout seconds is killed (its worker process is replaced),
+reported and counted as a timeout; --retry-failed scores such rows again on a re-run.
+
+Beside the output, OUTPUT.rlvr.json records the job (the input's content fingerprint, the
+environment, fields and split): a re-run resumes only the same job, and two runs never write
+one output at once. Ctrl-C or SIGTERM keeps every row written so far.
 
 example:
   rlvr score --env math --input gsm8k_outputs.jsonl --output scored.jsonl \\
@@ -42,15 +48,21 @@ def _parse_field(spec: str) -> tuple[str, str]:
     return name, column
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be > 0")
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 < value <= 86400:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must be between 0 and 86400 seconds, got {text}")
     return value
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be >= 1")
     return value
@@ -67,13 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--output", required=True, type=Path, help="JSONL file to write (appended/resumed)")
     score.add_argument("--workers", type=_positive_int, default=1,
                        help="parallel worker processes (default 1)")
-    score.add_argument("--timeout", type=_positive_float, default=10.0,
+    score.add_argument("--timeout", type=_timeout, default=10.0,
                        help="wall-clock seconds allowed per row (default 10)")
     score.add_argument("--field", action="append", default=[], type=_parse_field, metavar="NAME=COLUMN",
                        help="read environment field NAME from input column COLUMN (repeatable)")
     score.add_argument("--split", help="split to use when the input folder holds several")
-    score.add_argument("--env-arg", action="append", default=[], type=_parse_field, metavar="KEY=JSON",
-                       help="keyword argument for the environment, value as JSON (repeatable)")
+    score.add_argument("--env-arg", action="append", default=[], type=_parse_env_arg, metavar="KEY=JSON",
+                       help="keyword argument for the environment, value as JSON, checked against the "
+                       "environment's signature (repeatable; a bare word is a string)")
+    score.add_argument("--retry-failed", action="store_true",
+                       help="on a re-run, score again the rows that failed or timed out")
     score.add_argument("--ray", metavar="ADDRESS",
                        help="score on a Ray cluster (`auto`, `ray://host:port`, or `local`)")
     score.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -90,52 +105,71 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _env_kwargs(pairs: list[tuple[str, str]]) -> dict:
-    kwargs = {}
-    for key, raw in pairs:
-        try:
-            kwargs[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            kwargs[key] = raw
-    return kwargs
+def _parse_env_arg(spec: str) -> tuple[str, object]:
+    key, raw = _parse_field(spec)
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        if re.fullmatch(r"[A-Za-z_][\w.-]*", raw):
+            return key, raw  # a bare word: a string
+        raise argparse.ArgumentTypeError(f"{spec!r}: the value is not JSON (a string with spaces or symbols "
+                                         f"needs quotes: {key}='\"...\"')") from None
 
 
 def _cmd_example(args: argparse.Namespace) -> int:
     from environments.math.synthetic import example_dataset
 
-    args.dir.mkdir(parents=True, exist_ok=True)
     src, out = args.dir / "responses.jsonl", args.dir / "scored.jsonl"
     rows = example_dataset(args.rows)
     lines = [json.dumps(r) for r in rows]
     lines[len(lines) // 2] = json.dumps({"id": "broken", "answer": "3"})  # a bad row, on purpose
-    src.write_text("\n".join(lines) + "\n")
-    out.unlink(missing_ok=True)
+    try:
+        args.dir.mkdir(parents=True, exist_ok=True)
+        src.write_text("\n".join(lines) + "\n")
+        for old in (out, out.with_name(out.name + ".rlvr.json")):
+            old.unlink(missing_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write the example under {args.dir}: {exc.strerror or exc}") from None
     print(f"wrote {len(rows)} generated rows to {src}; scoring them into {out}")
     return _score_and_report("math", src, out, workers=args.workers)
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
+    if args.ray not in (None, "local"):
+        from rlvr.preflight import unreachable_ray
+
+        why = unreachable_ray(args.ray)
+        if why:
+            raise UsageError(f"--ray {args.ray}: {why}")
     return _score_and_report(
         args.env, args.input, args.output, workers=args.workers, timeout=args.timeout,
-        field_map=dict(args.field), env_kwargs=_env_kwargs(args.env_arg), split=args.split,
-        ray_address=args.ray, progress=not args.no_progress,
+        field_map=dict(args.field), env_kwargs=dict(args.env_arg), split=args.split,
+        ray_address=args.ray, progress=not args.no_progress, retry_failed=args.retry_failed,
     )
 
 
 def _score_and_report(env: str, src: Path, out: Path, **kwargs) -> int:
     from tqdm import tqdm
 
-    def report(row: int, message: str) -> None:
-        tqdm.write(f"row {row}: {message}", file=sys.stderr)
+    from rlvr.score_job import score_file
+
+    def report(where: str, message: str) -> None:
+        tqdm.write(f"{where}: {message}", file=sys.stderr)
 
     s = score_file(env, src, out, on_bad_row=report, **kwargs).as_dict()
     print(f"\nscored {s['new_rows']} rows into {out}"
-          + (f" (resumed after {s['resumed_from']})" if s["resumed_from"] else ""))
+          + (f" (resumed after {s['resumed_from']})" if s["resumed_from"] else "")
+          + (f"; {s['retried']} failed rows scored again" if s["retried"] else ""), file=_summary_stream(out))
     print(f"  mean reward {s['mean_reward']:.4f} over {s['scored']} scored rows;"
           f" errors {s['errors']}, timeouts {s['timeouts']};"
-          f" {s['seconds']:.1f} s, {s['rows_per_s'] or 0:.1f} rows/s")
-    print(json.dumps(s))
+          f" {s['seconds']:.1f} s, {s['rows_per_s'] or 0:.1f} rows/s", file=_summary_stream(out))
+    print(json.dumps(s), file=_summary_stream(out))
     return 0
+
+
+def _summary_stream(out: Path):
+    """The summary goes to stdout, unless the scores themselves do (--output /dev/stdout)."""
+    return sys.stderr if str(out) in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1") else sys.stdout
 
 
 def _cmd_envs() -> int:
@@ -146,8 +180,15 @@ def _cmd_envs() -> int:
     return 0
 
 
+def _stop(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM ends the run the way Ctrl-C does: workers stopped, rows kept
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop)
     try:
         if args.command == "score":
             return _cmd_score(args)

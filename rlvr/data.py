@@ -21,7 +21,7 @@ from typing import Any
 
 from rlvr.config import ConfigError, DataSource
 from rlvr.env import TaskError, make_environment
-from rlvr.scoring import BadRow, UsageError, read_rows
+from rlvr.rows import BadRow, UsageError, read_rows
 
 log = logging.getLogger(__name__)
 

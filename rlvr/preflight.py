@@ -70,7 +70,7 @@ def check_source(key: str, src: DataSource) -> None:
 
 
 def first_row(key: str, path: Path, split: str) -> dict[str, Any]:
-    from rlvr.scoring import BadRow, UsageError, read_rows
+    from rlvr.rows import BadRow, UsageError, read_rows
 
     if not path.exists():
         raise ConfigError(f"{key}.path: {path} not found")
@@ -135,30 +135,35 @@ def check_local_gpus(cfg: Config) -> None:
 
 
 def check_cluster_address(address: str | None) -> None:
-    """A Ray cluster to join must answer: ``auto`` needs a cluster started on this machine (or
-    RAY_ADDRESS); HOST:PORT and ray://HOST:PORT must accept a connection (Ray itself retries
-    for minutes before it gives up)."""
+    """A Ray cluster to join must answer (Ray itself retries for minutes before it gives up)."""
+    why = None if address is None else unreachable_ray(address)
+    if why:
+        raise ConfigError(f"cluster.address: {why}")
+
+
+def unreachable_ray(address: str) -> str | None:
+    """Why the Ray cluster at ``address`` cannot be joined, or None: ``auto`` needs a cluster
+    started on this machine (or RAY_ADDRESS); HOST:PORT and ray://HOST:PORT must accept a
+    connection."""
     import os
     import socket
 
-    if address is None:
-        return
     if address == "auto":
         address = os.environ.get("RAY_ADDRESS") or ""
         if not address:
             if Path("/tmp/ray/ray_current_cluster").exists():  # written by `ray start` on this machine
-                return
-            raise ConfigError("cluster.address: auto, but no Ray cluster runs on this machine and RAY_ADDRESS is unset "
-                              "(start one with `ray start --head`, or leave cluster.address unset to start Ray "
-                              "inside the job)")
+                return None
+            return ("auto, but no Ray cluster runs on this machine and RAY_ADDRESS is unset (start one with "
+                    "`ray start --head`, or leave it unset to start Ray inside the job)")
     host, _, port = address.split("://")[-1].rstrip("/").rpartition(":")
     if not host or not port.isdigit():
-        raise ConfigError(f"cluster.address: {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
+        return f"{address!r} is not HOST:PORT, ray://HOST:PORT or auto"
     try:
         socket.create_connection((host, int(port)), timeout=3).close()
     except OSError as err:
-        raise ConfigError(f"cluster.address: nothing answers at {host}:{port} ({err.strerror or err}); is the Ray "
-                          "head started there (`ray start --head --port=...`)?") from None
+        return (f"nothing answers at {host}:{port} ({err.strerror or err}); is the Ray head started there "
+                "(`ray start --head --port=...`)?")
+    return None
 
 
 def check_cluster_resources(cfg: Config, nodes: list[dict]) -> None:

@@ -20,9 +20,9 @@ BATCH_ROWS = 32
 @ray.remote(num_cpus=1)
 class ScoringActor:
     def __init__(self, env_name: str, env_kwargs: dict, timeout: float):
-        from rlvr.scoring import _make_scorer
+        from rlvr.scoring import make_scorer
 
-        self.pool = DeadlinePool(_make_scorer, (env_name, env_kwargs), workers=1, timeout=timeout)
+        self.pool = DeadlinePool(make_scorer, (env_name, env_kwargs), workers=1, timeout=timeout)
 
     def score(self, payloads: list) -> list[Outcome]:
         return list(self.pool.map(payloads))

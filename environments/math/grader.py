@@ -466,8 +466,9 @@ def _numbers_equal(a, b, options: Options) -> bool:
             return False
     inexact = a.has(sympy.Float) or b.has(sympy.Float)
     if not inexact:
-        # Exact irrationals (roots, pi): equal values differ by rounding noise only.
-        return bool(abs(va - vb) <= sympy.Float(10) ** -45 * max(1, abs(vb)))
+        # Exact irrationals (roots, pi): equal values differ by rounding noise only, relative to
+        # their size (an absolute tolerance would take sin(1)^(9^9) for sin(2)^(9^9): both tiny).
+        return bool(va == vb or abs(va - vb) <= sympy.Float(10) ** -45 * max(abs(va), abs(vb)))
     return round(float(va), options.precision) == round(float(vb), options.precision) or \
         bool(abs(va - vb) <= 1e-9 * max(1, abs(vb)))
 
@@ -500,6 +501,13 @@ def exact_value(expr) -> Fraction | None:
             return base ** (int(exp) % 2)
         _check_bits(_bits(base) * abs(exp))
         return base ** int(exp)
+    if isinstance(expr, sympy.binomial):
+        n, k = (exact_value(a) for a in expr.args)
+        if n is None or k is None or n.denominator != 1 or k.denominator != 1 or n < 0:
+            return None
+        if n > MAX_EXACT_FACTORIAL:
+            raise TooLarge
+        return Fraction(math.comb(int(n), int(k))) if 0 <= k <= n else Fraction(0)
     if isinstance(expr, sympy.factorial):
         n = exact_value(expr.args[0])
         if n is None or n.denominator != 1 or n < 0:
@@ -522,7 +530,7 @@ def _check_bits(bits) -> None:
 def _huge(expr) -> bool:
     """Holds a power or factorial whose value is too large to evaluate (``TooLarge``)."""
     for node in sympy.preorder_traversal(expr):
-        if isinstance(node, (sympy.Pow, sympy.factorial)) and node.is_number:
+        if isinstance(node, (sympy.Pow, sympy.factorial, sympy.binomial)) and node.is_number:
             try:
                 exact_value(node)
             except TooLarge:

@@ -381,7 +381,9 @@ class Parser:
             den = _expr(self.parse_arg())
             return num / den
         if v in ("\\binom", "\\dbinom", "\\tbinom"):
-            return sympy.binomial(_expr(self.parse_arg()), _expr(self.parse_arg()))
+            n, k = _expr(self.parse_arg()), _expr(self.parse_arg())
+            # (a huge one stays unevaluated, as factorials do: sympy would compute it for minutes)
+            return sympy.binomial(n, k, evaluate=not (_guarded(n) or n.is_Integer and int(n) > 2000))
         if v == "\\sqrt":
             index = None
             if self.at("["):
@@ -544,7 +546,7 @@ def _guarded(value) -> bool:
     if not isinstance(value, sympy.Basic):
         return False
     for node in sympy.preorder_traversal(value):
-        if isinstance(node, sympy.factorial) and node.args[0].is_Integer:
+        if isinstance(node, (sympy.factorial, sympy.binomial)) and node.args[0].is_Integer:
             return True  # (a small one would have been evaluated)
         if isinstance(node, sympy.Pow) and node.base.is_Integer and (
                 (node.exp.is_Integer and node.exp > 0) or isinstance(node.exp, sympy.Pow)):
