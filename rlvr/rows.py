@@ -105,7 +105,7 @@ def _parse_line(raw: bytes) -> dict | BadRow:
     except UnicodeDecodeError as exc:
         return BadRow(f"not UTF-8: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}")
     except json.JSONDecodeError as exc:
-        return BadRow(f"invalid JSON: {exc.msg} at column {exc.colno}")
+        return BadRow(f"invalid JSON ({exc.msg}: column {exc.colno})")
     return row if isinstance(row, dict) else BadRow(f"expected an object, got {type(row).__name__}")
 
 

@@ -48,6 +48,7 @@ class Summary:
     scored: int = 0
     resumed_from: int = 0
     retried: int = 0
+    workers: int = 0
     reward_sum: float = 0.0
     errors: int = 0
     timeouts: int = 0
@@ -61,6 +62,7 @@ class Summary:
         new_rows = self.rows - self.resumed_from
         return {
             "rows": self.rows, "new_rows": new_rows, "resumed_from": self.resumed_from, "retried": self.retried,
+            "workers": self.workers,
             "scored": self.scored, "mean_reward": round(self.mean_reward, 4),
             "errors": self.errors, "timeouts": self.timeouts,
             "seconds": round(self.seconds, 2),
@@ -90,7 +92,7 @@ def score_file(env_name: str, input_path: Path, output_path: Path, *, workers: i
         remaining = None if total is None else total - out.done
         if remaining == 0 and not (retry_failed and out.failed):
             return summary
-        n_workers = max(1, min(workers, remaining if remaining is not None else workers))
+        n_workers = summary.workers = max(1, min(workers, remaining if remaining is not None else workers))
         start = time.perf_counter()
         with open_scorer(env_name, workers=n_workers, timeout=timeout, env_kwargs=env_kwargs,
                          ray_address=ray_address) as scorer:
@@ -168,11 +170,14 @@ class _Output:
         self._file = None
 
     def __enter__(self) -> _Output:
-        if not self.stream:
-            self._take_lock()
-            self.done, self.failed = self._resume_point()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("ab" if not self.stream else "wb")
+        try:
+            if not self.stream:
+                self._take_lock()
+                self.done, self.failed = self._resume_point()
+            self._file = self.path.open("ab" if not self.stream else "wb")
+        except OSError as exc:
+            self.__exit__()
+            raise UsageError(f"--output {self.path}: cannot write it ({exc.strerror or exc})") from None
         return self
 
     def __exit__(self, *exc) -> None:
@@ -180,11 +185,12 @@ class _Output:
             self._file.close()
         if self._lock is not None:
             self._lock.close()
+        self._file = self._lock = None
 
     def _take_lock(self) -> None:
         record = self.path.with_name(self.path.name + ".rlvr.json")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = record.open("a+", encoding="utf-8")
+        self._lock = record.open("a+", encoding="utf-8")  # the lock, and the job's record
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
