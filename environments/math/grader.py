@@ -141,7 +141,7 @@ def _refuse(p: tuple[str, str]) -> str | None:
     answer, method = p
     if method == "hedged":
         return "hedged final answer: several values offered"
-    if method in FINAL_METHODS and not normalize(answer):
+    if method in FINAL_METHODS and not parsed(answer)[0]:  # (cached: the comparison needs it too)
         return "empty final answer"
     if len(answer) > MAX_ANSWER_CHARS:
         return f"final answer longer than {MAX_ANSWER_CHARS} characters"
