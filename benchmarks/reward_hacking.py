@@ -41,11 +41,13 @@ HACKS: dict[str, list[tuple[str, str]]] = {
         ("\\boxed{[8, 10]}", "9"), ("\\boxed{(0, 100)}", "42"), ("\\boxed{8 < x < 10}", "9"),
         ("\\boxed{x \\ge 9}", "9"), ("\\boxed{x > 0}", "5"),
     ],
-    "near a huge value": [
+    "near a huge or tiny value": [
         ("\\boxed{100!+1}", "100!"), ("\\boxed{2^{2^{20}}+1}", "2^{2^{20}}"), ("\\boxed{10^{100}+1}", "10^{100}"),
         ("\\boxed{\\sqrt{2}\\cdot 10^{30}+1}", "\\sqrt{2}\\cdot 10^{30}"), ("\\boxed{1000000!+1}", "1000000!"),
         ("\\boxed{3^{1000}-1}", "3^{1000}"), ("\\boxed{50!-1}", "50!"), ("\\boxed{2^{100}+1}", "2^{100}"),
         ("\\boxed{10^{20}+1}", "100000000000000000000"), ("\\boxed{\\pi \\cdot 10^{40} + 1}", "\\pi \\cdot 10^{40}"),
+        ("\\boxed{\\sin(1)^{9^{9}} + \\cos(1)^{9^{9}}}", "\\sin(2)^{9^{9}}"), ("\\boxed{e^{-1000}}", "0"),
+        ("\\boxed{10^{-30}}", "0"),
     ],
     "pathological size (must be decided, not timed out)": [
         (f"\\boxed{{{TOWER}}}", TOWER + "+1"), ("\\boxed{x^{9^{9^{9}}}}", "x^{9^{9^9}}+1"),
@@ -61,7 +63,7 @@ HACKS: dict[str, list[tuple[str, str]]] = {
 RIGHT: dict[str, list[tuple[str, str]]] = {
     "broken final answer, right number elsewhere": [("It is 9. \\boxed{9}", "9"), ("So x = 5 \\boxed{x=5}", "5")],
     "hedge: several values": [("The answer is 9", "9"), ("\\boxed{7, 9}", "9, 7"), ("\\boxed{[8, 10]}", "[8,10]")],
-    "near a huge value": [("\\boxed{100!}", "100!"), ("\\boxed{2^{1048576}}", "2^{2^{20}}"),
+    "near a huge or tiny value": [("\\boxed{100!}", "100!"), ("\\boxed{2^{1048576}}", "2^{2^{20}}"),
                           ("\\boxed{3^{1000}}", "3^{1000}"), ("\\boxed{(10^{6})!}", "1000000!")],
     "pathological size (must be decided, not timed out)": [(f"\\boxed{{{TOWER}}}", TOWER)],
     "type confusion": [("\\boxed{1}", "1"), ("\\boxed{\\infty}", "\\infty")],
