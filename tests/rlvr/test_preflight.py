@@ -152,3 +152,17 @@ def test_rlvr_train_stops_before_ray_and_writes_nothing(tmp_path):
     assert done.returncode == 2 and "job learner.lr=abc" in done.stderr and not (tmp_path / "sweep").exists()
     print(f"rlvr-train rejected an unknown experiment in {elapsed:.1f} s")
     assert elapsed < 10
+
+
+def test_joining_a_cluster_without_the_resources_fails_naming_the_key():
+    from rlvr.preflight import check_cluster_resources
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 8.0, "node:10.0.0.1": 1.0, "memory": 1e10}},
+             {"Alive": False, "Resources": {"CPU": 8.0, "GPU": 8.0}}]  # the GPU node is gone
+    cfg = load_config(_composed("learner.gpus_per_rank=1", "cluster.address=auto"))
+    with pytest.raises(ConfigError, match=r"learner.gpus_per_rank: no node of the Ray cluster has GPU=1 \(the cluster has CPU=8\)"):
+        check_cluster_resources(cfg, nodes)
+    cfg = load_config(_composed("+rollout.resources.rollout_node=1"))
+    with pytest.raises(ConfigError, match="rollout.resources: no node of the Ray cluster has rollout_node=1"):
+        check_cluster_resources(cfg, nodes)
+    check_cluster_resources(load_config(_composed()), nodes)  # CPUs only: fits
