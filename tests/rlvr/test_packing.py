@@ -85,8 +85,8 @@ def test_packed_micro_batches_give_the_padded_loss_and_gradients(aggregation):
         loss = loss_of(logp, logp.detach() - 0.1, t["advantages"], t["mask"], t["engine_logp"], t["weights"])
         loss.backward()
         total += float(loss.detach())
-    print(f"{aggregation}: padded {float(full):.6f}, packed {total:.6f}")
-    assert total == pytest.approx(float(full), rel=1e-5, abs=1e-9)
+    print(f"{aggregation}: padded {float(full.detach()):.6f}, packed {total:.6f}")
+    assert total == pytest.approx(float(full.detach()), rel=1e-5, abs=1e-9)
     for n, p in model.named_parameters():
         if n in want:
             assert torch.allclose(p.grad, want[n], atol=1e-6, rtol=1e-4), n
