@@ -169,12 +169,21 @@ class LearnerRank:
         self.engine.train()
         old_logp = self._old_logprobs(micros) if self.cfg.algorithm.epochs > 1 else None
         sums: dict[str, float] = {}
-        for _ in range(self.cfg.algorithm.epochs):
+        old_mismatch = 0.0
+        for epoch in range(self.cfg.algorithm.epochs):
             for k, micro in enumerate(micros):
                 self.engine.set_gradient_accumulation_boundary(k == len(micros) - 1)
-                for name, value in self._micro_step(micro, None if old_logp is None else old_logp[k]).items():
+                metrics = self._micro_step(micro, None if old_logp is None else old_logp[k])
+                if epoch == 0 and old_logp is not None:
+                    # Nothing has stepped yet: the no-grad "old" log-probs (fused kernels) must
+                    # be the ones the loss's forward (torch reference) computes.
+                    old_mismatch = max(old_mismatch, metrics.pop("old_logprob_mismatch"))
+                metrics.pop("old_logprob_mismatch", None)
+                for name, value in metrics.items():
                     sums[name] = sums.get(name, 0.0) + value
         out = {k: v / self.cfg.algorithm.epochs for k, v in sums.items()}
+        if old_logp is not None:
+            out["old_logprob_mismatch"] = old_mismatch
         out["lr"] = self.scheduler.get_last_lr()[0]
         grad_norm = self._grad_norm if self.cfg.learner.zero_stage == 0 else self.engine.get_global_grad_norm()
         if grad_norm is not None:
@@ -198,6 +207,8 @@ class LearnerRank:
         # One pass on fresh samples: the "old" policy is the current one (ratio 1, gradient of
         # the plain policy gradient); more epochs compare against the pre-update log-probs.
         old = logp.detach() if old_logp is None else old_logp
+        mask_f = t["mask"].bool()
+        old_mismatch = float((logp.detach() - old).abs()[mask_f].max()) if old_logp is not None and mask_f.any() else 0.0
         loss, metrics = grpo.grpo_loss(logp, old, t["advantages"], t["mask"], self.loss_config,
                                        engine_logp=t["engine_logp"], ref_logp=ref_logp, weights=t["weights"])
         # The weights normalise over the global batch; DeepSpeed averages gradients over ranks.
@@ -216,7 +227,7 @@ class LearnerRank:
                        engine_trainer_kl=float((grpo.kl_k3(t["engine_logp"], logp.detach()) * mask).sum()) / max(n, 1))
         # Token means -> token sums, so that the group can average over all ranks' tokens.
         out = {k: v * n for k, v in metrics.items()}
-        out.update(loss=float(loss.detach()), tokens=n)
+        out.update(loss=float(loss.detach()), tokens=n, old_logprob_mismatch=old_mismatch)
         return out
 
     # -- weight sync (bucketed: one bucket in flight at a time)
@@ -329,6 +340,8 @@ class LearnerGroup:
                 out[key] = results[0].pop(key)
                 for m in results[1:]:
                     m.pop(key, None)
+        if "old_logprob_mismatch" in results[0]:
+            out["old_logprob_mismatch"] = max(m.pop("old_logprob_mismatch") for m in results)
         out.update({k: sum(m[k] for m in results) / max(tokens, 1) for k in results[0]})
         computed = sum(m.num_tokens for rank in micros for m in rank)
         out["micro_batches"] = len(micros[0])

@@ -17,6 +17,7 @@ import os
 import torch
 
 from rlvr.kernels import cpu
+from rlvr.kernels.cpu import frozen_weights
 from rlvr.kernels.attention import attention_ref
 from rlvr.kernels.mamba import MambaDims, MambaWeights, mamba_chunk_ref, mamba_step_ref
 from rlvr.kernels.moe import MoEDims, MoEWeights, moe_routed_ref
@@ -88,5 +89,5 @@ def sample(logits, temperature: float, uniform):
     return fn(logits, temperature, uniform)
 
 
-__all__ = ["BACKENDS", "MambaDims", "MambaWeights", "MoEDims", "MoEWeights", "attention", "backend",
+__all__ = ["BACKENDS", "MambaDims", "MambaWeights", "MoEDims", "MoEWeights", "attention", "backend", "frozen_weights",
            "mamba_chunk", "mamba_step", "moe_routed", "rms_norm", "sample", "set_backend"]

@@ -12,12 +12,20 @@ processes building at once (Ray workers) each write a private file and rename it
 Without a C compiler ``available()`` is False and the dispatcher keeps the torch path.
 
 Each ``X_cpu`` function takes exactly the arguments of its torch reference ``X_ref``
-(``mamba.py``, ``moe.py``, ``attention.py``, ``norm.py``, ``sampling.py``) and returns the same values. Weights are converted once into the layout the kernels read (fp32,
-transposed) and kept until a weight changes in place (its version counter moves) or is replaced.
+(``mamba.py``, ``moe.py``, ``attention.py``, ``norm.py``, ``sampling.py``) and returns the same values.
+
+Weights are converted into the layout the kernels read (fp32, transposed). The converted copy is
+kept only inside ``frozen_weights()`` (the builtin engine's ``generate``: hundreds of decode
+steps over weights nothing changes meanwhile); anywhere else it is made again for every call.
+A cache keyed on the tensors cannot see every route by which weights change: ``p.data = ...``,
+``p.data.copy_(...)`` (how DeepSpeed writes an optimiser step), ``model.to(torch.bfloat16)``
+leave a parameter's identity and version counter as they were, and a stale copy gave wrong
+logits silently (1.94 off after one ZeRO-2 step).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -26,6 +34,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 import warnings
 
 from pathlib import Path
@@ -158,18 +167,34 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-_PREPARED = WeakIdKeyDictionary()  # first weight -> (versions of all, kernel-ready tensors)
+_FROZEN = threading.local()  # per thread: conversions made inside frozen_weights(), by first weight
+
+
+@contextlib.contextmanager
+def frozen_weights():
+    """Within this block the weights do not change, so their kernel layouts are made once and
+    reused (nested blocks share the outer one's); the copies are dropped at the end."""
+    if getattr(_FROZEN, "cache", None) is not None:
+        yield
+        return
+    _FROZEN.cache = WeakIdKeyDictionary()
+    try:
+        yield
+    finally:
+        _FROZEN.cache = None
 
 
 def _prepared(weights: tuple, convert) -> tuple[torch.Tensor, ...]:
-    """``convert(weights)``, cached on the first weight tensor until any of them is replaced or
-    changed in place (a weight sync bumps the version), so a decode step does not redo it."""
-    versions = tuple((id(t), t._version) if t is not None else None for t in weights)
-    cached = _PREPARED.get(weights[0])
-    if cached is None or cached[0] != versions:
+    """``convert(weights)``: made once per ``frozen_weights()`` block, else on every call."""
+    cache = getattr(_FROZEN, "cache", None)
+    if cache is None:
         with torch.no_grad():
-            cached = versions, convert(weights)
-        _PREPARED[weights[0]] = cached
+            return convert(weights)
+    cached = cache.get(weights[0])
+    if cached is None or any(a is not b for a, b in zip(cached[0], weights)):
+        with torch.no_grad():
+            cached = weights, convert(weights)
+        cache[weights[0]] = cached
     return cached[1]
 
 

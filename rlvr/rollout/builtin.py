@@ -114,7 +114,10 @@ class BuiltinEngine:
         collecting = gc.isenabled()
         gc.disable()
         try:
-            return self._generate(prompts, sampling)
+            # The weights cannot change during one generate (updates wait for it), so their
+            # kernel layouts are made once for all its decode steps.
+            with kernels.frozen_weights():
+                return self._generate(prompts, sampling)
         finally:
             if collecting:
                 gc.enable()

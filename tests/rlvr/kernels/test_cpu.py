@@ -159,3 +159,53 @@ def test_sampling_matches_reference(temperature):
     print(f"T={temperature}: same token in {same.float().mean():.2%} of rows")
     assert same.float().mean() > 0.995
     _report("sampled log-probs", logprobs[same], want_logprobs[same])
+
+
+def _route(model, other, route):
+    """Change ``model``'s weights the way a user or a library might."""
+    params = dict(model.named_parameters())
+    new = dict(other.named_parameters())
+    with torch.no_grad():
+        if route == "to_bfloat16":
+            model.to(torch.bfloat16)
+        elif route == "double":
+            model.double()
+        elif route == "data_assign":  # p.data = ... (DeepSpeed ZeRO-1/2 write steps this way)
+            for n, p in params.items():
+                p.data = new[n].data.clone()
+        elif route == "data_copy":  # p.data.copy_(...): leaves p's version counter alone
+            for n, p in params.items():
+                p.data.copy_(new[n].data)
+        elif route == "load_state_dict":
+            model.load_state_dict(other.state_dict())
+        elif route == "copy_no_grad":
+            for n, p in params.items():
+                p.copy_(new[n])
+
+
+@pytest.mark.parametrize("route", ["to_bfloat16", "double", "data_assign", "data_copy", "load_state_dict", "copy_no_grad"])
+def test_the_c_path_follows_weights_changed_by_any_route(route):
+    """A cached kernel layout went stale under p.data / .to(dtype) (NaN logits, 0.41 off)."""
+    import rlvr.kernels as K
+    import rlvr.model as M
+    from rlvr.model.config import tiny
+
+    torch.manual_seed(0)
+    model = M.HybridLM(tiny(initializer_range=0.1)).eval()
+    torch.manual_seed(1)
+    other = M.HybridLM(tiny(initializer_range=0.1))
+    ids = torch.randint(0, 256, (2, 24))
+    with torch.no_grad():
+        model(ids)  # the first forward, as before any change
+        with K.frozen_weights():
+            model(ids)
+        _route(model, other, route)
+        fast = model(ids)
+        K.set_backend("torch")
+        try:
+            ref = model(ids)
+        finally:
+            K.set_backend("auto")
+    diff = (fast - ref).abs().max().item()
+    print(f"{route}: C path vs torch path after the change {diff:.2e}")
+    assert torch.isfinite(fast).all() and diff < (0.1 if route == "to_bfloat16" else 1e-4)
