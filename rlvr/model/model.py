@@ -76,6 +76,9 @@ class HybridLM(nn.Module):
         information crosses a document boundary, in any layer.
         ``lengths`` (batch,): for a right-padded prefill into an empty cache, the real length of
         each row; the cache then continues each row from its own last real token."""
+        if input_ids.dim() != 2 or input_ids.numel() == 0:
+            raise ValueError(f"input_ids must be (batch, seqlen) with at least one token, got shape "
+                             f"{tuple(input_ids.shape)}")
         if cu_seqlens is not None:
             seq_idx = seq_idx_from_cu_seqlens(cu_seqlens, input_ids.shape[1])
         hidden = self.backbone.embeddings(input_ids)

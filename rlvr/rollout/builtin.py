@@ -23,6 +23,7 @@ from rlvr.model import HybridLM
 from rlvr.model.names import load_named
 from rlvr.rollout.weights import next_version, update_weights
 from rlvr.rollout.engine import Completion, SamplingParams
+from rlvr.rollout.engine import prompt_ids as engine_prompt_ids
 from rlvr.tokenizer import Tokenizer
 
 
@@ -123,7 +124,9 @@ class BuiltinEngine:
                 gc.enable()
 
     def _generate(self, prompts, sampling: SamplingParams) -> list[Completion]:
-        prompt_ids = [self._ids(p, i) for i, p in enumerate(prompts)]
+        prompt_ids = engine_prompt_ids(prompts, self.tokenizer, self.model.config.max_position_embeddings)
+        if not prompt_ids:
+            return []
         stop_ids = torch.tensor(sorted(set(sampling.stop_token_ids) | (
             set() if sampling.ignore_eos else {self.tokenizer.eos_token_id})), dtype=torch.long)
         generator = torch.Generator().manual_seed(sampling.seed if sampling.seed is not None
@@ -158,12 +161,6 @@ class BuiltinEngine:
         return [self._completion(out, r, prompt_ids[r // n], n) for r in range(len(prompts) * n)]
 
     # -- steps
-    def _ids(self, prompt, index: int) -> list[int]:
-        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        if not ids:
-            raise ValueError(f"prompt {index} is empty")
-        return ids
-
     def _prefill(self, batch: list[int], prompt_ids: list[list[int]], n: int):
         """Prefill each distinct prompt of ``batch`` (request ids) once; return a cache and
         next-token logits with one row per request."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -11,6 +12,9 @@ import torch
 
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
+    """Checked once, here, for every engine. A single stop string or stop id may be given bare
+    (``stop="###"`` is one string, not three characters)."""
+
     temperature: float = 1.0  # 0 means greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 means no top-k cut
@@ -22,12 +26,51 @@ class SamplingParams:
     ignore_eos: bool = False  # generate max_tokens whatever comes (benchmarks)
 
     def __post_init__(self):
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0")
-        if not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
-        if self.max_tokens < 1 or self.n < 1 or self.top_k < 0:
-            raise ValueError("max_tokens and n must be >= 1, top_k >= 0")
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        ids = (self.stop_token_ids,) if _is_int(self.stop_token_ids) else tuple(self.stop_token_ids)
+        object.__setattr__(self, "stop", stop)
+        object.__setattr__(self, "stop_token_ids", tuple(int(i) for i in ids if _is_int(i)))
+        if not all(isinstance(s, str) and s for s in stop):
+            raise ValueError(f"stop: expected non-empty strings, got {stop!r}")
+        if len(self.stop_token_ids) != len(ids):
+            raise ValueError(f"stop_token_ids: expected token ids (whole numbers), got {ids!r}")
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got {self.temperature!r}")
+        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        for name, low in (("top_k", 0), ("max_tokens", 1), ("n", 1)):
+            value = getattr(self, name)
+            if not _is_int(value) or value < low:
+                raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
+        if self.seed is not None and not _is_int(self.seed):
+            raise ValueError(f"seed must be a whole number or None, got {self.seed!r}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def prompt_ids(prompts, tokenizer, max_len: int | None = None) -> list[list[int]]:
+    """Prompts (strings, or token ids as lists or tensors) as lists of ints, checked: a bare
+    string is refused (it would be one prompt per character), as are empty prompts and prompts
+    longer than ``max_len``."""
+    if isinstance(prompts, str) or (isinstance(prompts, torch.Tensor) and prompts.dim() < 2):
+        raise TypeError("prompts must be a list (of strings or of token-id lists); to generate from one "
+                        "prompt, pass [prompt]")
+    out = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, str):
+            ids = tokenizer.encode(p)
+        elif isinstance(p, torch.Tensor):
+            ids = [int(t) for t in p.reshape(-1).tolist()]
+        else:
+            ids = [int(t) for t in p]
+        if not ids:
+            raise ValueError(f"prompt {i} is empty")
+        if max_len is not None and len(ids) >= max_len:
+            raise ValueError(f"prompt {i} has {len(ids)} tokens; the model's max_position_embeddings is {max_len}")
+        out.append(ids)
+    return out
 
 
 @dataclasses.dataclass

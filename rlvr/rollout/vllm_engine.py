@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from rlvr.rollout.engine import Completion, SamplingParams
+from rlvr.rollout.engine import Completion, SamplingParams, prompt_ids
 from rlvr.rollout.weights import next_version, update_weights
 from rlvr.tokenizer import make_tokenizer
 
@@ -70,7 +70,9 @@ class VLLMEngine:
         from vllm import SamplingParams as VLLMSampling
         from vllm.inputs import TokensPrompt
 
-        ids = [self.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
+        ids = prompt_ids(prompts, self.tokenizer)
+        if not ids:
+            return []
         stop_ids = list(sampling.stop_token_ids)
         if not sampling.ignore_eos:
             stop_ids.append(self.tokenizer.eos_token_id)
