@@ -54,6 +54,25 @@ def seq_idx_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> torch.Tenso
     return (torch.searchsorted(cu_seqlens[1:], positions, right=True))[None]
 
 
+def check_cu_seqlens(cu_seqlens: torch.Tensor, shape) -> None:
+    """Offsets of packed documents in one row: [0, ..., seqlen], strictly increasing. (The fused
+    kernels trust them: offsets that do not cover the row read memory out of bounds.)"""
+    c = cu_seqlens
+    if shape[0] != 1 or c.dim() != 1 or c.numel() < 2 or c.is_floating_point():
+        raise ValueError(f"cu_seqlens must be 1-D integer offsets of the documents packed in one row (batch 1), "
+                         f"got shape {tuple(c.shape)} for input_ids {tuple(shape)}")
+    if int(c[0]) != 0 or int(c[-1]) != shape[1] or bool((c[1:] <= c[:-1]).any()):
+        raise ValueError(f"cu_seqlens must rise strictly from 0 to seqlen = {shape[1]}, got {c.tolist()}")
+
+
+def check_seq_idx(seq_idx: torch.Tensor, shape) -> None:
+    """Document number of every token: (batch, seqlen), integers >= 0, non-decreasing in a row."""
+    if tuple(seq_idx.shape) != tuple(shape) or seq_idx.is_floating_point():
+        raise ValueError(f"seq_idx must be integers of input_ids' shape {tuple(shape)}, got {tuple(seq_idx.shape)}")
+    if bool((seq_idx < 0).any()) or bool((seq_idx[:, 1:] < seq_idx[:, :-1]).any()):
+        raise ValueError("seq_idx must be >= 0 and non-decreasing along each row (documents one after another)")
+
+
 class HybridLM(nn.Module):
     def __init__(self, config: HybridConfig):
         super().__init__()
@@ -80,7 +99,10 @@ class HybridLM(nn.Module):
             raise ValueError(f"input_ids must be (batch, seqlen) with at least one token, got shape "
                              f"{tuple(input_ids.shape)}")
         if cu_seqlens is not None:
+            check_cu_seqlens(cu_seqlens, input_ids.shape)
             seq_idx = seq_idx_from_cu_seqlens(cu_seqlens, input_ids.shape[1])
+        if seq_idx is not None:
+            check_seq_idx(seq_idx, input_ids.shape)
         hidden = self.backbone.embeddings(input_ids)
         for i, block in enumerate(self.backbone.layers):
             layer_cache = cache[i] if cache is not None else None

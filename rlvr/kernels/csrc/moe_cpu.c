@@ -92,7 +92,9 @@ void moe_routed_f32(const MoEDims *d, int64_t T, const float *xr, const float *x
     for (int64_t e = 0; e < E; e++) fill[e] = offsets[e], blocks += (offsets[e + 1] - offsets[e] + 3) / 4;
     for (int64_t s = 0; s < S; s++) sorted[fill[index[s]]++] = s;
 
-    int64_t block_expert[blocks], block_start[blocks], nb = 0;
+    /* on the heap: blocks grow with tokens x top_k (a stack array overflowed at ~2M slots) */
+    int64_t *block_expert = malloc(sizeof(int64_t) * 2 * (blocks + 1)), *block_start = block_expert + blocks + 1;
+    int64_t nb = 0;
     for (int64_t e = 0; e < E; e++)
         for (int64_t s = offsets[e]; s < offsets[e + 1]; s += 4) block_expert[nb] = e, block_start[nb++] = s;
 #pragma omp parallel for schedule(dynamic, 8) num_threads(nthreads)
@@ -108,6 +110,7 @@ void moe_routed_f32(const MoEDims *d, int64_t T, const float *xr, const float *x
         for (int64_t j = 1; j < K; j++)
             for (int64_t c = 0; c < D; c++) o[c] += slot_out[(t * K + j) * D + c];
     }
+    free(block_expert);
     free(index);
     free(weight);
 }

@@ -15,15 +15,17 @@ void sample_f32(int64_t rows, int64_t vocab, const float *logits, float inv_temp
         const float *l = logits + r * vocab;
         float m = l[0];
         for (int64_t i = 1; i < vocab; i++) m = l[i] > m ? l[i] : m;
-        float p[vocab], raw = 0.0f, total = 0.0f;
+        /* No per-row buffer of probabilities (a stack array of vocab floats overflowed above
+         * ~2M tokens): the draw recomputes the exponentials it walks over, in the same order. */
+        float raw = 0.0f, total = 0.0f;
         for (int64_t i = 0; i < vocab; i++) raw += fast_expf(l[i] - m);
-        for (int64_t i = 0; i < vocab; i++) total += p[i] = fast_expf((l[i] - m) * inv_temperature);
+        for (int64_t i = 0; i < vocab; i++) total += fast_expf((l[i] - m) * inv_temperature);
         /* the first token whose cumulative mass exceeds u * total */
         const float target = uniform[r] * total;
         float cumulative = 0.0f;
         int64_t token = vocab - 1;
         for (int64_t i = 0; i < vocab; i++) {
-            cumulative += p[i];
+            cumulative += fast_expf((l[i] - m) * inv_temperature);
             if (cumulative > target) {
                 token = i;
                 break;

@@ -209,3 +209,24 @@ def test_the_c_path_follows_weights_changed_by_any_route(route):
     diff = (fast - ref).abs().max().item()
     print(f"{route}: C path vs torch path after the change {diff:.2e}")
     assert torch.isfinite(fast).all() and diff < (0.1 if route == "to_bfloat16" else 1e-4)
+
+
+def test_huge_vocabulary_and_huge_moe_batches_do_not_overflow_the_stack():
+    """Per-row and per-block arrays lived on the stack: SIGSEGV above ~2.1M vocabulary entries
+    or ~2.1M token x top-k slots (350k tokens at Nemotron 3 Nano's top-6)."""
+    g = torch.Generator().manual_seed(0)
+    logits, uniform = torch.randn(2, 3_000_000, generator=g), torch.rand(2, generator=g)
+    tokens, logprobs = cpu.sample_cpu(logits, 1.0, uniform)
+    # Over 3M terms fp32 sums differ by rounding, so the draw is checked in float64: the token's
+    # place in the CDF is the uniform number (to 1e-3: fp32 running sums), and its log-prob is its own.
+    probs = torch.softmax(logits.double(), -1)
+    cdf = probs.cumsum(-1)
+    for r in range(2):
+        t = int(tokens[r])
+        assert cdf[r, t] - probs[r, t] - 1e-3 <= uniform[r] <= cdf[r, t] + 1e-3
+        assert abs(float(logprobs[r]) - float(torch.log(probs[r, t]))) < 1e-4
+    dims = MoEDims(n_experts=8, top_k=6, n_group=1, topk_group=1, norm_topk_prob=True, scale=2.5)
+    w = MoEWeights(torch.randn(8, 4, generator=g), torch.zeros(8), torch.randn(8, 4, 4, generator=g) * 0.2,
+                   torch.randn(8, 4, 4, generator=g) * 0.2)
+    x = torch.randn(400_000, 4, generator=g)  # 2.4M slots
+    _report("moe, 400k tokens x top-6", cpu.moe_routed_cpu(x, x, w, dims), moe_routed_ref(x, x, w, dims))

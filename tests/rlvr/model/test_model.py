@@ -194,3 +194,21 @@ def test_merged_caches_continue_each_row(model):
         out = model.step(nxt, cache)
         want = torch.cat([model(torch.cat([a, nxt[:2, None]], 1))[:, -1], model(torch.cat([b, nxt[2:, None]], 1))[:, -1]])
     assert (out - want).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(cu_seqlens=torch.tensor([0, 7, 20])), "batch 1"),  # two rows of 20
+    (dict(seq_idx=torch.zeros(40, dtype=torch.long)), "seq_idx must be integers of input_ids' shape"),
+    (dict(seq_idx=torch.tensor([[0] * 10 + [1] * 5 + [0] * 5] * 2)), "non-decreasing"),
+    (dict(seq_idx=torch.full((2, 20), -1)), ">= 0"),
+])
+def test_packing_offsets_are_checked_before_any_kernel_reads_them(kwargs, needle):
+    """The torch path raised on these, the C path read out of bounds and returned garbage."""
+    torch.manual_seed(0)
+    model = M.HybridLM(tiny())
+    with torch.no_grad(), pytest.raises(ValueError, match=needle):
+        model(torch.randint(0, 256, (2, 20)), **kwargs)
+    with torch.no_grad(), pytest.raises(ValueError, match="rise strictly from 0 to seqlen = 20"):
+        model(torch.randint(0, 256, (1, 20)), cu_seqlens=torch.tensor([0, 7, 7, 20]))
+    with torch.no_grad(), pytest.raises(ValueError, match="rise strictly"):
+        model(torch.randint(0, 256, (1, 20)), cu_seqlens=torch.tensor([0, 7, 15]))
