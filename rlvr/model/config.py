@@ -182,17 +182,18 @@ def nemotron3_nano_30b_a3b(**overrides) -> HybridConfig:
 
 
 def nemotron3_super_120b_a12b(**overrides) -> HybridConfig:
-    """Nemotron 3 Super 120B-A12B sizes as published (88 layers, hidden 4096, 512 experts, top-22,
-    Latent MoE 1024). The exact layer order of the release is not reproduced here: the pattern
-    is the Nano's M/E alternation with an attention layer every 8, which keeps the parameter
-    count; load the real config.json for the real model."""
-    unit = "MEMEMEM*"
+    """Nemotron 3 Super 120B-A12B sizes as published in its config.json: 88 layers of which 40
+    Mamba-2, 40 Latent MoE and 8 attention, hidden 4096, 512 experts, top-22, latent 1024,
+    routed_scaling_factor 5.0. The layer order here spreads them evenly (the release's exact order
+    is in its config.json: load that for the real model), which keeps the parameter count:
+    120.7B total, 12.8B active (tests/rlvr/model/test_model.py). The release's one MTP layer is
+    not modelled."""
     base = dict(
-        pattern=(unit * 11), vocab_size=131072, hidden_size=4096, num_attention_heads=32,
+        pattern="MEMEMEMEME*" * 8, vocab_size=131072, hidden_size=4096, num_attention_heads=32,
         num_key_value_heads=2, head_dim=128, intermediate_size=2688, mamba_num_heads=128,
         mamba_head_dim=64, ssm_state_size=128, n_groups=8, chunk_size=128, n_routed_experts=512,
         num_experts_per_tok=22, moe_intermediate_size=2688, moe_shared_expert_intermediate_size=5376,
-        moe_latent_size=1024, routed_scaling_factor=2.5, max_position_embeddings=262144,
+        moe_latent_size=1024, routed_scaling_factor=5.0, max_position_embeddings=262144,
     )
     return HybridConfig(**(base | overrides))
 

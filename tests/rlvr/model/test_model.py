@@ -212,3 +212,18 @@ def test_packing_offsets_are_checked_before_any_kernel_reads_them(kwargs, needle
         model(torch.randint(0, 256, (1, 20)), cu_seqlens=torch.tensor([0, 7, 7, 20]))
     with torch.no_grad(), pytest.raises(ValueError, match="rise strictly"):
         model(torch.randint(0, 256, (1, 20)), cu_seqlens=torch.tensor([0, 7, 15]))
+
+
+@pytest.mark.parametrize("preset,total,active", [("nemotron3-nano-30b-a3b", 31.6e9, 3.6e9),
+                                                 ("nemotron3-super-120b-a12b", 120.7e9, 12.8e9)])
+def test_published_presets_have_the_published_parameter_counts(preset, total, active):
+    """Nano: 31.6B total / 3.6B active with embeddings; Super: ~120B / ~12B (its config.json:
+    40 Mamba-2, 40 MoE, 8 attention layers; the MTP layer not modelled)."""
+    cfg = M.PRESETS[preset]()
+    with torch.device("meta"):
+        model = M.HybridLM(cfg)
+    n = sum(p.numel() for p in model.parameters())
+    experts = sum(p.numel() for name, p in model.named_parameters() if ".experts." in name)
+    n_active = n - experts + experts * cfg.num_experts_per_tok // cfg.n_routed_experts
+    print(f"{preset}: {n / 1e9:.2f}B total, {n_active / 1e9:.2f}B active")
+    assert n == pytest.approx(total, rel=0.01) and n_active == pytest.approx(active, rel=0.01)
