@@ -170,7 +170,7 @@ def main() -> None:
     if not args.skip_sync:
         import ray
 
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         result["weight_sync"] = {p: bench_weight_sync(p) for p in ("tiny", "small-100m")}
         ray.shutdown()
     print(json.dumps(result, indent=1))

@@ -33,7 +33,7 @@ class RayScorer:
 
     def __init__(self, env_name: str, env_kwargs: dict, *, workers: int, timeout: float, address: str):
         if not ray.is_initialized():
-            ray.init(address=None if address == "local" else address, num_cpus=None if address != "local" else workers,
+            ray.init(address=address, num_cpus=None if address != "local" else workers,
                      include_dashboard=False, log_to_driver=False, configure_logging=False)
         self.spec = (env_name, env_kwargs, timeout)
         self.actors = [ScoringActor.remote(*self.spec) for _ in range(workers)]

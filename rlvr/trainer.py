@@ -131,7 +131,9 @@ class Trainer:
         elif c.num_cpus is not None:
             log.info("cluster.num_cpus=%s is not used: the Ray cluster at %s has its own resources", c.num_cpus, c.address)
         try:
-            ray.init(address=c.address, **kwargs)
+            # "local": a Ray of this job's own, even when a `ray start` cluster runs on this machine
+            # (plain ray.init() would join that one, and refuse num_cpus)
+            ray.init(address=c.address or "local", **kwargs)
         except (ConnectionError, TimeoutError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ConfigError(f"cluster.address: no Ray cluster reachable at {c.address!r} ({first}). Start one with "

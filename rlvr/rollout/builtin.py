@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import random
+import threading
 from collections import deque
 from collections.abc import Iterable
 
@@ -87,7 +88,8 @@ class BuiltinEngine:
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.weights_version = 0
-        self._aborted = False
+        self._running: set[threading.Event] = set()  # one stop flag per generate call in progress
+        self._running_lock = threading.Lock()
 
     # -- Engine protocol
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int | None = None) -> None:
@@ -104,8 +106,11 @@ class BuiltinEngine:
         self.weights_version = next_version(self.weights_version, version)
 
     def abort(self) -> None:
-        """Stop the running ``generate``: unfinished samples return with finish_reason "abort"."""
-        self._aborted = True
+        """Stop every ``generate`` running now (from any thread): their unfinished samples return
+        with finish_reason "abort". A call that starts afterwards is not affected."""
+        with self._running_lock:
+            for stop in self._running:
+                stop.set()
 
     @torch.no_grad()
     def generate(self, prompts, sampling: SamplingParams) -> list[Completion]:
@@ -135,10 +140,22 @@ class BuiltinEngine:
         pending = deque(range(len(prompts) * n))  # request r is sample r % n of prompt r // n
         longest = max(map(len, prompt_ids)) + sampling.max_tokens
         out = _Outputs(len(prompts) * n, sampling.max_tokens)
+        stop = threading.Event()
+        with self._running_lock:
+            self._running.add(stop)
+        try:
+            self._decode(prompt_ids, sampling, stop_ids, generator, pending, out, longest, stop)
+        finally:
+            with self._running_lock:
+                self._running.discard(stop)
+        return [self._completion(out, r, prompt_ids[r // n], n) for r in range(len(prompts) * n)]
+
+    def _decode(self, prompt_ids, sampling, stop_ids, generator, pending, out, longest, stop) -> None:
+        """Continuous batching until every request finished or ``stop`` is set."""
+        n = sampling.n
         active = torch.zeros(0, dtype=torch.long)  # request of each running row
         cache, last = None, None
-        self._aborted = False
-        while (len(active) or pending) and not self._aborted:
+        while (len(active) or pending) and not stop.is_set():
             if len(active):
                 tokens, logps = sample_tokens(self.model.step(last, cache), sampling, generator)
                 active, cache, last = self._advance(out, active, cache, tokens, logps, sampling, stop_ids)
@@ -158,7 +175,6 @@ class BuiltinEngine:
                     active = torch.cat([active, new])
         for r in active.tolist() + list(pending):  # only after an abort
             out.finish[r] = "abort"
-        return [self._completion(out, r, prompt_ids[r // n], n) for r in range(len(prompts) * n)]
 
     # -- steps
     def _prefill(self, batch: list[int], prompt_ids: list[list[int]], n: int):

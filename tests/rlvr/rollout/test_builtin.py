@@ -1,4 +1,5 @@
 import threading
+import time
 
 import pytest
 import torch
@@ -127,3 +128,21 @@ def test_sample_tokens_draws_from_the_filtered_distribution(params, expected):
     freq = torch.bincount(tokens, minlength=5).float() / len(tokens)
     assert (freq - want).abs().max() < 0.015, freq
     assert torch.allclose(logps, probs.log()[tokens])  # raw model log-probabilities, unfiltered
+
+
+def test_abort_stops_the_calls_running_now_and_not_the_next_one(engine):
+    """The abort flag was one per engine, reset by each new generate: an abort landing just
+    before a new call was lost, and one abort stopped every concurrent call."""
+    long = SamplingParams(max_tokens=100_000, n=2, ignore_eos=True)
+    short = SamplingParams(temperature=0, max_tokens=5, ignore_eos=True)
+    engine.abort()  # nothing is running: nothing to stop, nothing kept for later
+    assert {c.finish_reason for c in engine.generate(PROMPTS[:1], short)} == {"length"}
+    results = {}
+    running = threading.Thread(target=lambda: results.setdefault("long", engine.generate(PROMPTS[:2], long)))
+    running.start()
+    time.sleep(0.5)
+    engine.abort()
+    # a new call right after the abort: it runs to its end, and the abort still lands
+    assert {c.finish_reason for c in engine.generate(PROMPTS[:1], short)} == {"length"}
+    running.join(60)
+    assert not running.is_alive() and {c.finish_reason for c in results["long"]} == {"abort"}

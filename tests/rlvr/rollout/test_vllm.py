@@ -69,7 +69,7 @@ def test_multi_bucket_push_through_the_pool_lands_with_one_reload(tmp_path):
     new = M.HybridLM(tiny(**NO_MOE))
     model_bytes = sum(t.numel() * t.element_size() for t in new.state_dict().values())
     sampling = SamplingParams(temperature=1.0, max_tokens=16, n=2, seed=0, ignore_eos=True)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     pool = RolloutPool(EngineSpec(str(tmp_path / "ckpt"), backend="vllm", vllm_kwargs=(("enforce_eager", True),)),
                        num_workers=1, bucket_bytes=model_bytes // 4)
     try:

@@ -22,7 +22,7 @@ GREEDY = SamplingParams(temperature=0, max_tokens=24)
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt")
     M.HybridLM(tiny(initializer_range=0.1)).save(path)
