@@ -13,7 +13,6 @@ import), before Ray starts, and raises ``ConfigError`` with one line naming the 
 from __future__ import annotations
 
 import importlib.util
-import itertools
 import json
 import re
 from pathlib import Path
@@ -59,7 +58,7 @@ def check_source(key: str, src: DataSource) -> None:
     if src.generator and src.generator not in GENERATORS:
         raise ConfigError(f"{key}.generator: unknown generator {src.generator!r} (known: {', '.join(GENERATORS)})")
     if src.path:
-        first = first_row(key, Path(src.path).expanduser(), src.split)
+        first = _first_row(key, Path(src.path).expanduser(), src.split)
         if not key.startswith("sft") and src.prompt_field not in first:
             raise ConfigError(f"{key}.prompt_field: the first row of {src.path} has no field {src.prompt_field!r} "
                               f"(its fields: {', '.join(first) or 'none'})")
@@ -69,18 +68,18 @@ def check_source(key: str, src: DataSource) -> None:
                                   f"(its fields: {', '.join(first) or 'none'})")
 
 
-def first_row(key: str, path: Path, split: str) -> dict[str, Any]:
-    from rlvr.rows import BadRow, UsageError, read_rows
+def _first_row(key: str, path: Path, split: str) -> dict[str, Any]:
+    """The first readable row of a data source (a malformed line is reported and skipped later,
+    row by row), or ``ConfigError`` naming ``key``."""
+    from rlvr import rows
 
     if not path.exists():
         raise ConfigError(f"{key}.path: {path} not found")
     if path.is_file() and path.stat().st_size == 0:
         raise ConfigError(f"{key}.path: {path} is empty")
     try:
-        rows = read_rows(path, split if path.is_dir() else None)
-        # A malformed line is reported and skipped later, row by row: look for a usable one.
-        row = next((r for r in itertools.islice(rows, 100) if not isinstance(r, BadRow)), None)
-    except (UsageError, OSError, ValueError) as err:
+        row = rows.first_row(path, split if path.is_dir() else None)
+    except (rows.UsageError, OSError, ValueError) as err:
         raise ConfigError(f"{key}.path: {path}: {err}") from None
     if row is None:
         raise ConfigError(f"{key}.path: {path} has no readable row (none of its first 100 lines is a JSON object)")
