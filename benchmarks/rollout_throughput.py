@@ -11,7 +11,11 @@ it is installed, on a checkpoint it can run (no MoE layers, head size 64):
 Builtin and transformers run ``--repeats`` times, interleaved (tokens/s of the best run, medians
 too); vLLM once (its start-up is long). Torch threads reported.
 Weight sync: ``RolloutPool.update_weights`` into one Ray worker for the tiny and the
-``small-100m`` preset. Prints one JSON object.
+``small-100m`` preset.
+Memory vs ``max_tokens``: the same 64 rows generate the same ``--memory-tokens`` tokens (each row
+stops on the text it generated in a reference run: sampling is per request, so a row's tokens do
+not depend on max_tokens) with max_tokens 1k, 8k and 32k, each in a fresh process; the peak
+resident memory above the process's state before the call is reported (polled every 2 ms). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -126,6 +133,56 @@ def bench_weight_sync(preset: str) -> dict:
     return {"parameters": model.num_parameters(), "mib": round(mib, 1), "seconds": round(seconds, 3)}
 
 
+MEMORY_MAX_TOKENS = (1024, 8192, 32768)
+
+
+def memory_probe(path: str, max_tokens: int) -> None:
+    """(Run in a fresh process.) Generate with the stop strings read from stdin; print the peak
+    RSS growth of the call and the tokens generated."""
+    request = json.loads(sys.stdin.read())
+    engine = BuiltinEngine(M.load(path), ByteTokenizer(), max_batch=512)
+    engine.generate(request["prompts"][:1], SamplingParams(max_tokens=4))  # warm-up
+    sampling = SamplingParams(max_tokens=max_tokens, n=request["n"], seed=0, ignore_eos=True,
+                              stop=tuple(request["stops"]))
+    before, peak, done = resident_bytes(), [0], threading.Event()
+
+    def watch() -> None:  # the process's high-water mark includes start-up; poll the current RSS
+        while not done.wait(0.002):
+            peak[0] = max(peak[0], resident_bytes())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    out = engine.generate(request["prompts"], sampling)
+    done.set()
+    watcher.join()
+    print(json.dumps({"peak_mib": round(max(peak[0] - before, 0) / 2**20, 1),
+                      "generated": [len(c.token_ids) for c in out]}))
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def bench_memory(path: str, args) -> dict:
+    """Peak memory of one generate call vs max_tokens, for a fixed number of generated tokens."""
+    texts, n = prompts(8), 8
+    engine = BuiltinEngine(M.load(path), ByteTokenizer(), max_batch=512)
+    reference = engine.generate(texts, SamplingParams(max_tokens=args.memory_tokens, n=n, seed=0, ignore_eos=True))
+    request = json.dumps({"prompts": texts, "n": n, "stops": [c.text for c in reference]})
+    result, generated = {"rows": len(reference)}, set()
+    for max_tokens in MEMORY_MAX_TOKENS:
+        probe = subprocess.run([sys.executable, __file__, "--memory-probe", path, str(max_tokens)], input=request,
+                               capture_output=True, text=True, check=True)
+        measured = json.loads(probe.stdout.strip().splitlines()[-1])
+        generated.add(tuple(measured["generated"]))  # (a row ending in special ids stops a token or two early)
+        result[f"peak_mib_max_tokens_{max_tokens}"] = measured["peak_mib"]
+    if len(generated) != 1:
+        raise RuntimeError("the rows generated different lengths for different max_tokens")
+    result["generated_tokens"] = sum(generated.pop())
+    return result
+
+
 def vllm_result(path, texts, args) -> dict:
     import importlib.util
 
@@ -148,7 +205,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="interleaved runs per engine (vLLM: one)")
     ap.add_argument("--skip-transformers", action="store_true")
     ap.add_argument("--skip-sync", action="store_true")
+    ap.add_argument("--memory-tokens", type=int, default=512, help="tokens per row in the memory vs max_tokens runs")
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--memory-probe", nargs=2, metavar=("CHECKPOINT", "MAX_TOKENS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.memory_probe:
+        return memory_probe(args.memory_probe[0], int(args.memory_probe[1]))
     texts = prompts(args.prompts)
     result = {"threads": torch.get_num_threads(), "cpus": os.cpu_count(), "pattern": args.pattern,
               "prompts": args.prompts, "samples": args.samples, "new_tokens": args.new_tokens}
@@ -167,6 +229,12 @@ def main() -> None:
         result["vllm"] = vllm_result(tmp, texts, args)
         if "tokens_per_s" in result["vllm"]:
             result["builtin_vs_vllm"] = round(result["builtin"]["tokens_per_s"] / result["vllm"]["tokens_per_s"], 2)
+    if not args.skip_memory:
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.manual_seed(0)
+            M.from_preset("tiny", pattern=args.pattern, head_dim=args.head_dim, initializer_range=0.1,
+                          max_position_embeddings=65536).save(tmp)
+            result["memory_vs_max_tokens"] = bench_memory(tmp, args)
     if not args.skip_sync:
         import ray
 

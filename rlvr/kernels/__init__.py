@@ -3,7 +3,7 @@
     torch  plain torch (``mamba.py`` + ``ssd.py``): the reference, and the only path with autograd
     cpu    fused C loops (``cpu.py``, ``csrc/``) for CPU inference: prefill, decode, logprob
            forwards without gradients; Mamba mixer, routed MoE experts, causal GQA attention,
-           RMSNorm, sampling
+           RMSNorm, sampling and its counter-based random numbers
 
 ``RLVR_KERNELS=torch`` (read at import) or ``set_backend("torch")`` forces the reference
 everywhere (debugging, A/B timing); the default ``auto`` takes the fastest path that supports the
@@ -22,7 +22,7 @@ from rlvr.kernels.attention import attention_ref
 from rlvr.kernels.mamba import MambaDims, MambaWeights, mamba_chunk_ref, mamba_step_ref
 from rlvr.kernels.moe import MoEDims, MoEWeights, moe_routed_ref
 from rlvr.kernels.norm import rms_norm_ref
-from rlvr.kernels.sampling import sample_ref
+from rlvr.kernels.sampling import counter_uniform_ref, sample_ref
 
 BACKENDS = ("auto", "torch", "cpu")
 
@@ -89,5 +89,12 @@ def sample(logits, temperature: float, uniform):
     return fn(logits, temperature, uniform)
 
 
-__all__ = ["BACKENDS", "MambaDims", "MambaWeights", "MoEDims", "MoEWeights", "attention", "backend", "frozen_weights",
+def counter_uniform(keys, positions):
+    """One uniform number per row from (key, position) (see ``counter_uniform_ref``), on the
+    fastest path available: both paths give the same bits."""
+    fn = cpu.counter_uniform_cpu if _use_cpu(positions) else counter_uniform_ref
+    return fn(keys, positions)
+
+
+__all__ = ["BACKENDS", "counter_uniform", "MambaDims", "MambaWeights", "MoEDims", "MoEWeights", "attention", "backend", "frozen_weights",
            "mamba_chunk", "mamba_step", "moe_routed", "rms_norm", "sample", "set_backend"]

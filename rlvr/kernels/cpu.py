@@ -120,6 +120,7 @@ def _library() -> ctypes.CDLL | None:
     lib.attention_f32.argtypes = [ctypes.POINTER(_AttnDims), i64, i64] + [p] * 6 + [i32]
     lib.rms_norm_f32.argtypes = [i64, i64, p, p, ctypes.c_float, p, i32]
     lib.sample_f32.argtypes = [i64, i64, p, ctypes.c_float, p, p, p, i32]
+    lib.counter_uniform_f32.argtypes = [i64, p, p, p]
     return lib
 
 
@@ -305,3 +306,11 @@ def sample_cpu(logits, temperature: float, uniform) -> tuple[torch.Tensor, torch
     _lib().sample_f32(rows, vocab, _ptr(logits), 1.0 / temperature, _ptr(uniform), _ptr(tokens), _ptr(logprobs),
                       torch.get_num_threads())
     return tokens, logprobs
+
+
+def counter_uniform_cpu(keys, positions) -> torch.Tensor:
+    """Same arguments and results as ``counter_uniform_ref``."""
+    keys, positions = keys.to(torch.long).contiguous(), positions.to(torch.long).contiguous()
+    out = torch.empty(len(positions))
+    _lib().counter_uniform_f32(len(positions), _ptr(keys), _ptr(positions), _ptr(out))
+    return out

@@ -52,6 +52,7 @@ class AttentionCache:
         self.v: torch.Tensor | None = None
         self.lengths: torch.Tensor | None = None  # (batch,) real entries per row
         self._row_base, self._row_cap = None, 0  # flat offset of each (row, head), for decode writes
+        self.max_len: int | None = None  # no row will hold more: growth stops there
 
     def append(self, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,11 +84,15 @@ class AttentionCache:
         return self.k, self.v
 
     def reserve(self, size: int) -> None:
-        """Make room for ``size`` entries per row (doubling, so appends are amortised O(1))."""
+        """Make room for ``size`` entries per row (doubling, so appends are amortised O(1), but
+        not past ``max_len``: memory follows what is generated, not what might be)."""
         cap = self.k.shape[2]
         if size <= cap:
             return
-        grow = max(size, 2 * cap) - cap
+        target = max(size, 2 * cap)
+        if self.max_len is not None:
+            target = max(size, min(target, self.max_len))
+        grow = target - cap
         self.k = F.pad(self.k, (0, 0, 0, grow))
         self.v = F.pad(self.v, (0, 0, 0, grow))
 
@@ -100,6 +105,7 @@ class AttentionCache:
         self.k = torch.cat([pad(self.k), pad(other.k)])
         self.v = torch.cat([pad(self.v), pad(other.v)])
         self.lengths = torch.cat([self.lengths, other.lengths])
+        self.max_len = None if None in (self.max_len, other.max_len) else max(self.max_len, other.max_len)
 
 
 class HybridCache:
@@ -118,11 +124,11 @@ class HybridCache:
             if layer is not None:
                 layer.select(rows)
 
-    def reserve(self, size: int) -> None:
-        """Room for ``size`` tokens per row in every KV cache, so decode steps never reallocate."""
+    def limit(self, max_len: int) -> None:
+        """No row will hold more than ``max_len`` tokens: KV caches stop doubling there."""
         for layer in self.layers:
-            if isinstance(layer, AttentionCache) and layer.k is not None:
-                layer.reserve(size)
+            if isinstance(layer, AttentionCache):
+                layer.max_len = max_len
 
     def merge(self, other: HybridCache) -> None:
         """Append ``other``'s rows after ours (new sequences joining a running batch)."""

@@ -6,11 +6,20 @@ a waiting request joins in its place (continuous batching): new requests are pre
 (right-padded, exact thanks to per-row lengths), each distinct prompt once however many samples
 it has, and their cache rows are merged into the running batch. Log-probabilities are computed
 in fp32 from the unmodified distribution.
+
+Memory follows use: KV caches and output buffers grow (doubling, capped at the longest possible
+sequence) with what is generated, so a generous ``max_tokens`` costs nothing until it is used.
+
+Randomness is per request, as vLLM's per-request seed: the uniform number that draws token t of
+a request is a counter-based hash of (the request's key, t), the key coming from (seed, prompt
+tokens, which repeat of that prompt in the call, sample index). A prompt's samples therefore do not
+depend on the other prompts of the call, their order, ``max_batch`` or which worker ran it.
 """
 
 from __future__ import annotations
 
 import gc
+import hashlib
 import random
 import threading
 from collections import deque
@@ -57,15 +66,31 @@ class _Outputs:
         return self.tokens[request, :int(self.count[request])].tolist()
 
 
-def sample_tokens(logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator
+def request_keys(prompt_ids: list[list[int]], n: int, seed: int) -> torch.Tensor:
+    """-> (len(prompt_ids) * n, 2) int64: two 32-bit halves of a key for each request (request r
+    is sample r % n of prompt r // n) from (seed, prompt tokens, earlier copies of the prompt in
+    this call, sample index). Copies of a prompt get different keys; neighbours do not matter."""
+    seen: dict[tuple[int, ...], int] = {}
+    keys = []
+    for ids in prompt_ids:
+        copy = seen.get(tuple(ids), 0)
+        seen[tuple(ids)] = copy + 1
+        for sample in range(n):
+            text = f"{seed}|{copy}|{sample}|{','.join(map(str, ids))}".encode()
+            key = int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little")
+            keys.append((key & 0xFFFFFFFF, key >> 32))
+    return torch.tensor(keys, dtype=torch.long).view(-1, 2)
+
+
+def sample_tokens(logits: torch.Tensor, sampling: SamplingParams, uniform: torch.Tensor | None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits (rows, vocab) fp32 -> (token ids, their log-probabilities under the raw model).
-    Inverse-CDF sampling, one uniform number per row: torch.multinomial (or Gumbel noise) draws
-    from the CPU generator per vocabulary entry, which cost 0.8 ms of a 2 ms decode step."""
+    """logits (rows, vocab) fp32, uniform (rows,) in [0, 1) (None when greedy) -> (token ids,
+    their log-probabilities under the raw model). Inverse-CDF sampling, one uniform number per
+    row: torch.multinomial (or Gumbel noise) draws a number per vocabulary entry, which cost 0.8 ms
+    of a 2 ms decode step."""
     if sampling.temperature == 0:
         tokens = logits.argmax(-1)
         return tokens, torch.log_softmax(logits.float(), -1).gather(1, tokens[:, None])[:, 0]
-    uniform = torch.rand(logits.shape[0], generator=generator, device=logits.device)
     if not sampling.top_k and sampling.top_p >= 1:
         return kernels.sample(logits, sampling.temperature, uniform)
     scaled = logits.float() / sampling.temperature
@@ -134,38 +159,41 @@ class BuiltinEngine:
             return []
         stop_ids = torch.tensor(sorted(set(sampling.stop_token_ids) | (
             set() if sampling.ignore_eos else {self.tokenizer.eos_token_id})), dtype=torch.long)
-        generator = torch.Generator().manual_seed(sampling.seed if sampling.seed is not None
-                                                  else random.randrange(2**63))
         n = sampling.n
+        keys = request_keys(prompt_ids, n, sampling.seed if sampling.seed is not None else random.randrange(2**63))
         pending = deque(range(len(prompts) * n))  # request r is sample r % n of prompt r // n
-        longest = max(map(len, prompt_ids)) + sampling.max_tokens
         out = _Outputs(len(prompts) * n, sampling.max_tokens)
         stop = threading.Event()
         with self._running_lock:
             self._running.add(stop)
         try:
-            self._decode(prompt_ids, sampling, stop_ids, generator, pending, out, longest, stop)
+            self._decode(prompt_ids, sampling, stop_ids, keys, pending, out, stop)
         finally:
             with self._running_lock:
                 self._running.discard(stop)
         return [self._completion(out, r, prompt_ids[r // n], n) for r in range(len(prompts) * n)]
 
-    def _decode(self, prompt_ids, sampling, stop_ids, generator, pending, out, longest, stop) -> None:
+    def _decode(self, prompt_ids, sampling, stop_ids, keys, pending, out, stop) -> None:
         """Continuous batching until every request finished or ``stop`` is set."""
         n = sampling.n
         active = torch.zeros(0, dtype=torch.long)  # request of each running row
         cache, last = None, None
+
+        def draw(logits, requests):  # the next token of each request, from its own random stream
+            uniform = None if sampling.temperature == 0 else kernels.counter_uniform(keys[requests], out.count[requests])
+            return sample_tokens(logits, sampling, uniform)
+
         while (len(active) or pending) and not stop.is_set():
             if len(active):
-                tokens, logps = sample_tokens(self.model.step(last, cache), sampling, generator)
+                tokens, logps = draw(self.model.step(last, cache), active)
                 active, cache, last = self._advance(out, active, cache, tokens, logps, sampling, stop_ids)
             if pending and len(active) < self.max_batch:
-                batch = [pending.popleft() for _ in range(min(self.max_batch - len(active), len(pending)))]
-                new_cache, logits = self._prefill(batch, prompt_ids, n)
-                new_cache.reserve(longest)  # KV room for the whole generation: no regrowth per step
-                tokens, logps = sample_tokens(logits, sampling, generator)
-                new, new_cache, new_last = self._advance(out, torch.tensor(batch), new_cache, tokens, logps,
-                                                         sampling, stop_ids)
+                batch = torch.tensor([pending.popleft() for _ in range(min(self.max_batch - len(active), len(pending)))])
+                new_cache, logits = self._prefill(batch.tolist(), prompt_ids, n)
+                # KV caches grow by doubling as tokens come, never past the longest sequence here.
+                new_cache.limit(max(len(prompt_ids[r // n]) for r in batch.tolist()) + sampling.max_tokens)
+                tokens, logps = draw(logits, batch)
+                new, new_cache, new_last = self._advance(out, batch, new_cache, tokens, logps, sampling, stop_ids)
                 if len(new):
                     if cache is None:
                         cache, last = new_cache, new_last

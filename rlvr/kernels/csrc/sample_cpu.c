@@ -35,3 +35,22 @@ void sample_f32(int64_t rows, int64_t vocab, const float *logits, float inv_temp
         logprobs[r] = l[token] - m - logf(raw);
     }
 }
+
+/* Wellons' "lowbias32" integer hash (torch reference: _mix32 in rlvr/kernels/sampling.py). */
+static inline uint32_t mix32(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7FEB352Du;
+    x ^= x >> 15;
+    x *= 0x846CA68Bu;
+    return x ^ (x >> 16);
+}
+
+/* u = hash(key, position) in [0, 1) with 24 bits, one per row (reference: counter_uniform_ref).
+ * keys: (rows, 2) int64 holding two 32-bit halves; positions: (rows,) int64. In torch the
+ * 32-bit multiplies need four int64 ops each: ~100 us a decode step at 512 rows, 3% of it. */
+void counter_uniform_f32(int64_t rows, const int64_t *keys, const int64_t *positions, float *out) {
+    for (int64_t r = 0; r < rows; r++) {
+        uint32_t h = mix32(mix32(mix32((uint32_t)positions[r]) ^ (uint32_t)keys[2 * r]) ^ (uint32_t)keys[2 * r + 1]);
+        out[r] = (float)(h >> 8) * 0x1p-24f;
+    }
+}

@@ -1,3 +1,4 @@
+import dataclasses
 import threading
 import time
 
@@ -7,7 +8,9 @@ import torch
 import rlvr.model as M
 from rlvr.model.config import tiny
 from rlvr.model.names import checkpoint_items
-from rlvr.rollout.builtin import BuiltinEngine, sample_tokens
+from rlvr.model.cache import AttentionCache
+from rlvr.kernels import counter_uniform
+from rlvr.rollout.builtin import BuiltinEngine, request_keys, sample_tokens
 from rlvr.rollout.engine import SamplingParams
 from rlvr.tokenizer import ByteTokenizer
 
@@ -123,7 +126,8 @@ def test_bad_requests():
 def test_sample_tokens_draws_from_the_filtered_distribution(params, expected):
     probs = torch.tensor([0.5, 0.25, 0.125, 0.0625, 0.0625])
     logits = probs.log().expand(20000, 5).contiguous()
-    tokens, logps = sample_tokens(logits, SamplingParams(**params), torch.Generator().manual_seed(0))
+    uniform = counter_uniform(request_keys([[1, 2]], 20000, seed=0), torch.zeros(20000, dtype=torch.long))
+    tokens, logps = sample_tokens(logits, SamplingParams(**params), uniform)
     want = torch.tensor(expected) / sum(expected)
     freq = torch.bincount(tokens, minlength=5).float() / len(tokens)
     assert (freq - want).abs().max() < 0.015, freq
@@ -146,3 +150,51 @@ def test_abort_stops_the_calls_running_now_and_not_the_next_one(engine):
     assert {c.finish_reason for c in engine.generate(PROMPTS[:1], short)} == {"length"}
     running.join(60)
     assert not running.is_alive() and {c.finish_reason for c in results["long"]} == {"abort"}
+
+
+def test_a_prompts_samples_do_not_depend_on_its_neighbours(engine):
+    """One RNG for the batch made a prompt's samples change with max_batch, the other prompts
+    and their order (and so with the number of rollout workers)."""
+    sampling = SamplingParams(temperature=1.0, max_tokens=12, n=3, seed=11, ignore_eos=True)
+    target = PROMPTS[1]
+
+    def samples_of(prompts, max_batch=64):
+        out = BuiltinEngine(engine.model, engine.tokenizer, max_batch=max_batch).generate(prompts, sampling)
+        return [[c.token_ids for c in out if c.prompt_index == i] for i, p in enumerate(prompts) if p == target]
+
+    alone = samples_of([target])[0]
+    assert len({tuple(t) for t in alone}) == 3  # the n samples differ
+    assert samples_of(PROMPTS)[0] == alone
+    assert samples_of(PROMPTS[::-1])[0] == alone
+    assert samples_of(PROMPTS, max_batch=2)[0] == alone
+    assert samples_of(["zz", target, "y" * 40], max_batch=4)[0] == alone
+    first, second = samples_of([target, "abc", target])  # a repeated prompt gets new samples
+    assert first == alone and second != first
+    other_seed = BuiltinEngine(engine.model, engine.tokenizer).generate([target], dataclasses.replace(sampling, seed=12))
+    assert [c.token_ids for c in other_seed] != alone
+
+
+def test_kv_cache_grows_with_what_is_generated_not_with_max_tokens(engine, monkeypatch):
+    """Each row reserved prompt + max_tokens KV slots up front: max_tokens=10**6, n=4 cost 1 GB
+    before the first token."""
+    prompt = "The quick brown fox"
+    sampling = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    reference = engine.generate([prompt], sampling)[0]
+    capacities = []
+    append = AttentionCache.append
+
+    def recording_append(self, k, v, lengths=None):
+        result = append(self, k, v, lengths)
+        capacities.append(result[0].shape[2])
+        return result
+
+    monkeypatch.setattr(AttentionCache, "append", recording_append)
+    # Greedy rows repeat the reference: its text as a stop string ends them after 40 tokens.
+    long = SamplingParams(temperature=0, max_tokens=10**6, n=4, ignore_eos=True, stop=(reference.text,))
+    out = engine.generate([prompt], long)
+    assert [len(c.token_ids) for c in out] == [40] * 4 and {c.finish_reason for c in out} == {"stop"}
+    used = len(reference.prompt_ids) + 40
+    assert max(capacities) <= 2 * used, (max(capacities), used)
+    capacities.clear()
+    engine.generate([prompt], SamplingParams(temperature=0, max_tokens=30, ignore_eos=True))
+    assert max(capacities) == len(reference.prompt_ids) + 30  # doubling stops at prompt + max_tokens
