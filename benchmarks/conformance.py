@@ -18,9 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from environments.math.grader import Options, grade  # noqa: E402
+from environments.math.grader import Options, grade
 
 # Labels that contradict mathematics; we keep the mathematically right verdict.
 KNOWN_WRONG = {

@@ -9,7 +9,7 @@ same shape) that a verifier should pay, so that paying nothing does not look lik
 cases are written here (no third-party data); tests/environments/test_math_hacks.py holds a
 smaller set of each class. Both verifiers run in this process with their default settings
 (math-verify: ``verify(parse(gold), parse(response))``); math-verify's calls run in the
-project's deadline pool (``rlvr.pool``, 10 s a case: its own SIGALRM timeouts do not stop sympy
+project's deadline pool (``rlvr.scoring.pool``, 10 s a case: its own SIGALRM timeouts do not stop sympy
 inside C code), and a case it does not decide in time counts as not paid and as a timeout.
 Prints one JSON object and writes a Markdown table.
 """
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from environments.math import MathEnvironment
-from rlvr.pool import DeadlinePool
+from rlvr.scoring.pool import DeadlinePool
 
 TOWER = "9^{9^{9^{9}}}"
 

@@ -24,8 +24,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 
 def greedy_accuracy(model, prompts, scorer) -> float:
     from rlvr.rollout.builtin import BuiltinEngine
@@ -58,7 +56,7 @@ def sft_arm(start: str, seconds: float, every: float, cfg, prompts) -> list[tupl
     of training, with held-out accuracy every ``every`` seconds (evaluation time not counted)."""
     import rlvr.model as M
     from rlvr.scoring import open_scorer
-    from rlvr.sft import run_sft
+    from rlvr.training.sft import run_sft
     from rlvr.tokenizer import ByteTokenizer
 
     model = M.load(start)

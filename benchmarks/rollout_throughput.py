@@ -30,16 +30,13 @@ import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-import rlvr.model as M  # noqa: E402
-from rlvr.rollout.builtin import BuiltinEngine  # noqa: E402
-from rlvr.rollout.engine import SamplingParams  # noqa: E402
-from rlvr.tokenizer import ByteTokenizer  # noqa: E402
+import rlvr.model as M
+from rlvr.rollout.builtin import BuiltinEngine
+from rlvr.rollout.engine import SamplingParams
+from rlvr.tokenizer import ByteTokenizer
 
 
 def prompts(n: int) -> list[str]:

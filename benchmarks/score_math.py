@@ -18,15 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from environments.math import grader as ours  # noqa: E402
-from rlvr.score_job import score_file  # noqa: E402
+from environments.math import grader as ours
+from rlvr.scoring.job import score_file
 
 
 def load_rows(data: Path, limit: int | None) -> dict[str, list[tuple[str, str, bool]]]:

@@ -21,4 +21,4 @@ outputs=${RLVR_OUTPUTS:-$PWD/outputs}
 [ -x "$PWD/.venv/bin/ray" ] || { echo "ray_submit.sh: no .venv here: run 'make setup' first" >&2; exit 2; }
 exec "$PWD/.venv/bin/ray" job submit --address "$RAY_ADDRESS" --working-dir . \
     --runtime-env-json '{"excludes": [".venv", ".venv-vllm", "outputs", "multirun", ".git"]}' \
-    -- "$python" -m rlvr.train cluster=ray "hydra.run.dir=$outputs/\${name}" "$@"
+    -- "$python" -m rlvr.training.app cluster=ray "hydra.run.dir=$outputs/\${name}" "$@"

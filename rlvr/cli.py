@@ -1,7 +1,7 @@
 """The ``rlvr`` command: offline scoring and environment listing.
 
     rlvr score --env math --input responses.jsonl --output scored.jsonl --workers 2
-    rlvr envs
+    rlvr envs           # registered environments and task generators
     rlvr example        # generate a small dataset of responses and score it
 """
 
@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     example.add_argument("--dir", type=Path, default=Path("outputs/example"), help="where to write (default outputs/example)")
     example.add_argument("--rows", type=_positive_int, default=2000, help="rows to generate (default 2000)")
     example.add_argument("--workers", type=_positive_int, default=2, help="worker processes (default 2)")
+    example.add_argument("--generator", default="math_responses",
+                         help="a registered generator of rows with responses (group rlvr.generators; "
+                              "default math_responses)")
+    example.add_argument("--env", default="math", help="the environment that scores them (default math)")
     return parser
 
 
@@ -117,10 +121,14 @@ def _parse_env_arg(spec: str) -> tuple[str, object]:
 
 
 def _cmd_example(args: argparse.Namespace) -> int:
-    from environments.math.synthetic import example_dataset
+    from rlvr.env import get_generator
 
+    try:
+        generate = get_generator(args.generator)
+    except KeyError as err:
+        raise UsageError(f"--generator: {err.args[0]}") from None
     src, out = args.dir / "responses.jsonl", args.dir / "scored.jsonl"
-    rows = example_dataset(args.rows)
+    rows = generate(args.rows, seed=0)
     lines = [json.dumps(r) for r in rows]
     lines[len(lines) // 2] = json.dumps({"id": "broken", "answer": "3"})  # a bad row, on purpose
     try:
@@ -131,12 +139,12 @@ def _cmd_example(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"cannot write the example under {args.dir}: {exc.strerror or exc}") from None
     print(f"wrote {len(rows)} generated rows to {src}; scoring them into {out}")
-    return _score_and_report("math", src, out, workers=args.workers)
+    return _score_and_report(args.env, src, out, workers=args.workers)
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
     if args.ray not in (None, "local"):
-        from rlvr.preflight import unreachable_ray
+        from rlvr.training.preflight import unreachable_ray
 
         why = unreachable_ray(args.ray)
         if why:
@@ -151,7 +159,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 def _score_and_report(env: str, src: Path, out: Path, **kwargs) -> int:
     from tqdm import tqdm
 
-    from rlvr.score_job import score_file
+    from rlvr.scoring.job import score_file
 
     def report(where: str, message: str) -> None:
         tqdm.write(f"{where}: {message}", file=sys.stderr)
@@ -173,10 +181,18 @@ def _summary_stream(out: Path):
 
 
 def _cmd_envs() -> int:
+    from rlvr.env import available_generators, get_generator
+
+    print("environments:")
     for name in sorted(available()):
         cls = get_environment_class(name)
         doc = (cls.__doc__ or "").strip().splitlines()
-        print(f"{name:12s} {cls.__module__}.{cls.__qualname__}  {doc[0] if doc else ''}")
+        print(f"  {name:14s} {cls.__module__}.{cls.__qualname__}  {doc[0] if doc else ''}")
+    print("task generators (data.train[i].generator, rlvr example --generator):")
+    for name in sorted(available_generators()):
+        fn = get_generator(name)
+        doc = (fn.__doc__ or "").strip().splitlines()
+        print(f"  {name:14s} {fn.__module__}.{fn.__qualname__}  {doc[0] if doc else ''}")
     return 0
 
 

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from rlvr.rollout.engine import SamplingParams
+
 
 class ConfigError(ValueError):
     """A configuration mistake; the message names the key. Reported without a traceback."""
@@ -63,7 +65,7 @@ class DataSource(_Strict):
     env: str = "math"  # the environment that scores this source's rows
     path: str | None = None  # .jsonl / .json / .parquet / datasets.save_to_disk folder
     hub: str | None = None  # a Hugging Face hub dataset name (where reachable)
-    generator: str | None = None  # a generator of rlvr.data.GENERATORS
+    generator: str | None = None  # a task generator registered in the group rlvr.generators
     generator_args: dict[str, Any] = {}
     split: str = "train"
     size: int | None = Field(None, ge=1)  # rows to use (generator: rows to make)
@@ -122,6 +124,11 @@ class SamplingConfig(_Strict):
     max_tokens: int = Field(64, ge=1)
     stop: list[str] = []
 
+    def params(self, n: int, seed: int) -> SamplingParams:
+        """The engines' ``SamplingParams`` for ``n`` samples per prompt."""
+        return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                              max_tokens=self.max_tokens, stop=tuple(self.stop), n=n, seed=seed)
+
 
 class RolloutConfig(_Strict):
     engine: Literal["builtin", "vllm"] = "builtin"
@@ -131,11 +138,21 @@ class RolloutConfig(_Strict):
     resources: dict[str, float] = {}  # custom Ray resources (e.g. a node label)
     threads: int = Field(2, ge=1)  # torch threads in each worker
     max_batch: int = Field(1024, ge=1)  # sequences decoded together
+    # Prompt + response tokens an engine holds per sequence; None: the model's max_position_embeddings.
+    max_model_len: int | None = Field(None, ge=2)
     sampling: SamplingConfig = SamplingConfig()
     eval_sampling: SamplingConfig = SamplingConfig(temperature=0.0)
     vllm_kwargs: dict[str, Any] = {}
     # Weight sync to the rollout workers travels in buckets of at most this many bytes.
     sync_bucket_bytes: int = Field(64 * 1024**2, ge=1)
+
+    @model_validator(mode="after")
+    def _responses_fit(self):
+        for key in ("sampling", "eval_sampling"):
+            if self.max_model_len is not None and getattr(self, key).max_tokens >= self.max_model_len:
+                raise ValueError(f"{key}.max_tokens: {getattr(self, key).max_tokens} leaves no room for a prompt "
+                                 f"within max_model_len = {self.max_model_len}")
+        return self
 
 
 class LearnerConfig(_Strict):

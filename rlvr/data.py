@@ -2,7 +2,7 @@
 
 Sources are local files (.jsonl/.json/.parquet, read row by row so that one malformed line is
 reported instead of failing the whole file), ``datasets`` ``save_to_disk`` folders and hub names
-(through Hugging Face ``datasets``), or one of the project's own generators; each row becomes a ``Prompt``
+(through Hugging Face ``datasets``), or a registered task generator (``rlvr.env.get_generator``); each row becomes a ``Prompt``
 (text, environment, task fields). Rows an environment cannot score are reported by number and
 skipped. ``PromptStream`` draws from a weighted mixture of sources, each shuffled per epoch; its
 ``state_dict`` is part of every checkpoint, so a resumed run sees exactly the prompts an
@@ -15,32 +15,14 @@ import dataclasses
 import itertools
 import logging
 import random
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rlvr.config import ConfigError, DataSource
-from rlvr.env import TaskError, make_environment
+from rlvr.env import TaskError, get_generator, make_environment
 from rlvr.rows import BadRow, UsageError, read_rows
 
 log = logging.getLogger(__name__)
-
-
-def _addition(n: int, seed: int, **kwargs) -> list[dict]:
-    from environments.math.synthetic import addition_rows
-
-    return addition_rows(n, seed=seed, **kwargs)
-
-
-def _word_problems(n: int, seed: int) -> list[dict]:
-    from environments.math.synthetic import arithmetic_problem
-
-    rng = random.Random(seed)
-    return [{"prompt": p["problem"], "answer": p["answer"]} for p in (arithmetic_problem(rng) for _ in range(n))]
-
-
-# name -> f(n, seed, **generator_args) -> rows
-GENERATORS: dict[str, Callable[..., list[dict]]] = {"addition": _addition, "word_problems": _word_problems}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,9 +35,11 @@ class Prompt:
 def load_rows(src: DataSource, seed: int) -> list[dict | BadRow]:
     """The raw rows of one source (a ``BadRow`` for a line that is not even a JSON object)."""
     if src.generator:
-        if src.generator not in GENERATORS:
-            raise ConfigError(f"data: unknown generator {src.generator!r} (known: {', '.join(GENERATORS)})")
-        return GENERATORS[src.generator](src.size or 1000, seed=seed, **src.generator_args)
+        try:
+            generate = get_generator(src.generator)
+        except KeyError as err:
+            raise ConfigError(f"data: {err.args[0]}") from None
+        return generate(src.size or 1000, seed=seed, **src.generator_args)
     if src.path:
         path = Path(src.path).expanduser()
         if not path.exists():

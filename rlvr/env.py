@@ -12,16 +12,23 @@ register through that same group in ``pyproject.toml``, so a third-party package
     my_env = "my_package.module:MyEnvironment"
 
 Training and offline scoring (``rlvr score``) call the very same ``score`` method.
+
+Task generators (synthetic data sets, for ``data.train[i].generator`` and ``rlvr example``) are
+found the same way, in the group ``rlvr.generators``: a function ``f(n, seed, **args) -> rows``::
+
+    [project.entry-points."rlvr.generators"]
+    my_tasks = "my_package.module:make_rows"
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from typing import Any, ClassVar
 
 ENTRY_POINT_GROUP = "rlvr.environments"
+GENERATOR_GROUP = "rlvr.generators"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,34 +100,40 @@ class MultiTurnEnvironment(Environment):
         raise NotImplementedError(f"{type(self).__name__} must implement step(action)")
 
 
-_registered: dict[str, type[Environment]] = {}
+_registered: dict[str, dict[str, Any]] = {ENTRY_POINT_GROUP: {}, GENERATOR_GROUP: {}}
+
+
+def _available(group: str) -> dict[str, Any]:
+    """Names of an entry-point group, overridden by in-process registrations."""
+    found: dict[str, Any] = {ep.name: ep for ep in metadata.entry_points(group=group)}
+    found.update(_registered[group])
+    return found
+
+
+def _resolve(group: str, kind: str, name: str):
+    found = _available(group)
+    if name not in found:
+        raise KeyError(f"unknown {kind} {name!r} (registered: {', '.join(sorted(found)) or 'none'})")
+    target = found[name]
+    return target.load() if isinstance(target, metadata.EntryPoint) else target
 
 
 def register(name: str, cls: type[Environment]) -> type[Environment]:
     """Register ``cls`` under ``name`` in this process (entry points are the durable way)."""
     if not (isinstance(cls, type) and issubclass(cls, Environment)):
         raise TypeError(f"environment {name!r} must be a subclass of rlvr.env.Environment")
-    _registered[name] = cls
+    _registered[ENTRY_POINT_GROUP][name] = cls
     return cls
 
 
 def available() -> dict[str, metadata.EntryPoint | type[Environment]]:
     """All environment names: entry points of the group, overridden by in-process registrations."""
-    found: dict[str, metadata.EntryPoint | type[Environment]] = {
-        ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)
-    }
-    found.update(_registered)
-    return found
+    return _available(ENTRY_POINT_GROUP)
 
 
 def get_environment_class(name: str) -> type[Environment]:
     """Resolve an environment name to its class, with an error that lists the known names."""
-    found = available()
-    if name not in found:
-        known = ", ".join(sorted(found)) or "none"
-        raise KeyError(f"unknown environment {name!r} (registered: {known})")
-    target = found[name]
-    cls = target if isinstance(target, type) else target.load()
+    cls = _resolve(ENTRY_POINT_GROUP, "environment", name)
     if not (isinstance(cls, type) and issubclass(cls, Environment)):
         raise TypeError(f"entry point {name!r} -> {cls!r} is not an rlvr.env.Environment subclass")
     return cls
@@ -129,3 +142,23 @@ def get_environment_class(name: str) -> type[Environment]:
 def make_environment(name: str, **kwargs: Any) -> Environment:
     """Instantiate the environment registered as ``name``."""
     return get_environment_class(name)(**kwargs)
+
+
+def register_generator(name: str, fn: Callable[..., list[dict]]) -> Callable[..., list[dict]]:
+    """Register a task generator ``fn(n, seed, **args) -> rows`` in this process."""
+    if not callable(fn):
+        raise TypeError(f"generator {name!r} must be callable")
+    _registered[GENERATOR_GROUP][name] = fn
+    return fn
+
+
+def available_generators() -> dict[str, Any]:
+    return _available(GENERATOR_GROUP)
+
+
+def get_generator(name: str) -> Callable[..., list[dict]]:
+    """Resolve a generator name, with an error that lists the known names."""
+    fn = _resolve(GENERATOR_GROUP, "generator", name)
+    if not callable(fn):
+        raise TypeError(f"entry point {name!r} -> {fn!r} is not callable")
+    return fn

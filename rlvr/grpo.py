@@ -133,6 +133,30 @@ def kl_in_reward(rewards: Tensor, kl_per_token: Tensor, mask: Tensor, beta: floa
     return rewards - beta * (kl_per_token * mask).sum(dim=1)
 
 
+def kl_placement(kl_coef: float, in_reward: bool) -> tuple[float, float]:
+    """(beta in the reward, beta in the loss): the KL to the reference policy penalises either
+    each sequence's reward or each token's loss, never both."""
+    return (kl_coef, 0.0) if in_reward else (0.0, kl_coef)
+
+
+def shape_rewards(rewards: Tensor, lengths: Tensor, truncated: Tensor, mask: Tensor, max_tokens: int,
+                  overlong_buffer: int = 0, overlong_mask: bool = False, kl_per_token: Tensor | None = None,
+                  kl_beta: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Rewards and loss mask after the optional shaping: DAPO's overlong penalty (``overlong_buffer``
+    tokens before ``max_tokens``), truncated responses masked out of the loss (``overlong_mask``),
+    and the KL penalty in the reward (``kl_beta`` > 0 with per-token KL). -> (rewards, mask)."""
+    shaped = rewards.clone()
+    if overlong_buffer:
+        shaped = shaped + overlong_penalty(lengths, max_tokens, overlong_buffer)
+    if overlong_mask:
+        mask = mask.masked_fill(truncated[:, None], 0)
+    if kl_beta:
+        if kl_per_token is None:
+            raise ValueError("kl_beta > 0 needs the per-token KL")
+        shaped = kl_in_reward(shaped, kl_per_token, mask, kl_beta)
+    return shaped, mask
+
+
 # ---------------------------------------------------------------- all together
 
 @dataclasses.dataclass(frozen=True)

@@ -164,7 +164,7 @@ def equivalent(pred, gold, options: Options) -> bool:
     """Structural equivalence of two parsed answers."""
     pred, gold = _reduce_relations(pred, gold)
     if isinstance(gold, Rel) and isinstance(pred, Rel):
-        return _relations_equal(pred, gold)
+        return _relations_equal(pred, gold, options)
     if isinstance(gold, Rel):
         as_set = _relation_as_set(gold)
         return as_set is not None and equivalent(pred, as_set, options)
@@ -255,12 +255,12 @@ def _is_equation(value) -> bool:
 _FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "=": "=", "!=": "!="}
 
 
-def _relations_equal(a: Rel, b: Rel) -> bool:
+def _relations_equal(a: Rel, b: Rel, options: Options) -> bool:
     if _is_equation(a) and _is_equation(b):
         a, b = Rel(("=",), (a.terms[0], a.terms[-1])), Rel(("=",), (b.terms[0], b.terms[-1]))
     if len(a.ops) != len(b.ops):
         sa, sb = _relation_as_set(a), _relation_as_set(b)
-        return sa is not None and sb is not None and _collections_equal(sa, sb, Options())
+        return sa is not None and sb is not None and _collections_equal(sa, sb, options)
     if len(a.ops) > 1:
         if a.ops == b.ops:
             pairs = zip(a.terms, b.terms)
@@ -268,23 +268,23 @@ def _relations_equal(a: Rel, b: Rel) -> bool:
             pairs = zip(a.terms, reversed(b.terms))
         else:
             return False
-        return all(_exprs_or_text_equal(x, y) for x, y in pairs)
-    return _single_relations_equal(a, b)
+        return all(_exprs_or_text_equal(x, y, options) for x, y in pairs)
+    return _single_relations_equal(a, b, options)
 
 
-def _exprs_or_text_equal(x, y) -> bool:
+def _exprs_or_text_equal(x, y, options: Options) -> bool:
     if isinstance(x, sympy.Basic) and isinstance(y, sympy.Basic):
-        return expressions_equal(x, y, Options())
+        return expressions_equal(x, y, options)
     return x == y
 
 
-def _single_relations_equal(a: Rel, b: Rel) -> bool:
+def _single_relations_equal(a: Rel, b: Rel, options: Options) -> bool:
     (op_a,), (op_b,) = a.ops, b.ops
     la, ra = a.terms
     lb, rb = b.terms
     if not all(isinstance(t, sympy.Basic) for t in (la, ra, lb, rb)):
         if op_a == op_b == "=":
-            return la == lb and _collections_equal(ra, rb, Options()) if isinstance(ra, Seq) else False
+            return la == lb and _collections_equal(ra, rb, options) if isinstance(ra, Seq) else False
         return False
     if op_a in ("<", "<="):
         op_a, la, ra = _FLIP[op_a], ra, la
@@ -293,7 +293,7 @@ def _single_relations_equal(a: Rel, b: Rel) -> bool:
     if op_a != op_b:
         return False
     if op_a == "=" and _is_name(la) and _is_name(lb) and la == lb:
-        return expressions_equal(ra, rb, Options())
+        return expressions_equal(ra, rb, options)
     da, db = sympy.expand(la - ra), sympy.expand(lb - rb)
     if da == db:
         return True

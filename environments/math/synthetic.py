@@ -47,7 +47,14 @@ def imitation_response(rng: random.Random, answer: str) -> str:
     return rng.choice(styles)
 
 
+def word_problem_rows(n: int, seed: int = 0) -> list[dict]:
+    """Two-step arithmetic word problems as prompt/answer rows."""
+    rng = random.Random(seed)
+    return [{"prompt": p["problem"], "answer": p["answer"]} for p in (arithmetic_problem(rng) for _ in range(n))]
+
+
 def example_dataset(n: int, seed: int = 0) -> list[dict]:
+    """Word problems with imitated model responses, right and wrong (what `rlvr example` scores)."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
@@ -79,9 +86,11 @@ def held_out(a: int, b: int) -> bool:
 
 def addition_rows(n: int, seed: int = 0, digits: int = 2, forget_carry: float | None = None,
                   holdout: str | None = None) -> list[dict]:
-    """``n`` problems "a+b=" with a, b of up to ``digits`` digits. Each row has the prompt, the
-    true ``answer`` (what the math environment grades against) and, when ``forget_carry`` is
-    given, a ``response`` written by the careless teacher (the SFT demonstrations).
+    """Addition problems "a+b=" (the default training task).
+
+    ``n`` rows, a and b of up to ``digits`` digits. Each row has the prompt, the true ``answer``
+    (what the math environment grades against) and, when ``forget_carry`` is given, a
+    ``response`` written by the careless teacher (the SFT demonstrations).
     ``holdout``: "exclude" draws only training pairs, "only" only the held-out ones."""
     if holdout not in (None, "exclude", "only"):
         raise ValueError(f"holdout must be 'exclude' or 'only', not {holdout!r}")

@@ -83,10 +83,12 @@ def rms_norm(x, weight, eps: float):
     return fn(x, weight, eps)
 
 
-def sample(logits, temperature: float, uniform):
-    """Inverse-CDF draw of one token per row (see ``sample_ref``), on the fastest path available."""
-    fn = cpu.sample_cpu if _use_cpu(logits) else sample_ref
-    return fn(logits, temperature, uniform)
+def sample(logits, temperature: float, uniform, top_k: int = 0, top_p: float = 1.0):
+    """Inverse-CDF draw of one token per row (see ``sample_ref``), on the fastest path available
+    (the C kernel draws from the whole distribution: top-k / top-p take the reference)."""
+    if top_k or top_p < 1 or not _use_cpu(logits):
+        return sample_ref(logits, temperature, uniform, top_k, top_p)
+    return cpu.sample_cpu(logits, temperature, uniform)
 
 
 def counter_uniform(keys, positions):

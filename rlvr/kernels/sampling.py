@@ -14,10 +14,23 @@ from __future__ import annotations
 import torch
 
 
-def sample_ref(logits: torch.Tensor, temperature: float, uniform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits (rows, vocab), uniform (rows,) in [0, 1) -> (tokens (rows,) int64, log p(token) fp32)."""
+def sample_ref(logits: torch.Tensor, temperature: float, uniform: torch.Tensor, top_k: int = 0,
+               top_p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (rows, vocab), uniform (rows,) in [0, 1) -> (tokens (rows,) int64, log p(token) fp32
+    under the raw model). The draw is from the distribution at ``temperature`` restricted to the
+    ``top_k`` most likely tokens (0: all) and to the smallest set whose mass reaches ``top_p``."""
     logits = logits.float()
-    cdf = (logits / temperature).softmax(-1).cumsum(-1)
+    scaled = logits / temperature
+    if top_k:
+        kth = scaled.topk(min(top_k, scaled.shape[-1]), dim=-1).values[:, -1:]
+        scaled = scaled.masked_fill(scaled < kth, -torch.inf)
+    if top_p < 1:
+        sorted_logits, order = scaled.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # Drop a token when the mass before it already reaches top_p (the first always stays).
+        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
+        scaled = scaled.masked_fill(drop_sorted.scatter(1, order, drop_sorted), -torch.inf)
+    cdf = scaled.softmax(-1).cumsum(-1)
     tokens = torch.searchsorted(cdf, uniform[:, None] * cdf[:, -1:], right=True)[:, 0].clamp_(max=cdf.shape[1] - 1)
     return tokens, torch.log_softmax(logits, -1).gather(1, tokens[:, None])[:, 0]
 

@@ -13,15 +13,20 @@ from pathlib import Path
 import torch
 
 from rlvr.model.cache import HybridCache
+from rlvr.model.checkpoint import load_into, read_checkpoint
 from rlvr.model.config import PRESETS, HybridConfig
 from rlvr.model.model import HybridLM
 
 
 def load(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> HybridLM:
-    """Load a Nemotron-H checkpoint folder (ours, or one written by transformers / the hub)."""
-    from rlvr.model.checkpoint import load_checkpoint
-
-    return load_checkpoint(path, dtype=dtype, device=device)
+    """Load a Nemotron-H checkpoint folder (ours, or one written by transformers / the hub): the
+    one way to load a model. Weights in ``dtype`` (default: as stored; the SSM parameters and the
+    router bias stay fp32)."""
+    config, state = read_checkpoint(path)
+    with torch.device(device):
+        model = HybridLM(config)
+    load_into(model, state, dtype, str(path))
+    return model
 
 
 def from_preset(name: str, **overrides) -> HybridLM:

@@ -71,32 +71,28 @@ def read_safetensors(path: Path):
                 yield name, handle.get_tensor(name)
 
 
-def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None,
-                    device: str | torch.device = "cpu", strict: bool = True):
-    """A checkpoint folder -> ``HybridLM`` (weights in ``dtype``, default: as stored, but fp32
-    for the router bias and the Mamba A_log/D/dt_bias which we always keep in fp32)."""
-    from rlvr.model.model import HybridLM
-
+def read_checkpoint(path: str | Path) -> tuple[HybridConfig, dict[str, torch.Tensor]]:
+    """A checkpoint folder -> (its config, its weights under our internal names)."""
     path = Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path}: no config.json (not a Nemotron-H checkpoint folder)")
-    config = HybridConfig.from_file(path / "config.json")
-    state = to_internal(read_safetensors(path))
-    stored = next(iter(state.values())).dtype
-    with torch.device(device):
-        model = HybridLM(config)
-    model.to(dtype or stored)
-    _keep_fp32(model)
+    return HybridConfig.from_file(path / "config.json"), to_internal(read_safetensors(path))
+
+
+def load_into(model, state: dict[str, torch.Tensor], dtype: torch.dtype | None, where: str) -> None:
+    """Weights ``state`` into a freshly built ``model``, in ``dtype`` (default: as stored, but
+    fp32 for the router bias and the Mamba A_log/D/dt_bias, which we always keep in fp32)."""
+    model.to(dtype or next(iter(state.values())).dtype)
+    keep_fp32(model)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if config.tie_word_embeddings:
+    if model.config.tie_word_embeddings:
         missing = [m for m in missing if m != "lm_head.weight"]
-    if strict and (missing or unexpected):
-        raise ValueError(f"{path}: checkpoint does not match its config: missing {missing[:5]}, "
+    if missing or unexpected:
+        raise ValueError(f"{where}: checkpoint does not match its config: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
-    return model
 
 
-def _keep_fp32(model) -> None:
+def keep_fp32(model) -> None:
     """Parameters whose precision the SSM/router maths relies on stay fp32 in bf16 models."""
     for name, p in model.named_parameters():
         if name.endswith(("A_log", "D", "dt_bias")):

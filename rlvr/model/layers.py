@@ -13,7 +13,6 @@ import torch.nn as nn
 
 from rlvr.kernels import (MambaDims, MambaWeights, MoEDims, MoEWeights, attention, mamba_chunk, mamba_step,
                           moe_routed, rms_norm)
-from rlvr.kernels.mamba import gated_rms_norm
 from rlvr.kernels.moe import relu2
 from rlvr.model.cache import AttentionCache, MambaCache
 from rlvr.model.config import HybridConfig
@@ -30,16 +29,13 @@ class RMSNorm(nn.Module):
 
 
 class GatedRMSNorm(nn.Module):
-    """RMSNorm of ``y * silu(z)`` per group of channels (Mamba-2's norm before out_proj), in fp32."""
+    """The weight of Mamba-2's gated RMSNorm (``mixer.norm.weight`` in Nemotron-H checkpoints).
+    The norm itself runs inside the mixer's kernels (``rlvr.kernels.mamba.gated_rms_norm`` and
+    its fused twins), with the group size and eps of ``MambaDims``."""
 
-    def __init__(self, size: int, group_size: int, eps: float):
+    def __init__(self, size: int):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
-        self.group_size = group_size
-        self.eps = eps
-
-    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return gated_rms_norm(y, z, self.weight, self.group_size, self.eps)
 
 
 # ---------------------------------------------------------------- Mamba-2
@@ -65,7 +61,7 @@ class Mamba2Mixer(nn.Module):
         self.dt_bias = nn.Parameter(torch.ones(self.nheads))
         self.A_log = nn.Parameter(torch.log(torch.arange(1, self.nheads + 1, dtype=torch.float32)))
         self.D = nn.Parameter(torch.ones(self.nheads))
-        self.norm = GatedRMSNorm(self.d_inner, self.d_inner // self.ngroups, config.layer_norm_epsilon)
+        self.norm = GatedRMSNorm(self.d_inner)
         self.out_proj = nn.Linear(self.d_inner, config.hidden_size, bias=config.use_bias)
 
     def weights(self) -> MambaWeights:

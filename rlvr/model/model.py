@@ -16,6 +16,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from rlvr.model.cache import HybridCache
+from rlvr.model.checkpoint import save_checkpoint
 from rlvr.model.config import HybridConfig
 from rlvr.model.layers import MLP, Attention, Experts, Mamba2Mixer, MoE, RMSNorm, Router
 
@@ -157,15 +158,8 @@ class HybridLM(nn.Module):
 
     # -- persistence
     def save(self, path: str | Path, dtype: torch.dtype | None = None) -> None:
-        from rlvr.model.checkpoint import save_checkpoint
-
+        """A Hugging Face style folder that transformers, vLLM and ``rlvr.model.load`` read."""
         save_checkpoint(self, path, dtype=dtype)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, **kwargs) -> HybridLM:
-        from rlvr.model.checkpoint import load_checkpoint
-
-        return load_checkpoint(path, **kwargs)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

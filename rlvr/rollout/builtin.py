@@ -28,11 +28,10 @@ from collections.abc import Iterable
 import torch
 
 from rlvr import kernels
-from rlvr.kernels.sampling import sample_ref
 from rlvr.model import HybridLM
 from rlvr.model.names import load_named
 from rlvr.rollout.weights import next_version, update_weights
-from rlvr.rollout.engine import Completion, SamplingParams
+from rlvr.rollout.engine import Completion, SamplingParams, StopStrings
 from rlvr.rollout.engine import prompt_ids as engine_prompt_ids
 from rlvr.tokenizer import Tokenizer
 
@@ -51,6 +50,7 @@ class _Outputs:
         self.count = torch.zeros(requests, dtype=torch.long)
         self.finish: list[str | None] = [None] * requests
         self.text: list[str | None] = [None] * requests
+        self.watch: dict[int, StopStrings] = {}  # request -> its stop-string watcher (when there are stops)
 
     def record(self, requests: torch.Tensor, tokens: torch.Tensor, logprobs: torch.Tensor) -> None:
         pos = self.count[requests]
@@ -91,27 +91,15 @@ def sample_tokens(logits: torch.Tensor, sampling: SamplingParams, uniform: torch
     if sampling.temperature == 0:
         tokens = logits.argmax(-1)
         return tokens, torch.log_softmax(logits.float(), -1).gather(1, tokens[:, None])[:, 0]
-    if not sampling.top_k and sampling.top_p >= 1:
-        return kernels.sample(logits, sampling.temperature, uniform)
-    scaled = logits.float() / sampling.temperature
-    if sampling.top_k:
-        kth = scaled.topk(min(sampling.top_k, scaled.shape[-1]), dim=-1).values[:, -1:]
-        scaled = scaled.masked_fill(scaled < kth, -torch.inf)
-    if sampling.top_p < 1:
-        sorted_logits, order = scaled.sort(dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        # Drop a token when the mass before it already reaches top_p (the first always stays).
-        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= sampling.top_p
-        scaled = scaled.masked_fill(drop_sorted.scatter(1, order, drop_sorted), -torch.inf)
-    tokens, _ = sample_ref(scaled, 1.0, uniform)
-    return tokens, torch.log_softmax(logits.float(), -1).gather(1, tokens[:, None])[:, 0]
+    return kernels.sample(logits, sampling.temperature, uniform, sampling.top_k, sampling.top_p)
 
 
 class BuiltinEngine:
-    def __init__(self, model: HybridLM, tokenizer: Tokenizer, max_batch: int = 64):
+    def __init__(self, model: HybridLM, tokenizer: Tokenizer, max_batch: int = 64, max_model_len: int | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_batch = max_batch
+        self.max_model_len = max_model_len or model.config.max_position_embeddings
         self.weights_version = 0
         self._running: set[threading.Event] = set()  # one stop flag per generate call in progress
         self._running_lock = threading.Lock()
@@ -154,7 +142,7 @@ class BuiltinEngine:
                 gc.enable()
 
     def _generate(self, prompts, sampling: SamplingParams) -> list[Completion]:
-        prompt_ids = engine_prompt_ids(prompts, self.tokenizer, self.model.config.max_position_embeddings)
+        prompt_ids = engine_prompt_ids(prompts, self.tokenizer, self.max_model_len)
         if not prompt_ids:
             return []
         stop_ids = torch.tensor(sorted(set(sampling.stop_token_ids) | (
@@ -229,11 +217,11 @@ class BuiltinEngine:
         stopped = torch.isin(tokens, stop_ids)
         done = stopped | (out.count[active] >= sampling.max_tokens)
         if sampling.stop:  # stop strings need the text of each row
-            for i, r in enumerate(active.tolist()):
-                text = self.tokenizer.decode(out.token_ids(r))
-                hits = [text.index(s) for s in sampling.stop if s in text]
-                if hits and not bool(stopped[i]):
-                    out.text[r] = text[:min(hits)]
+            for i, (r, token) in enumerate(zip(active.tolist(), tokens.tolist())):
+                if r not in out.watch:
+                    out.watch[r] = StopStrings(self.tokenizer, sampling.stop)
+                if out.watch[r].add(token) and not bool(stopped[i]):
+                    out.text[r] = out.watch[r].text[:out.watch[r].cut]
                     stopped[i] = done[i] = True
         if not bool(done.any()):
             return active, cache, tokens

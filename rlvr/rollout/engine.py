@@ -68,9 +68,51 @@ def prompt_ids(prompts, tokenizer, max_len: int | None = None) -> list[list[int]
         if not ids:
             raise ValueError(f"prompt {i} is empty")
         if max_len is not None and len(ids) >= max_len:
-            raise ValueError(f"prompt {i} has {len(ids)} tokens; the model's max_position_embeddings is {max_len}")
+            raise ValueError(f"prompt {i} has {len(ids)} tokens; the engine holds at most {max_len} "
+                             "(max_model_len; by default the model's max_position_embeddings)")
         out.append(ids)
     return out
+
+
+class StopStrings:
+    """Watches one sample's text grow token by token and says when it first contains a stop
+    string, in time linear in its length: each step decodes only the last few tokens (from an
+    offset a step or two back, so a tokenizer that spells a token differently at the start of a
+    text, or a character split over several byte tokens, still reads right) and searches only
+    where a stop string could newly end. (Decoding the whole text every step was O(T^2).)"""
+
+    def __init__(self, tokenizer, stops: tuple[str, ...]):
+        self.tokenizer, self.stops = tokenizer, stops
+        self.longest = max(map(len, stops), default=0)
+        self.tokens: list[int] = []
+        self.text = ""  # the decoded text of the tokens up to ``_read``
+        self._prefix = self._read = 0  # decode window: tokens[_prefix:] (tokens before _read are in text)
+        self.cut: int | None = None  # where the first stop string starts in ``text``, once one appeared
+
+    def add(self, token: int) -> bool:
+        """Append one token; True when the text now contains a stop string (``cut`` says where)."""
+        self.tokens.append(token)
+        before = self.tokenizer.decode(self.tokens[self._prefix:self._read])
+        window = self.tokenizer.decode(self.tokens[self._prefix:])
+        if len(window) <= len(before) or window.endswith("\ufffd"):
+            return False  # no complete new character yet
+        start = max(0, len(self.text) - self.longest + 1)
+        self.text += window[len(before):]
+        self._prefix, self._read = self._read, len(self.tokens)
+        hits = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
+        if hits:
+            self.cut = min(hits)
+        return bool(hits)
+
+
+def cut_at_stop(tokenizer, tokens: list[int], stops: tuple[str, ...]) -> tuple[int, str] | None:
+    """(tokens up to and including the one that completes the first stop string, the text before
+    that stop string), or None when no stop string appears."""
+    watch = StopStrings(tokenizer, stops)
+    for i, token in enumerate(tokens):
+        if watch.add(token):
+            return i + 1, watch.text[:watch.cut]
+    return None
 
 
 @dataclasses.dataclass

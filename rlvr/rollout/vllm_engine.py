@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from rlvr.rollout.engine import Completion, SamplingParams, prompt_ids
+from rlvr.rollout.engine import Completion, SamplingParams, cut_at_stop, prompt_ids
 from rlvr.rollout.weights import next_version, update_weights
 from rlvr.tokenizer import make_tokenizer
 
@@ -58,8 +58,10 @@ class VLLMEngine:
         self.spec = spec
         self.tokenizer = make_tokenizer(spec.tokenizer)
         # On the CPU backend gpu_memory_utilization is the share of host memory for the KV cache.
-        kwargs = dict(skip_tokenizer_init=True, dtype=spec.dtype, max_model_len=2048, gpu_memory_utilization=0.2,
+        kwargs = dict(skip_tokenizer_init=True, dtype=spec.dtype, gpu_memory_utilization=0.2,
                       worker_extension_cls=f"{__name__}.WeightSyncExtension")
+        if spec.max_model_len is not None:  # else vLLM takes the model's max_position_embeddings
+            kwargs["max_model_len"] = spec.max_model_len
         self.llm = LLM(model=spec.model_path, **(kwargs | dict(spec.vllm_kwargs)))
         self.weights_version = 0
         self.weight_reloads = 0  # one per update, however many buckets it came in
@@ -94,12 +96,10 @@ class VLLMEngine:
         logprobs = [step[token].logprob for step, token in zip(sample.logprobs, tokens)]
         reason = "stop" if sample.finish_reason == "stop" else "length"
         text = self.tokenizer.decode(tokens)
-        for end in range(1, len(tokens) + 1) if sampling.stop else ():
-            prefix = self.tokenizer.decode(tokens[:end])
-            hits = [prefix.index(s) for s in sampling.stop if s in prefix]
-            if hits:
-                tokens, logprobs, text, reason = tokens[:end], logprobs[:end], prefix[:min(hits)], "stop"
-                break
+        found = cut_at_stop(self.tokenizer, tokens, sampling.stop) if sampling.stop else None
+        if found is not None:
+            end, text = found
+            tokens, logprobs, reason = tokens[:end], logprobs[:end], "stop"
         return Completion(p_index, s_index, prompt, tokens, logprobs, text, reason, self.weights_version)
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int | None = None,

@@ -32,6 +32,7 @@ class EngineSpec:
     backend: str = "builtin"  # "builtin" | "vllm"
     tokenizer: str = "byte"  # "byte", or a Hugging Face tokenizer name/path
     max_batch: int = 64
+    max_model_len: int | None = None  # prompt + response tokens per sequence (None: the model's limit)
     dtype: str = "float32"
     threads: int = 1  # torch threads per worker process
     vllm_kwargs: tuple = ()  # extra vllm.LLM arguments as (key, value) pairs
@@ -47,7 +48,7 @@ def build_engine(spec: EngineSpec):
         torch.set_num_threads(spec.threads)
         tokenizer = make_tokenizer(spec.tokenizer)
         model = rlvr.model.load(spec.model_path, dtype=getattr(torch, spec.dtype))
-        return BuiltinEngine(model, tokenizer, max_batch=spec.max_batch)
+        return BuiltinEngine(model, tokenizer, max_batch=spec.max_batch, max_model_len=spec.max_model_len)
     if spec.backend == "vllm":
         from rlvr.rollout.vllm_engine import VLLMEngine
 

@@ -113,3 +113,11 @@ def test_environment_reward_and_info():
     reward = env.score({"answer": "12"}, "Twelve is \\boxed{12}.")
     assert reward.value == 1.0 and reward.info["extracted"] == "12"
     assert env.score({"answer": 12}, "\\boxed{13}").value == 0.0
+
+
+def test_options_reach_comparisons_inside_relations():
+    """Relation comparisons used a fresh Options(): a caller's precision was lost inside them."""
+    assert grade(r"\boxed{x = 0.33}", "x = 1/3", Options(precision=2)).equal
+    assert not grade(r"\boxed{x = 0.33}", "x = 1/3").equal  # default: 6 places
+    assert grade(r"\boxed{0 < x < 0.33}", "0 < x < 1/3", Options(precision=2)).equal
+    assert not grade(r"\boxed{0 < x < 0.33}", "0 < x < 1/3").equal

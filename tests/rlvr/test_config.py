@@ -12,6 +12,13 @@ from rlvr.config import Config, ConfigError, load_config
 DATA = {"train": [{"generator": "addition"}]}
 
 
+def test_sampling_config_maps_to_the_engines_sampling_params():
+    cfg = load_config({"data": DATA, "rollout": {"sampling": {"temperature": 0.7, "top_k": 5, "stop": ["\n"]}}})
+    params = cfg.rollout.sampling.params(n=4, seed=9)
+    assert (params.temperature, params.top_k, params.stop, params.n, params.seed) == (0.7, 5, ("\n",), 4, 9)
+    assert params.max_tokens == cfg.rollout.sampling.max_tokens
+
+
 def test_defaults_and_derived_batch_arithmetic():
     cfg = load_config({"data": DATA, "prompts_per_step": 16, "algorithm": {"group_size": 4},
                        "learner": {"num_ranks": 2}})
@@ -26,6 +33,7 @@ def test_defaults_and_derived_batch_arithmetic():
     ({"data": {"train": [{"generator": "addition", "path": "x.jsonl"}]}}, "data.train.0: give exactly one of"),
     ({"prompts_per_step": 10, "learner": {"num_ranks": 3}}, "learner.num_ranks = 3"),
     ({"learner": {"max_tokens_per_micro_batch": 0}}, "learner.max_tokens_per_micro_batch"),
+    ({"rollout": {"max_model_len": 64, "sampling": {"max_tokens": 64}}}, "rollout.sampling.max_tokens: 64 leaves"),
 ])
 def test_errors_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as err:

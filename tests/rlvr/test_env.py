@@ -1,7 +1,8 @@
 import pytest
 
 from rlvr import env as env_mod
-from rlvr.env import Environment, Reward, TaskError, available, get_environment_class, make_environment, register
+from rlvr.env import (Environment, Reward, TaskError, available, available_generators, get_environment_class,
+                      get_generator, make_environment, register, register_generator)
 
 
 class Echo(Environment):
@@ -13,7 +14,7 @@ class Echo(Environment):
 
 @pytest.fixture(autouse=True)
 def _clean_registry(monkeypatch):
-    monkeypatch.setattr(env_mod, "_registered", {})
+    monkeypatch.setattr(env_mod, "_registered", {env_mod.ENTRY_POINT_GROUP: {}, env_mod.GENERATOR_GROUP: {}})
 
 
 def test_builtin_math_comes_from_the_entry_point_group():
@@ -45,3 +46,28 @@ def test_check_task_names_the_field():
         env.check_task({})
     with pytest.raises(TaskError, match="'target' must be str, got int"):
         env.check_task({"target": 3})
+
+
+def test_builtin_generators_come_from_their_entry_point_group():
+    found = available_generators()
+    assert {"addition", "word_problems", "math_responses"} <= set(found)
+    assert getattr(found["addition"], "group", None) == env_mod.GENERATOR_GROUP
+    rows = get_generator("word_problems")(3, seed=1)
+    assert len(rows) == 3 and set(rows[0]) == {"prompt", "answer"}
+
+
+def test_a_registered_generator_is_a_training_data_source():
+    from rlvr.config import DataSource
+    from rlvr.data import load_prompts
+
+    register("echo", Echo)
+    register_generator("echoes", lambda n, seed, word="hi": [{"prompt": f"say {word} {i}", "target": word}
+                                                             for i in range(n)])
+    src = DataSource(generator="echoes", generator_args={"word": "yo"}, size=4, env="echo")
+    prompts = load_prompts([src], "{prompt}", seed=0, split="train")[0]
+    assert [p.text for p in prompts] == [f"say yo {i}" for i in range(4)]
+    assert make_environment("echo").score(prompts[0].task, "yo").value == 1.0
+    with pytest.raises(KeyError, match="unknown generator 'nope' .*echoes"):
+        get_generator("nope")
+    with pytest.raises(TypeError, match="callable"):
+        register_generator("bad", 3)

@@ -80,6 +80,28 @@ def test_overlong_penalty_and_kl_in_reward():
     assert grpo.kl_in_reward(torch.tensor([1.0, 0.0]), kl, mask, beta=0.5).tolist() == pytest.approx([0.85, -0.5])
 
 
+def test_kl_goes_into_the_reward_or_the_loss_never_both():
+    assert grpo.kl_placement(0.1, in_reward=True) == (0.1, 0.0)
+    assert grpo.kl_placement(0.1, in_reward=False) == (0.0, 0.1)
+
+
+def test_shape_rewards_by_hand():
+    rewards = torch.tensor([1.0, 0.0, 1.0])
+    lengths = torch.tensor([50, 90, 100])
+    truncated = torch.tensor([False, False, True])
+    mask = torch.ones(3, 2)
+    kl = torch.tensor([[0.1, 0.1], [0.2, 0.0], [1.0, 1.0]])
+    plain, same_mask = grpo.shape_rewards(rewards, lengths, truncated, mask, max_tokens=100)
+    assert torch.equal(plain, rewards) and torch.equal(same_mask, mask)
+    shaped, new_mask = grpo.shape_rewards(rewards, lengths, truncated, mask, max_tokens=100, overlong_buffer=20,
+                                          overlong_mask=True, kl_per_token=kl, kl_beta=0.5)
+    # overlong: 0, -0.5, -1; truncated row masked out, so its KL does not count; KL: 0.1, 0.1, 0
+    assert shaped.tolist() == pytest.approx([1.0 - 0.1, 0.0 - 0.5 - 0.1, 1.0 - 1.0])
+    assert new_mask.tolist() == [[1, 1], [1, 1], [0, 0]] and mask.sum() == 6  # the input is not modified
+    with pytest.raises(ValueError, match="per-token KL"):
+        grpo.shape_rewards(rewards, lengths, truncated, mask, max_tokens=100, kl_beta=0.5)
+
+
 def test_grpo_loss_wires_everything():
     logp = torch.log(torch.tensor([[0.6, 0.5], [0.2, 0.4]]))
     old = torch.log(torch.tensor([[0.5, 0.5], [0.2, 0.5]]))

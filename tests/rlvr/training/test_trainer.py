@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from rlvr.rollout.engine import Completion
-from rlvr.trainer import build_batch
+from rlvr.training.trainer import build_batch
 
 # A small, fast job: 1-digit addition, a short SFT warm start, 4 GRPO steps of 16 prompts x 4.
 QUICK = [

@@ -34,9 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from rlvr.env import Environment, TaskError
-from rlvr.pool import Outcome
+from rlvr.scoring.pool import Outcome
 from rlvr.rows import BadRow, UsageError, count_rows, first_row, numbered_rows
-from rlvr.scoring import build_task, make_environment_checked, open_scorer
+from rlvr.scoring import open_scorer
+from rlvr.scoring.scorer import build_task, make_environment_checked
 
 CHUNK_ROWS = 2048  # rows read, scored and written per round: bounded memory on big inputs
 Report = Callable[[str, str], None]  # (where: "row 3 (line 5)", message)

@@ -24,7 +24,7 @@ def test_nano_gpu_wiring_on_cpu_keeps_engine_and_learner_in_step(tmp_path):
     model.save(tmp_path / "ckpt")
     model_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     command = [
-        str(sys.executable), "-m", "rlvr.train", "experiment=nano_gpu", f"hydra.run.dir={tmp_path / 'run'}",
+        str(sys.executable), "-m", "rlvr.training.app", "experiment=nano_gpu", f"hydra.run.dir={tmp_path / 'run'}",
         # what needs CUDA, swapped
         f"model.path={tmp_path / 'ckpt'}", "model.tokenizer=byte", "model.dtype=float32",
         "rollout.gpus_per_worker=0", "rollout.num_workers=1", "rollout.cpus_per_worker=1",

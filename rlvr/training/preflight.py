@@ -51,12 +51,12 @@ def check_source(key: str, src: DataSource) -> None:
     """The generator or environment exists; a local file exists, is not empty, and its first row
     has the prompt field and the mapped columns."""
     from rlvr import env
-    from rlvr.data import GENERATORS
 
     if src.env not in env.available():
         raise ConfigError(f"{key}.env: unknown environment {src.env!r} (registered: {', '.join(sorted(env.available()))})")
-    if src.generator and src.generator not in GENERATORS:
-        raise ConfigError(f"{key}.generator: unknown generator {src.generator!r} (known: {', '.join(GENERATORS)})")
+    if src.generator and src.generator not in env.available_generators():
+        raise ConfigError(f"{key}.generator: unknown generator {src.generator!r} "
+                          f"(registered: {', '.join(sorted(env.available_generators()))})")
     if src.path:
         first = _first_row(key, Path(src.path).expanduser(), src.split)
         if not key.startswith("sft") and src.prompt_field not in first:

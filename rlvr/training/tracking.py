@@ -17,10 +17,12 @@ class MetricsLogger:
     def __init__(self, cfg: LoggingConfig, directory: Path, run_name: str, config: dict, resume_step: int = 0):
         self.directory = directory
         self.jsonl = None
+        self.rows: list[dict] = []  # every step logged so far in this run (earlier launches too)
         if cfg.jsonl:
             path = directory / "metrics.jsonl"
             if resume_step and path.exists():
-                _truncate_after(path, resume_step)  # steps past the checkpoint are redone
+                self.rows = _rows_up_to(path, resume_step)  # steps past the checkpoint are redone
+                path.write_text("".join(json.dumps(r) + "\n" for r in self.rows), encoding="utf-8")
             self.jsonl = path.open("a" if resume_step else "w", encoding="utf-8")
         self.tb = None
         if cfg.tensorboard:
@@ -38,8 +40,9 @@ class MetricsLogger:
                                         id=run_name)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.rows.append({"step": step, **metrics})
         if self.jsonl is not None:
-            self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+            self.jsonl.write(json.dumps(self.rows[-1]) + "\n")
             self.jsonl.flush()
         if self.tb is not None:
             for key, value in metrics.items():
@@ -57,16 +60,9 @@ class MetricsLogger:
             self.wandb.finish()
 
 
-def _truncate_after(path: Path, step: int) -> None:
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines()
-             if line.strip() and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-
-
-def read_metrics(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def _rows_up_to(path: Path, step: int) -> list[dict]:
+    rows = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    return [r for r in rows if r.get("step", 0) <= step]
 
 
 def plot_reward_curve(rows: list[dict], evals: list[tuple[int, float]], path: Path, title: str) -> None:

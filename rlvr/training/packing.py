@@ -5,6 +5,8 @@ answer: 100 to 600 tokens). Padding them all to the longest and cutting the batc
 sequences wastes most of the compute on padding and makes memory depend on the luck of the
 draw. Here, as verl's dynamic batch size does, a micro-batch is cut by tokens instead:
 
+0. ``right_pad``: (prompt, response) token lists -> the right-padded (B, L) batch and the mask
+   of the targets to learn (the response tokens), for the GRPO learner and SFT alike.
 1. ``pack_rows``: sequences go into rows of width W (the longest sequence of the step),
    first-fit decreasing; a row holds several short sequences one after another, and the model
    keeps them apart with ``seq_idx`` (no information crosses a document in any layer).
@@ -27,6 +29,19 @@ import dataclasses
 import torch
 
 Tensor = torch.Tensor
+
+
+def right_pad(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
+    """-> input ids (B, L) right-padded with ``pad_id``, the (B, L - 1) float mask of next-token
+    targets that are response tokens, and each sequence's length (B,). The mask's ones, read
+    row by row, are the response tokens in order (``masked_scatter_`` aligns per-token values)."""
+    lengths = torch.tensor([len(p) + len(r) for p, r in zip(prompts, responses)])
+    ids = torch.full((len(prompts), int(lengths.max())), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), ids.shape[1] - 1)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        ids[i, :lengths[i]] = torch.tensor(p + r)
+        mask[i, len(p) - 1:lengths[i] - 1] = 1
+    return ids, mask, lengths
 
 
 @dataclasses.dataclass

@@ -18,7 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 log = logging.getLogger("rlvr")
 
 
@@ -27,7 +27,7 @@ def _run(cfg) -> dict:
     from omegaconf import OmegaConf
 
     from rlvr.config import load_config
-    from rlvr.preflight import check_relaunch
+    from rlvr.training.preflight import check_relaunch
 
     config = load_config(OmegaConf.to_container(cfg, resolve=True))
     out = Path(config.output_dir or HydraConfig.get().runtime.output_dir)
@@ -36,8 +36,8 @@ def _run(cfg) -> dict:
     (out / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=1) + "\n")
     log.info("run %r in %s (resolved config: config.json there)", config.name, out)
 
-    from rlvr.interrupt import Interrupted
-    from rlvr.trainer import Trainer
+    from rlvr.training.interrupt import Interrupted
+    from rlvr.training.trainer import Trainer
 
     trainer = Trainer(config, out)
     try:
@@ -88,7 +88,7 @@ def main() -> None:
     if not any(a.split("=")[0] in NOT_A_JOB for a in args):
         # Every job of the command line (each of a --multirun sweep) is composed, validated and
         # checked against the world here, before Hydra writes anything or Ray starts.
-        from rlvr.preflight import check_command_line
+        from rlvr.training.preflight import check_command_line
 
         try:
             sys.argv[1:] = check_command_line(CONFIG_DIR, args)

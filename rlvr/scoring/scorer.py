@@ -1,9 +1,5 @@
-"""The reward scorer: (task, response) pairs -> environment rewards, in worker processes.
-
-The same ``Environment.score`` that training calls runs here, in a ``DeadlinePool`` of worker
-processes (or on Ray actors, each with its own pool), so a response that hangs the verifier is
-killed at the timeout and every other one is still scored. ``open_scorer`` serves the trainer's
-reward stage and ``rlvr score`` (``rlvr/score_job.py``) alike.
+"""What a scoring worker runs, and how a row becomes a task: (task, response) pairs ->
+environment rewards through the same ``Environment.score`` that training calls.
 """
 
 from __future__ import annotations
@@ -13,8 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rlvr.env import Environment, TaskError, get_environment_class
-from rlvr.pool import DeadlinePool
-from rlvr.rows import BadRow, UsageError, read_rows  # noqa: F401 - re-exported: rows used to live here
+from rlvr.rows import UsageError
 
 RESPONSE_FIELD = "response"
 
@@ -82,16 +77,3 @@ class _Scorer:
 def make_scorer(env_name: str, env_kwargs: dict) -> _Scorer:
     """A pool worker's handler (module-level, so it pickles under spawn)."""
     return _Scorer(env_name, env_kwargs)
-
-
-def open_scorer(env_name: str, *, workers: int = 1, timeout: float = 10.0,
-                env_kwargs: dict | None = None, ray_address: str | None = None):
-    """A context manager whose ``map(payloads)`` scores (task, response) pairs in worker
-    processes (or on Ray actors) and yields an ``Outcome`` per pair, in order, with
-    ``Outcome.value == (reward, info)``. Used by ``rlvr score`` and by the trainer."""
-    env_kwargs = env_kwargs or {}
-    if ray_address is not None:
-        from rlvr.ray_scoring import RayScorer
-
-        return RayScorer(env_name, env_kwargs, workers=workers, timeout=timeout, address=ray_address)
-    return DeadlinePool(make_scorer, (env_name, env_kwargs), workers=workers, timeout=timeout)

@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from rlvr.pool import DeadlinePool
+from rlvr.scoring.pool import DeadlinePool
 
 
 class _Sleeper:

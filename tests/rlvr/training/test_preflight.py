@@ -1,5 +1,5 @@
 """Every configuration mistake of a user is found before Ray starts, in about a second, with one
-line naming the key (rlvr/preflight.py); nothing in an earlier run's folder is touched."""
+line naming the key (rlvr/training/preflight.py); nothing in an earlier run's folder is touched."""
 
 import json
 import subprocess
@@ -13,9 +13,9 @@ import torch
 import rlvr.model as M
 from rlvr.config import ConfigError, load_config
 from rlvr.model.config import tiny
-from rlvr.preflight import check_command_line, compose_jobs
+from rlvr.training.preflight import check_command_line, compose_jobs
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,7 @@ def test_rlvr_train_stops_before_ray_and_writes_nothing(tmp_path):
 
 
 def test_joining_a_cluster_without_the_resources_fails_naming_the_key():
-    from rlvr.preflight import check_cluster_resources
+    from rlvr.training.preflight import check_cluster_resources
 
     nodes = [{"Alive": True, "Resources": {"CPU": 8.0, "node:10.0.0.1": 1.0, "memory": 1e10}},
              {"Alive": False, "Resources": {"CPU": 8.0, "GPU": 8.0}}]  # the GPU node is gone

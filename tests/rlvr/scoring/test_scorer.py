@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rlvr.score_job import score_file
+from rlvr.scoring.job import score_file
 
 ROWS = [
     {"id": 0, "response": "so the answer is \\boxed{4}", "answer": "4"},

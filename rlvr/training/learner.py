@@ -3,7 +3,7 @@
 ``LearnerGroup`` (in the driver) places ``num_ranks`` ``LearnerRank`` actors in a Ray placement
 group, joins them into one torch.distributed world (gloo on CPU, nccl on GPUs) and hands each
 its contiguous share of every batch. The driver cuts every rank's share into micro-batches by a
-token budget, short sequences packed into rows (``rlvr/packing.py``), with the same number of
+token budget, short sequences packed into rows (``rlvr/training/packing.py``), with the same number of
 micro-batches on every rank; DeepSpeed accumulates their gradients (ZeRO stage 0-3, optional
 bf16, gradient clipping, the LR schedule) and averages them over ranks. The per-token loss
 weights are computed over the whole batch before it is cut, so the loss is a plain sum over
@@ -31,9 +31,10 @@ import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from rlvr import grpo, packing
+from rlvr import grpo
+from rlvr.training import packing
 from rlvr.config import Config
-from rlvr.packing import MicroBatch
+from rlvr.training.packing import MicroBatch
 
 
 @dataclasses.dataclass
@@ -142,7 +143,7 @@ class LearnerRank:
         self.loss_config = grpo.LossConfig(
             clip_low=self.cfg.algorithm.clip_low, clip_high=self.cfg.algorithm.clip_high,
             aggregation=self.cfg.algorithm.aggregation, kl_estimator=self.cfg.algorithm.kl_estimator,
-            kl_coef=0.0 if self.cfg.algorithm.kl_in_reward else self.cfg.algorithm.kl_coef,
+            kl_coef=grpo.kl_placement(self.cfg.algorithm.kl_coef, self.cfg.algorithm.kl_in_reward)[1],
             tis_cap=self.cfg.algorithm.tis_cap)
         self._sync_items = None
         self._grad_norm = None

@@ -21,6 +21,7 @@ import rlvr.model as M
 from rlvr.config import ConfigError, ModelConfig, SFTConfig
 from rlvr.data import load_rows
 from rlvr.tokenizer import Tokenizer
+from rlvr.training.packing import right_pad
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +47,9 @@ def demonstrations(cfg: SFTConfig, seed: int) -> list[tuple[str, str]]:
 def collate(pairs: list[tuple[str, str]], tokenizer: Tokenizer, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """-> input ids (B, L) right-padded, and a (B, L - 1) mask of the target positions to learn
     (the response and its end-of-sequence token)."""
-    seqs, starts = [], []
-    for prompt, response in pairs:
-        p = tokenizer.encode(prompt)
-        seqs.append(p + tokenizer.encode(response) + [tokenizer.eos_token_id])
-        starts.append(len(p))
-    L = max(map(len, seqs))
-    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(seqs), L - 1)
-    for i, (s, start) in enumerate(zip(seqs, starts)):
-        ids[i, :len(s)] = torch.tensor(s)
-        mask[i, start - 1:len(s) - 1] = 1
+    prompts = [tokenizer.encode(prompt) for prompt, _ in pairs]
+    responses = [tokenizer.encode(response) + [tokenizer.eos_token_id] for _, response in pairs]
+    ids, mask, _ = right_pad(prompts, responses, pad_id)
     return ids, mask
 
 

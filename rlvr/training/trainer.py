@@ -29,13 +29,14 @@ import torch
 from rlvr import grpo
 from rlvr.config import Config, ConfigError
 from rlvr.data import Prompt, PromptStream, hold_out, load_prompts
-from rlvr.interrupt import Interrupted, StopRequest
-from rlvr.learner import LearnerGroup, TrainBatch
-from rlvr.rollout.engine import Completion, SamplingParams
+from rlvr.training.interrupt import Interrupted, StopRequest
+from rlvr.training.learner import LearnerGroup, TrainBatch
+from rlvr.training.packing import right_pad
+from rlvr.rollout.engine import Completion
 from rlvr.rollout.workers import EngineSpec, RolloutPool
 from rlvr.scoring import open_scorer
 from rlvr.tokenizer import make_tokenizer
-from rlvr.tracking import MetricsLogger, plot_reward_curve, read_metrics
+from rlvr.training.tracking import MetricsLogger, plot_reward_curve
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +44,10 @@ log = logging.getLogger(__name__)
 def build_batch(completions: list[Completion], pad_id: int) -> TrainBatch:
     """Completions -> right-padded (prompt + response) ids, the mask of generated tokens and the
     engine's log-probabilities, aligned with the next-token targets. Advantages are zero here."""
-    seqs = [c.prompt_ids + c.token_ids for c in completions]
-    L = max(map(len, seqs))
-    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    mask, engine_logp = torch.zeros(len(seqs), L - 1), torch.zeros(len(seqs), L - 1)
-    for i, (c, s) in enumerate(zip(completions, seqs)):
-        ids[i, :len(s)] = torch.tensor(s)
-        start = len(c.prompt_ids) - 1
-        mask[i, start:start + len(c.token_ids)] = 1
-        engine_logp[i, start:start + len(c.token_ids)] = torch.tensor(c.logprobs)
-    return TrainBatch(ids, mask, torch.zeros(len(seqs)), engine_logp, torch.tensor([len(s) for s in seqs]))
+    ids, mask, lengths = right_pad([c.prompt_ids for c in completions], [c.token_ids for c in completions], pad_id)
+    engine_logp = torch.zeros_like(mask).masked_scatter_(
+        mask.bool(), torch.tensor([lp for c in completions for lp in c.logprobs], dtype=mask.dtype))
+    return TrainBatch(ids, mask, torch.zeros(len(completions)), engine_logp, lengths)
 
 
 def sampling_seed(seed: int, step: int, round_: int) -> int:
@@ -71,6 +66,17 @@ class Trainer:
         self.evals: list[tuple[int, float]] = []
         self.train_seconds = 0.0
         self.stop = StopRequest()
+        # Made by setup() (data, warm start, Ray actors); None until then, so shutdown() after a
+        # failed setup closes what exists.
+        self.tokenizer = None
+        self.pad_id: int | None = None
+        self.stream: PromptStream | None = None
+        self.eval_prompts: list[Prompt] = []
+        self.start_checkpoint: str | None = None
+        self.scorers: dict = {}
+        self.learner: LearnerGroup | None = None
+        self.pool: RolloutPool | None = None
+        self.metrics: MetricsLogger | None = None
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -87,6 +93,7 @@ class Trainer:
         self.scorers = {env: open_scorer(env, workers=cfg.reward.workers, timeout=cfg.reward.timeout) for env in envs}
         rc = cfg.rollout
         spec = EngineSpec(self.start_checkpoint, backend=rc.engine, tokenizer=cfg.model.tokenizer, max_batch=rc.max_batch,
+                          max_model_len=rc.max_model_len,
                           dtype=cfg.model.dtype, threads=rc.threads, vllm_kwargs=tuple(rc.vllm_kwargs.items()))
         self.learner = LearnerGroup(cfg, self.start_checkpoint)
         self.stop.check("while the actors started")
@@ -120,7 +127,7 @@ class Trainer:
         self.eval_prompts = evals[:cfg.eval_prompts]
 
     def _start_ray(self) -> None:
-        from rlvr.preflight import check_cluster_resources
+        from rlvr.training.preflight import check_cluster_resources
 
         if ray.is_initialized():
             return
@@ -148,7 +155,7 @@ class Trainer:
         if cfg.model.path is not None:
             log.info("starting from model.path=%s (no warm start)", cfg.model.path)
             return cfg.model.path
-        from rlvr.sft import build_model, run_sft
+        from rlvr.training.sft import build_model, run_sft
 
         target = self.out / "sft"
         if cfg.sft is None:
@@ -197,7 +204,7 @@ class Trainer:
                 self.save_checkpoint()
                 return self.finish()
             except Interrupted:
-                if self.step > 0 and hasattr(self, "learner"):
+                if self.step > 0 and self.learner is not None:
                     self.save_checkpoint()
                 raise
             finally:
@@ -249,14 +256,11 @@ class Trainer:
         alg = self.cfg.algorithm
         truncated = torch.tensor([c.finish_reason == "length" for c in completions])
         lengths = torch.tensor([len(c.token_ids) for c in completions])
-        shaped = rewards.clone()
-        if alg.overlong_buffer:
-            shaped = shaped + grpo.overlong_penalty(lengths, self.cfg.rollout.sampling.max_tokens, alg.overlong_buffer)
-        if alg.overlong_mask:
-            batch.mask[truncated] = 0
-        if alg.kl_in_reward:
-            kl = grpo.KL_ESTIMATORS[alg.kl_estimator](batch.engine_logp, self.learner.reference_logprobs(batch))
-            shaped = grpo.kl_in_reward(shaped, kl, batch.mask, alg.kl_coef)
+        beta, _ = grpo.kl_placement(alg.kl_coef, alg.kl_in_reward)
+        kl = grpo.KL_ESTIMATORS[alg.kl_estimator](batch.engine_logp, self.learner.reference_logprobs(batch)) if beta else None
+        shaped, batch.mask = grpo.shape_rewards(
+            rewards, lengths, truncated, batch.mask, self.cfg.rollout.sampling.max_tokens,
+            overlong_buffer=alg.overlong_buffer, overlong_mask=alg.overlong_mask, kl_per_token=kl, kl_beta=beta)
         batch.advantages = grpo.ADVANTAGE_ESTIMATORS[alg.advantage](shaped, alg.group_size)
         before = time.monotonic()
         learner_metrics = self.learner.train(batch)
@@ -278,10 +282,8 @@ class Trainer:
         for round_ in range(cfg.algorithm.max_refills + 1 if cfg.algorithm.dynamic_sampling else 1):
             prompts = self.stream.next(want - len(kept))
             before = time.monotonic()
-            sp = cfg.rollout.sampling
-            completions = self.pool.generate([p.text for p in prompts], SamplingParams(
-                temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k, max_tokens=sp.max_tokens,
-                stop=tuple(sp.stop), n=G, seed=sampling_seed(cfg.seed, self.step, round_)))
+            completions = self.pool.generate([p.text for p in prompts], cfg.rollout.sampling.params(
+                n=G, seed=sampling_seed(cfg.seed, self.step, round_)))
             stats["rollout_seconds"] += time.monotonic() - before
             before = time.monotonic()
             rewards, failures = self._score(prompts, completions, G)
@@ -339,10 +341,8 @@ class Trainer:
         """Greedy (``rollout.eval_sampling``) accuracy on the held-out prompts."""
         if not self.eval_prompts:
             return {"eval/accuracy": float("nan")}
-        sp = self.cfg.rollout.eval_sampling
-        completions = self.pool.generate([p.text for p in self.eval_prompts], SamplingParams(
-            temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k, max_tokens=sp.max_tokens,
-            stop=tuple(sp.stop), n=1, seed=sampling_seed(self.cfg.seed, -1, 0)))
+        completions = self.pool.generate([p.text for p in self.eval_prompts], self.cfg.rollout.eval_sampling.params(
+            n=1, seed=sampling_seed(self.cfg.seed, -1, 0)))
         rewards, _ = self._score(self.eval_prompts, completions, 1)
         out = {"eval/accuracy": float(rewards.mean())}
         for env in sorted({p.env for p in self.eval_prompts}):
@@ -400,7 +400,7 @@ class Trainer:
     # ------------------------------------------------------------------ the end
     def finish(self) -> dict:
         self.learner.save_model(str(self.out / "final"))
-        rows = read_metrics(self.out / "metrics.jsonl")
+        rows = self.metrics.rows
         rewards = [r["reward/mean"] for r in rows if "reward/mean" in r]
         k = max(1, min(10, len(rewards) // 4))
         summary = {
@@ -424,11 +424,11 @@ class Trainer:
         return summary
 
     def shutdown(self) -> None:
-        for scorer in getattr(self, "scorers", {}).values():
+        for scorer in self.scorers.values():
             scorer.close()
-        if hasattr(self, "metrics"):
+        if self.metrics is not None:
             self.metrics.close()
-        if hasattr(self, "pool"):
+        if self.pool is not None:
             self.pool.shutdown()
-        if hasattr(self, "learner"):
+        if self.learner is not None:
             self.learner.shutdown()

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 import rlvr.model as M
-from rlvr import grpo, packing
-from rlvr.learner import token_logprobs
+from rlvr import grpo
+from rlvr.training import packing
+from rlvr.training.learner import token_logprobs
 from rlvr.model.config import tiny
 
 
@@ -90,3 +91,13 @@ def test_packed_micro_batches_give_the_padded_loss_and_gradients(aggregation):
     for n, p in model.named_parameters():
         if n in want:
             assert torch.allclose(p.grad, want[n], atol=1e-6, rtol=1e-4), n
+
+
+def test_right_pad_masks_the_response_targets():
+    ids, mask, lengths = packing.right_pad([[1, 2], [3]], [[4, 5, 6], [7]], pad_id=0)
+    assert ids.tolist() == [[1, 2, 4, 5, 6], [3, 7, 0, 0, 0]]
+    assert lengths.tolist() == [5, 2]
+    # target t predicts token t + 1: the response tokens are targets 1..3 and 0
+    assert mask.tolist() == [[0, 1, 1, 1], [1, 0, 0, 0]]
+    values = torch.zeros_like(mask).masked_scatter_(mask.bool(), torch.tensor([0.4, 0.5, 0.6, 0.7]))
+    assert torch.allclose(values, torch.tensor([[0, 0.4, 0.5, 0.6], [0.7, 0, 0, 0]]))

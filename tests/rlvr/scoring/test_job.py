@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rlvr.score_job import encode, score_file
+from rlvr.scoring.job import encode, score_file
 
 GOOD = [{"response": f"\\boxed{{{i}}}", "answer": str(i)} for i in range(6)]
 

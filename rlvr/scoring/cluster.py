@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 
 import ray
 
-from rlvr.pool import DeadlinePool, Outcome
+from rlvr.scoring.pool import DeadlinePool, Outcome
 
 BATCH_ROWS = 32
 
@@ -20,7 +20,7 @@ BATCH_ROWS = 32
 @ray.remote(num_cpus=1)
 class ScoringActor:
     def __init__(self, env_name: str, env_kwargs: dict, timeout: float):
-        from rlvr.scoring import make_scorer
+        from rlvr.scoring.scorer import make_scorer
 
         self.pool = DeadlinePool(make_scorer, (env_name, env_kwargs), workers=1, timeout=timeout)
 
