@@ -13,13 +13,14 @@ setup-vllm: $(VLLM_VENV)/.installed
 
 # Reinstall when the dependencies change. torch comes from the CPU wheel pinned by the
 # machine (pip install torch==2.13.0) before anything that depends on it is resolved.
+# setuptools says "Editable installation" (a notice, not a problem) on every -e install:
+# PYTHONWARNINGS keeps it out of a newcomer's log.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q setuptools wheel
 	$(BIN)/pip install -q --no-build-isolation 'deepspeed>=0.16'
-	# setuptools says "Editable installation" (a notice, not a problem) on every -e install.
 	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
