@@ -1,0 +1,292 @@
+"""Sandboxes for model-written programs: limits, results, and the backends, chosen in one place.
+
+    bubblewrap  (default on Linux) new pid/net/ipc/uts/mount namespaces, the system read-only,
+                home directories hidden, a private size-capped /tmp, no network, no environment,
+                --die-with-parent; started as root it keeps only CAP_SETUID/CAP_SETGID so that
+                programs run as ``nobody`` (whose process count RLIMIT_NPROC can cap), else in a
+                user namespace as the calling user.
+    process     a plain subprocess with the same rlimits: NOT isolated (files, network and the
+                environment of the host are reachable); only when asked for, with a warning.
+    docker      a container per server (Python SDK, extra ``docker``), same limits as options.
+
+Two ways to run:
+
+* ``Sandbox.run(files, command, limits) -> Result``: any command, in a fresh sandbox (about one
+  interpreter start plus the namespace set-up).
+* ``Sandbox.runner()`` -> a ``WarmRunner``: a fork server inside one long-lived sandbox (the
+  interpreter and common modules loaded once); each ``check(program, tests)`` forks a fresh
+  test process and program process (``harness.py``), so a run costs milliseconds. The code
+  environment uses this; each scoring worker starts its own, lazily, and it dies with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+from environments.code import harness
+
+BACKENDS = ("auto", "bubblewrap", "process", "docker")
+STATUSES = ("passed", "failed", "timeout", "memory_limit", "runtime_error", "sandbox_error")
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    wall_s: float = 10.0  # whole run, wall clock; everything the run started is killed after
+    cpu_s: int = 10
+    memory_mb: int = 1024  # address space of the program
+    file_size_mb: int = 16  # largest file it may write (stdout/stderr included)
+    open_files: int = 64
+    processes: int = 64  # of the sandbox user, counted over the machine
+    output_bytes: int = 65536  # stdout/stderr kept in the result
+    tmp_mb: int = 256  # size of the sandbox's private /tmp
+
+    def wire(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Result:
+    status: str  # one of STATUSES
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    wall_s: float = 0.0
+    peak_memory_mb: float = 0.0
+    passed_cases: int = 0
+    cases: int = 0
+    error: str | None = None
+
+
+class SandboxUnavailable(RuntimeError):
+    pass
+
+
+def _hidden_homes() -> list[str]:
+    """bwrap args that hide /root and /home but keep the interpreter they may hold."""
+    args = []
+    for home in ("/root", "/home"):
+        if os.path.isdir(home):
+            args += ["--perms", "0755", "--tmpfs", home]
+    made = set()
+    for prefix in sorted({sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}):
+        if prefix.startswith(("/root/", "/home/")):
+            parents = [p for p in Path(prefix).parents if str(p) not in ("/", "/root", "/home")]
+            for parent in reversed(parents):  # bwrap would make them 0700: the sandbox user could not pass
+                if str(parent) not in made:
+                    args += ["--perms", "0755", "--dir", str(parent)]
+                    made.add(str(parent))
+            args += ["--ro-bind", prefix, prefix]
+    return args
+
+
+class Sandbox:
+    """One backend. ``python``: the interpreter inside (default: this one)."""
+
+    def __init__(self, backend: str = "auto", python: str | None = None):
+        self.backend = choose_backend(backend)
+        self.python = python or sys.executable
+        if self.backend == "process":
+            warnings.warn("rlvr code sandbox: backend 'process' is NOT isolated: programs can read and write "
+                          "the host's files, use its network and see its environment", stacklevel=2)
+
+    # -- the command line of a sandboxed process
+    def wrap(self, command: list[str], limits: Limits, binds: list[tuple[str, str]] = ()) -> list[str]:
+        if self.backend == "process":
+            return command
+        if self.backend == "docker":
+            raise SandboxUnavailable("the docker backend runs through its SDK, not a command line")
+        args = ["bwrap", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+                "--die-with-parent", "--new-session", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin",
+                "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
+                "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp", *_hidden_homes()]
+        for src, dst in binds:
+            args += ["--bind", src, dst]
+        if os.getuid() == 0:  # privileged bwrap: programs drop to nobody (harness), nothing else kept
+            args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        else:
+            args += ["--unshare-user"]
+        return args + ["--", *command]
+
+    def serve_command(self) -> list[str]:
+        own = [] if self.backend == "process" else ["--own-pid-namespace"]
+        return [self.python, "-I", "-c", Path(harness.__file__).read_text(), "serve", *own]
+
+    def runner(self, limits: Limits | None = None) -> WarmRunner:
+        return WarmRunner(self, limits or Limits())
+
+    def run(self, files: dict[str, str | bytes], command: list[str], limits: Limits | None = None) -> Result:
+        """``command`` in a fresh sandbox whose work dir (/tmp/work, writable) holds ``files``."""
+        limits = limits or Limits()
+        with tempfile.TemporaryDirectory(prefix="rlvr-sandbox-") as work:
+            for name, content in files.items():
+                path = Path(work, name)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(content.encode() if isinstance(content, str) else content)
+            shutil.chown(work, *(2 * [harness.SANDBOX_UID])) if os.getuid() == 0 else None
+            for path in Path(work).rglob("*"):
+                shutil.chown(path, *(2 * [harness.SANDBOX_UID])) if os.getuid() == 0 else None
+            launcher = [self.python, "-I", "-c", _LAUNCHER, repr(limits.wire()), *command]
+            binds = [] if self.backend == "process" else [(work, "/tmp/work")]
+            cwd = work if self.backend == "process" else None
+            return _run_process(self.wrap(launcher, limits, binds), limits, cwd)
+
+
+# Sets the limits and the uid, then becomes the command (run by ``Sandbox.run``).
+_LAUNCHER = """
+import ast, os, resource, signal, sys
+limits = ast.literal_eval(sys.argv[1])
+mib = 1 << 20
+for name, value in (("RLIMIT_AS", limits["memory_mb"] * mib), ("RLIMIT_CPU", limits["cpu_s"]),
+                    ("RLIMIT_FSIZE", limits["file_size_mb"] * mib), ("RLIMIT_NOFILE", limits["open_files"]),
+                    ("RLIMIT_NPROC", limits["processes"]), ("RLIMIT_CORE", 0)):
+    resource.setrlimit(getattr(resource, name), (value, value))
+if os.getuid() == 0:
+    os.setgroups([]); os.setgid(65534); os.setuid(65534)
+if os.path.isdir("/tmp/work"):
+    os.chdir("/tmp/work")
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def _run_process(argv: list[str], limits: Limits, cwd: str | None) -> Result:
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=cwd, start_new_session=True)
+    out, err = _capped_communicate(proc, limits)
+    wall = time.monotonic() - start
+    timed_out = proc.returncode is None
+    if timed_out:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+    usage_mb = 0.0
+    status = ("timeout" if timed_out or proc.returncode in (-9, -24, 137, 152) else
+              "memory_limit" if b"MemoryError" in err else "passed" if proc.returncode == 0 else "failed")
+    return Result(status, proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"),
+                  round(wall, 4), usage_mb)
+
+
+def _capped_communicate(proc: subprocess.Popen, limits: Limits) -> tuple[bytes, bytes]:
+    """Read both pipes, keeping ``output_bytes`` of each, until exit or the wall limit."""
+    kept = {proc.stdout: bytearray(), proc.stderr: bytearray()}
+
+    def drain(pipe):
+        while chunk := pipe.read1(65536):
+            room = limits.output_bytes - len(kept[pipe])
+            if room > 0:
+                kept[pipe] += chunk[:room]
+
+    threads = [threading.Thread(target=drain, args=(p,), daemon=True) for p in kept]
+    for t in threads:
+        t.start()
+    try:
+        proc.wait(timeout=limits.wall_s)
+    except subprocess.TimeoutExpired:
+        return bytes(kept[proc.stdout]), bytes(kept[proc.stderr])
+    for t in threads:
+        t.join(timeout=1)
+    return bytes(kept[proc.stdout]), bytes(kept[proc.stderr])
+
+
+class WarmRunner:
+    """A fork server in one sandbox; ``check`` runs a program against tests in milliseconds.
+    Restarted when it dies (a program that killed it, a crash); closed with its owner."""
+
+    def __init__(self, sandbox: Sandbox, limits: Limits):
+        self.sandbox, self.limits = sandbox, limits
+        self.proc: subprocess.Popen | None = None
+        self.restarts = -1
+
+    def _start(self) -> None:
+        self.close()
+        self.proc = subprocess.Popen(self.sandbox.wrap(self.sandbox.serve_command(), self.limits),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        self.restarts += 1
+        try:
+            hello = harness.read_frame(self.proc.stdout.fileno(), time.monotonic() + 60)
+        except (TimeoutError, EOFError, ValueError) as err:
+            self.close()
+            raise SandboxUnavailable(f"the {self.sandbox.backend} sandbox did not start ({type(err).__name__}); "
+                                     f"command: {' '.join(self.sandbox.wrap(['python'], self.limits))}") from None
+        self.as_root = hello["as_root"]
+
+    def check(self, program: str, tests: dict, limits: Limits | None = None) -> Result:
+        """Run ``program`` (P) and ``tests`` ({"code": ..., optional "call" and "entry_point"})."""
+        limits = limits or self.limits
+        for attempt in range(2):
+            if self.proc is None or self.proc.poll() is not None:
+                self._start()
+            secret = secrets.token_hex(16)
+            try:
+                harness.write_frame(self.proc.stdin.fileno(), {"program": program, "limits": limits.wire()})
+                harness.write_frame(self.proc.stdin.fileno(), {"tests": tests, "secret": secret})
+                reply = harness.read_frame(self.proc.stdout.fileno(), time.monotonic() + limits.wall_s + 10)
+            except (TimeoutError, EOFError, ValueError, OSError, BrokenPipeError):
+                self.close()  # the server died with this run (a program that killed it): once more
+                if attempt:
+                    return Result("sandbox_error", error="the sandbox's server died during the run")
+                continue
+            return _result(reply, secret)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, 9)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.proc.wait()
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                pipe.close()
+            self.proc = None
+
+    def __del__(self):
+        self.close()
+
+
+def _result(reply: dict, secret: str) -> Result:
+    """The test process's report, believed only with this run's secret."""
+    if reply.get("status") == "sandbox_error":
+        return Result("sandbox_error", error=reply.get("error"))
+    if reply.get("secret") != secret:
+        return Result("sandbox_error", error="a report without this run's secret")
+    status = reply.get("status") if reply.get("status") in STATUSES else "sandbox_error"
+    return Result(status, None, reply.get("stdout", ""), reply.get("stderr", ""), reply.get("wall_s", 0.0),
+                  reply.get("peak_memory_mb", 0.0), reply.get("passed_cases", 0), reply.get("cases", 0),
+                  reply.get("error"))
+
+
+def choose_backend(name: str = "auto") -> str:
+    """The one place a backend is chosen: bubblewrap where it exists, else docker with an engine;
+    'process' only when asked for or when nothing else exists (with a warning)."""
+    if name not in BACKENDS:
+        raise ValueError(f"sandbox backend {name!r}: expected one of {', '.join(BACKENDS)}")
+    if name == "bubblewrap" and shutil.which("bwrap") is None:
+        raise SandboxUnavailable("bubblewrap is not installed (Debian/Ubuntu: apt-get install bubblewrap; "
+                                 "`make setup` does it when run as root)")
+    if name == "docker" and not docker_available():
+        raise SandboxUnavailable("no Docker engine answers (the docker backend needs one and the `docker` extra)")
+    if name != "auto":
+        return name
+    if shutil.which("bwrap"):
+        return "bubblewrap"
+    return "docker" if docker_available() else "process"
+
+
+def docker_available() -> bool:
+    try:
+        import docker
+        docker.from_env().ping()
+        return True
+    except Exception:  # noqa: BLE001 - not installed, no engine, no permission: all "no"
+        return False
