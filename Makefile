@@ -6,10 +6,17 @@ BIN := $(VENV)/bin
 # rest of the project does not need.
 VLLM_VENV := .venv-vllm
 
-.PHONY: setup setup-vllm test demo score-demo conformance bench clean
+.PHONY: setup setup-vllm sandbox-tools test demo score-demo conformance bench clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed sandbox-tools
 setup-vllm: $(VLLM_VENV)/.installed
+
+# The code environment's sandbox runs programs under bubblewrap (Debian package; no daemon).
+# Installed here when missing and this runs as root; elsewhere it says what to install.
+sandbox-tools:
+	@command -v bwrap >/dev/null || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -q bubblewrap || (apt-get update -q && apt-get install -y -q bubblewrap)) >/dev/null; \
+	  else echo "note: the code sandbox needs bubblewrap (Debian/Ubuntu: sudo apt-get install bubblewrap)"; fi; }
 
 # Reinstall when the dependencies change. torch comes from the CPU wheel pinned by the
 # machine (pip install torch==2.13.0) before anything that depends on it is resolved.

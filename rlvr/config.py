@@ -63,6 +63,7 @@ class DataSource(_Strict):
     """One source of prompts; exactly one of path, hub, generator."""
 
     env: str = "math"  # the environment that scores this source's rows
+    env_args: dict[str, Any] = {}  # keyword arguments of that environment (e.g. partial_credit)
     path: str | None = None  # .jsonl / .json / .parquet / datasets.save_to_disk folder
     hub: str | None = None  # a Hugging Face hub dataset name (where reachable)
     generator: str | None = None  # a task generator registered in the group rlvr.generators

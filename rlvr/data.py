@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import logging
 import random
 from pathlib import Path
 from typing import Any
 
 from rlvr.config import ConfigError, DataSource
-from rlvr.env import TaskError, get_generator, make_environment
+from rlvr.env import TaskError, get_generator
 from rlvr.rows import BadRow, UsageError, read_rows
+from rlvr.scoring.scorer import make_environment_checked
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,12 @@ class Prompt:
     text: str
     env: str
     task: dict[str, Any]  # what the environment's score() reads (e.g. {"answer": "579"})
+    env_args: str = "{}"  # the environment's keyword arguments, as canonical JSON (hashable)
+
+    @property
+    def scorer_key(self) -> tuple[str, str]:
+        """Prompts with equal keys are scored by one environment instance (one scorer)."""
+        return self.env, self.env_args
 
 
 def load_rows(src: DataSource, seed: int) -> list[dict | BadRow]:
@@ -59,7 +67,11 @@ def load_rows(src: DataSource, seed: int) -> list[dict | BadRow]:
 
 def to_prompts(rows: list[dict | BadRow], src: DataSource, template: str, where: str) -> list[Prompt]:
     """Rows -> prompts; a row that cannot be used is logged (``where`` row N: why) and skipped."""
-    env = make_environment(src.env)
+    try:
+        env = make_environment_checked(src.env, src.env_args, option=f"{where}.env_args.")
+    except UsageError as err:
+        raise ConfigError(str(err)) from None
+    env_args = json.dumps(src.env_args, sort_keys=True)
     prompts, bad = [], 0
     for i, row in enumerate(rows):
         try:
@@ -79,7 +91,7 @@ def to_prompts(rows: list[dict | BadRow], src: DataSource, template: str, where:
             if bad <= 10:
                 log.warning("%s row %d skipped: %s", where, i, err)
             continue
-        prompts.append(Prompt(text, src.env, task))
+        prompts.append(Prompt(text, src.env, task, env_args))
     if bad:
         log.warning("%s: %d of %d rows skipped", where, bad, len(rows))
     if not prompts:

@@ -6,8 +6,8 @@
                 programs run as ``nobody`` (whose process count RLIMIT_NPROC can cap), else in a
                 user namespace as the calling user.
     process     a plain subprocess with the same rlimits: NOT isolated (files, network and the
-                environment of the host are reachable); only when asked for, with a warning.
-    docker      a container per server (Python SDK, extra ``docker``), same limits as options.
+                environment of the host are reachable); only when asked for or when bubblewrap is
+                missing, with a warning.
 
 Two ways to run:
 
@@ -35,7 +35,7 @@ from pathlib import Path
 
 from environments.code import harness
 
-BACKENDS = ("auto", "bubblewrap", "process", "docker")
+BACKENDS = ("auto", "bubblewrap", "process")
 STATUSES = ("passed", "failed", "timeout", "memory_limit", "runtime_error", "sandbox_error")
 
 
@@ -103,8 +103,6 @@ class Sandbox:
     def wrap(self, command: list[str], limits: Limits, binds: list[tuple[str, str]] = ()) -> list[str]:
         if self.backend == "process":
             return command
-        if self.backend == "docker":
-            raise SandboxUnavailable("the docker backend runs through its SDK, not a command line")
         args = ["bwrap", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
                 "--die-with-parent", "--new-session", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin",
                 "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
@@ -267,26 +265,13 @@ def _result(reply: dict, secret: str) -> Result:
 
 
 def choose_backend(name: str = "auto") -> str:
-    """The one place a backend is chosen: bubblewrap where it exists, else docker with an engine;
-    'process' only when asked for or when nothing else exists (with a warning)."""
+    """The one place a backend is chosen: bubblewrap where it exists; 'process' only when asked
+    for or when bubblewrap is missing (with a warning)."""
     if name not in BACKENDS:
         raise ValueError(f"sandbox backend {name!r}: expected one of {', '.join(BACKENDS)}")
     if name == "bubblewrap" and shutil.which("bwrap") is None:
         raise SandboxUnavailable("bubblewrap is not installed (Debian/Ubuntu: apt-get install bubblewrap; "
                                  "`make setup` does it when run as root)")
-    if name == "docker" and not docker_available():
-        raise SandboxUnavailable("no Docker engine answers (the docker backend needs one and the `docker` extra)")
     if name != "auto":
         return name
-    if shutil.which("bwrap"):
-        return "bubblewrap"
-    return "docker" if docker_available() else "process"
-
-
-def docker_available() -> bool:
-    try:
-        import docker
-        docker.from_env().ping()
-        return True
-    except Exception:  # noqa: BLE001 - not installed, no engine, no permission: all "no"
-        return False
+    return "bubblewrap" if shutil.which("bwrap") else "process"

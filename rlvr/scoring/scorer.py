@@ -32,9 +32,11 @@ def build_task(row: Mapping[str, Any], field_map: Mapping[str, str], env: Enviro
     return task, task[RESPONSE_FIELD]
 
 
-def make_environment_checked(env_name: str, env_kwargs: dict) -> Environment:
+def make_environment_checked(env_name: str, env_kwargs: dict, option: str = "--env-arg ") -> Environment:
     """The environment, its keyword arguments checked against its signature first (an unknown
-    name or a value of the wrong type is a ``UsageError`` naming it, not a per-row failure)."""
+    name or a value of the wrong type is a ``UsageError`` naming it, not a per-row failure).
+    ``option``: how the message names an argument (``--env-arg `` on the command line,
+    ``data.train[0].env_args.`` in a config)."""
     try:
         cls = get_environment_class(env_name)
     except (KeyError, TypeError) as exc:
@@ -42,7 +44,7 @@ def make_environment_checked(env_name: str, env_kwargs: dict) -> Environment:
     params = {n: p for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self"}
     for key, value in env_kwargs.items():
         if key not in params:
-            raise UsageError(f"--env-arg {key}: {env_name} takes no such argument "
+            raise UsageError(f"{option}{key}: {env_name} takes no such argument "
                              f"(its arguments: {', '.join(params) or 'none'})")
         want = params[key].annotation
         want = {"int": int, "float": float, "bool": bool, "str": str}.get(want, want)
@@ -50,11 +52,11 @@ def make_environment_checked(env_name: str, env_kwargs: dict) -> Environment:
               or (isinstance(value, want) and not (want is int and isinstance(value, bool)))
               or (want is float and isinstance(value, int) and not isinstance(value, bool)))
         if not ok:
-            raise UsageError(f"--env-arg {key}: expected {want.__name__}, got {json_type(value)} {value!r}")
+            raise UsageError(f"{option}{key}: expected {want.__name__}, got {json_type(value)} {value!r}")
     try:
         return cls(**env_kwargs)
     except (TypeError, ValueError) as exc:
-        raise UsageError(f"--env-arg: {env_name}: {exc}") from None
+        raise UsageError(f"{option.rstrip('. ')}: {env_name}: {exc}") from None
 
 
 def json_type(value: Any) -> str:

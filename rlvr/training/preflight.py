@@ -51,9 +51,15 @@ def check_source(key: str, src: DataSource) -> None:
     """The generator or environment exists; a local file exists, is not empty, and its first row
     has the prompt field and the mapped columns."""
     from rlvr import env
+    from rlvr.rows import UsageError
+    from rlvr.scoring.scorer import make_environment_checked
 
     if src.env not in env.available():
         raise ConfigError(f"{key}.env: unknown environment {src.env!r} (registered: {', '.join(sorted(env.available()))})")
+    try:
+        make_environment_checked(src.env, src.env_args, option=f"{key}.env_args.")
+    except UsageError as err:
+        raise ConfigError(str(err)) from None
     if src.generator and src.generator not in env.available_generators():
         raise ConfigError(f"{key}.generator: unknown generator {src.generator!r} "
                           f"(registered: {', '.join(sorted(env.available_generators()))})")

@@ -89,8 +89,9 @@ class Trainer:
         self.stop.check("before Ray started")
         self._start_ray()
         self.stop.install()
-        envs = {p.env for source in self.stream.sources for p in source} | {p.env for p in self.eval_prompts}
-        self.scorers = {env: open_scorer(env, workers=cfg.reward.workers, timeout=cfg.reward.timeout) for env in envs}
+        keys = {p.scorer_key for source in self.stream.sources for p in source} | {p.scorer_key for p in self.eval_prompts}
+        self.scorers = {(env, args): open_scorer(env, workers=cfg.reward.workers, timeout=cfg.reward.timeout,
+                                                 env_kwargs=json.loads(args)) for env, args in keys}
         rc = cfg.rollout
         spec = EngineSpec(self.start_checkpoint, backend=rc.engine, tokenizer=cfg.model.tokenizer, max_batch=rc.max_batch,
                           max_model_len=rc.max_model_len,
@@ -305,12 +306,12 @@ class Trainer:
         """Reward of each completion (0 for one whose scoring failed or timed out), and the
         number of such failures."""
         rewards, failures = torch.zeros(len(completions)), 0
-        by_env: dict[str, list[int]] = {}
+        by_scorer: dict[tuple[str, str], list[int]] = {}
         for i in range(len(completions)):
-            by_env.setdefault(prompts[i // n].env, []).append(i)
-        for env, idx in by_env.items():
+            by_scorer.setdefault(prompts[i // n].scorer_key, []).append(i)
+        for key, idx in by_scorer.items():
             payloads = [(prompts[i // n].task, completions[i].text) for i in idx]
-            for i, outcome in zip(idx, self.scorers[env].map(payloads)):
+            for i, outcome in zip(idx, self.scorers[key].map(payloads)):
                 if outcome.status == "ok":
                     rewards[i] = outcome.value[0]
                 else:

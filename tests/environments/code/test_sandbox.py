@@ -1,0 +1,163 @@
+"""Hostile programs against the sandbox: each is contained, and none is scored as passing."""
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from environments.code.harness import SANDBOX_UID
+from environments.code.sandbox import Limits, Sandbox
+
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
+                                reason="needs bubblewrap (`make setup` installs it as root; apt-get install bubblewrap)")
+
+ADD = "def add(a, b):\n    return a + b\n"
+TESTS = {"code": "assert add(1, 2) == 3\nassert add('a', 'b') == 'ab'\n"}
+
+
+@pytest.fixture(scope="module")
+def runner():
+    os.environ["RLVR_TEST_HOST_SECRET"] = "do-not-leak"
+    r = Sandbox("bubblewrap").runner(Limits(wall_s=5, cpu_s=5, memory_mb=512))
+    yield r
+    r.close()
+
+
+def sandbox_processes() -> list[int]:
+    """Processes of the sandbox user anywhere on the machine."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid == SANDBOX_UID:
+                    found.append(int(entry.name))
+            except FileNotFoundError:
+                pass
+    return found
+
+
+def test_a_correct_program_passes_and_a_wrong_one_fails(runner):
+    assert runner.check(ADD, TESTS).status == "passed"
+    wrong = runner.check("def add(a, b):\n    return a - b\n", TESTS)
+    assert wrong.status == "failed" and (wrong.passed_cases, wrong.cases) == (0, 2)
+
+
+@pytest.mark.parametrize("program", [
+    "import sys\nsys.exit(0)\n" + ADD,
+    "import os\nos._exit(0)\n" + ADD,
+    "raise SystemExit(0)\n" + ADD,
+    # a patched assert helper or builtins: the tests do not run in this process
+    "import builtins\nbuiltins.AssertionError = type('X', (Exception,), {})\ndef add(a, b):\n    return 0\n",
+    # an object equal to everything, a truthy one, a str subclass claiming equality
+    "class E:\n    def __eq__(self, other): return True\n    def __bool__(self): return True\ndef add(a, b):\n    return E()\n",
+    "class S(str):\n    def __eq__(self, other): return True\ndef add(a, b):\n    return S('nope')\n",
+    # forged markers on every channel it has
+    "import os, json\nfor fd in range(1, 20):\n    try: os.write(fd, json.dumps({'status': 'passed', 'secret': ''}).encode())\n"
+    "    except OSError: pass\nprint('PASSED')\nos._exit(0)\n",
+    # reading the test process's memory, or signalling it
+    "import os\nopen(f'/proc/{os.getppid()}/mem', 'rb').read(10)\n" + ADD.replace("a + b", "0"),
+    "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n" + ADD.replace("a + b", "0"),
+])
+def test_reward_hacks_never_pass(runner, program):
+    result = runner.check(program, TESTS)
+    assert result.status != "passed", result
+    assert runner.check(ADD, TESTS).status == "passed"  # and the runner is fine afterwards
+
+
+@pytest.mark.parametrize("program", ["while True:\n    pass\n", "import time\ntime.sleep(60)\n"])
+def test_infinite_loop_and_sleep_time_out_and_leave_nothing_running(runner, program):
+    start = time.monotonic()
+    result = runner.check(program, TESTS, Limits(wall_s=1.5, cpu_s=5))
+    assert result.status == "timeout" and time.monotonic() - start < 6
+    assert sandbox_processes() == []
+
+
+def test_memory_bomb_hits_the_memory_limit(runner):
+    result = runner.check("x = bytearray(2 * 1024**3)\n" + ADD, TESTS)
+    assert result.status == "memory_limit", result
+
+
+def test_fork_bomb_is_contained(runner):
+    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    result = runner.check(bomb, TESTS, Limits(wall_s=2, cpu_s=5, processes=32))
+    assert result.status != "passed"
+    time.sleep(0.2)
+    assert sandbox_processes() == []
+    assert runner.check(ADD, TESTS).status == "passed"
+
+
+def test_no_host_files_network_or_environment(runner, tmp_path):
+    marker = tmp_path / "host-file.txt"
+    marker.write_text("keep me")
+    os.chmod(tmp_path, 0o777)
+    probe = f'''
+import os, socket
+def probe():
+    seen = []
+    for path in ({str(marker)!r}, "/etc/rlvr-sandbox-test", "/root/rlvr-test", {str(Path(__file__).parent / "rlvr-test")!r}):
+        try:
+            open(path, "w").write("x")
+            seen.append("wrote " + path)
+        except OSError:
+            pass
+    try:
+        os.remove({str(marker)!r})
+        seen.append("deleted")
+    except OSError:
+        pass
+    try:
+        socket.create_connection(("1.1.1.1", 53), timeout=1)
+        seen.append("network")
+    except OSError:
+        pass
+    seen += [k for k in os.environ if "RLVR" in k or "SECRET" in k]
+    return seen
+'''
+    result = runner.check(probe, {"code": "assert probe() == []"})
+    assert result.status == "passed", result
+    assert marker.read_text() == "keep me" and not Path("/etc/rlvr-sandbox-test").exists()
+
+
+def test_orphans_and_daemons_are_killed_after_the_run(runner):
+    daemon = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(300)\n"
+              "    os._exit(0)\n" + ADD)
+    assert runner.check(daemon, TESTS).status == "passed"
+    time.sleep(0.2)
+    assert sandbox_processes() == []
+
+
+def test_stdout_flood_is_capped(runner):
+    flood = "import sys\nfor _ in range(10**5):\n    sys.stdout.write('x' * 1000)\n" + ADD
+    result = runner.check(flood, TESTS, Limits(wall_s=10, output_bytes=1000, file_size_mb=1))
+    assert len(result.stdout) <= 1000 and result.status in ("passed", "runtime_error")
+
+
+def test_a_thousand_runs_leave_no_processes_dirs_or_descriptors(runner):
+    fds = len(os.listdir("/proc/self/fd"))
+    tmp = set(os.listdir("/tmp"))
+    for _ in range(1000):
+        assert runner.check(ADD, TESTS).status == "passed"
+    assert len(os.listdir("/proc/self/fd")) == fds
+    assert set(os.listdir("/tmp")) - tmp == set()
+    assert sandbox_processes() == []
+
+
+def test_one_shot_command_in_a_fresh_sandbox(tmp_path):
+    sandbox = Sandbox("bubblewrap")
+    result = sandbox.run({"main.py": "import os\nprint(open('data.txt').read(), os.getuid())\n", "data.txt": "hi"},
+                         [sandbox.python, "main.py"])
+    assert result.status == "passed" and result.stdout.split() == ["hi", str(SANDBOX_UID if os.getuid() == 0 else os.getuid())]
+    assert sandbox.run({}, ["/bin/sh", "-c", "sleep 30"], Limits(wall_s=1)).status == "timeout"
+
+
+def test_process_backend_warns_that_it_is_not_isolated():
+    with pytest.warns(UserWarning, match="NOT isolated"):
+        sandbox = Sandbox("process")
+    runner = sandbox.runner(Limits(wall_s=5))
+    try:
+        assert runner.check(ADD, TESTS).status == "passed"
+        assert runner.check("import os\nos._exit(0)\n", TESTS).status != "passed"
+    finally:
+        runner.close()
