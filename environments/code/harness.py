@@ -1,20 +1,20 @@
-"""What runs inside the sandbox: a fork server, and per run a trusted test process (H) beside
-the untrusted program (P). Standard library only: the sandbox's interpreter runs this file's
-source (``python -I -c``), without the project installed.
+"""What runs inside the sandbox: a fork server that is also the trusted test process (H), and
+per run a fresh untrusted program process (P). Standard library only: the sandbox's interpreter
+runs this file's source (``python -I -c``), without the project installed.
 
 Why two processes. A grader that runs the tests in the program's own interpreter can be fooled
 by the program: ``sys.exit(0)`` / ``os._exit(0)`` before the tests, a patched ``assert`` helper,
 an always-equal ``__eq__`` object, a forged success marker. Here the program P only defines its
-functions and then answers calls; the tests run in H, a separate process P cannot read, signal or
-ptrace (another uid when the sandbox starts as root, else not dumpable), and call P's functions
-through a pipe. Values cross as plain data (numbers, strings, containers of them; anything else
-is an opaque reference whose equality is identity), so a result cannot pretend to equal anything.
-The verdict reaches the host on H's own pipe with a per-run secret that arrives after P has been
-forked, so it is in no memory P ever had.
+names and then answers calls; the tests run in H, which P cannot read, signal or ptrace (P runs
+as another uid when the sandbox starts as root; H is not dumpable either way), and call P's
+functions through a pipe. Values cross as data (numbers, strings, containers of them; anything
+else stays in P as an opaque reference whose equality is identity), so a result cannot pretend
+to equal anything. H's report carries a per-run secret that is read after P was forked, so it is
+in no memory P ever had, and travels on a pipe P does not hold.
 
-Per run: the server reads the program, forks H; H forks P (limits, uid, work dir, all other file
-descriptors closed) and says so; only then does the server read the tests and the secret and
-hand them to H. After the run the server kills every other process in its pid namespace:
+Per run: H reads the program, forks P (own process group, limits, uid, work dir, every other file
+descriptor closed), then reads the tests and the secret, runs the tests, kills P's process
+group; inside the sandbox's own pid namespace it then kills every other process there, so
 orphans and daemons a program left do not outlive its run.
 """
 
@@ -22,6 +22,7 @@ import ast
 import base64
 import builtins
 import ctypes
+import gc
 import glob
 import importlib
 import json
@@ -321,7 +322,7 @@ def _limit_and_drop(limits, workdir, as_root):
 
 
 def _spawn_program(request, as_root):
-    """Fork P; -> (pid, call_w, ret_r, workdir)."""
+    """Fork P (its own process group); -> (pid, call_w, ret_r, workdir)."""
     workdir = tempfile.mkdtemp(prefix="run-", dir="/tmp")
     if as_root:
         os.chown(workdir, SANDBOX_UID, SANDBOX_UID)
@@ -330,6 +331,7 @@ def _spawn_program(request, as_root):
     pid = os.fork()
     if pid == 0:
         try:
+            os.setpgid(0, 0)
             out = os.open(os.path.join(workdir, ".stdout"), os.O_WRONLY | os.O_CREAT, 0o600)
             err = os.open(os.path.join(workdir, ".stderr"), os.O_WRONLY | os.O_CREAT, 0o600)
             if as_root:
@@ -341,6 +343,7 @@ def _spawn_program(request, as_root):
             keep = sorted({0, 1, 2, call_r, ret_w})
             for lo, hi in zip(keep, keep[1:] + [1 << 16]):
                 os.closerange(lo + 1, hi)
+            gc.disable()  # a short-lived process: collections would only copy shared pages
             _limit_and_drop(request["limits"], workdir, as_root)
             sys.stdout = os.fdopen(1, "w", buffering=1)
             sys.stderr = os.fdopen(2, "w", buffering=1)
@@ -352,6 +355,14 @@ def _spawn_program(request, as_root):
     return pid, call_w, ret_r, workdir
 
 
+def _peak_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("VmHWM:")), 0)
+    except (OSError, ValueError):
+        return 0
+
+
 def _read_capped(path, cap):
     try:
         with open(path, "rb") as f:
@@ -360,17 +371,18 @@ def _read_capped(path, cap):
         return ""
 
 
-def harness_main(request, from_server, to_server, as_root):
-    """H: fork P, say so, receive the tests and the secret, run them, report on ``to_server``."""
+def test_run(request, stdin, as_root):
+    """One run: fork P with the program, only then read the tests and the secret (so P never had
+    them), run the tests against P, report."""
     start = time.monotonic()
     deadline = start + request["limits"]["wall_s"]
-    _libc().prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: P may not read or ptrace this process
     pid, call_w, ret_r, workdir = _spawn_program(request, as_root)
-    write_frame(to_server, {"forked": True})
-    part2 = read_frame(from_server)
+    marks = {"forked": time.monotonic()}
+    part2 = read_frame(stdin)
     result = {"secret": part2["secret"], "passed_cases": 0, "cases": 0}
     try:
         hello = read_frame(ret_r, deadline)
+        marks["loaded"] = time.monotonic()
         if "load_error" in hello:
             result.update(status="runtime_error", error=hello["load_error"][:2000])
         else:
@@ -381,19 +393,32 @@ def harness_main(request, from_server, to_server, as_root):
         result.update(status="timeout")
     except (EOFError, ValueError, OSError, struct.error) as err:
         result.update(status="runtime_error", error=f"the program stopped answering ({type(err).__name__})")
-    os.kill(pid, signal.SIGKILL)
-    _, status, usage = os.wait4(pid, 0)
+    marks["tested"] = time.monotonic()
+    os.close(call_w)
+    os.close(ret_r)
+    peak_kib = _peak_kib(pid)  # while P still exists (it is reaped without waiting for it)
+    try:
+        os.killpg(pid, signal.SIGKILL)  # P and what it forked (a fork that left the group: see serve)
+    except (ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
+    status = 0
+    if result["status"] != "passed":  # why it ended matters only then; an exit being torn down costs ~1 ms
+        _, status, usage = os.wait4(pid, 0)
+        peak_kib = max(peak_kib, usage.ru_maxrss)
+    marks["reaped"] = time.monotonic()
     cap = request["limits"]["output_bytes"]
     stderr = _read_capped(os.path.join(workdir, ".stderr"), cap)
     stdout = _read_capped(os.path.join(workdir, ".stdout"), cap)
     shutil.rmtree(workdir, ignore_errors=True)
-    if result["status"] == "runtime_error" and "MemoryError" in stderr + result.get("error", ""):
+    if result["status"] == "runtime_error" and "MemoryError" in stderr + (result.get("error") or ""):
         result["status"] = "memory_limit"
     if result["status"] != "passed" and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGXCPU:
         result["status"] = "timeout"
-    result.update(stdout=stdout, stderr=stderr,
-                  wall_s=round(time.monotonic() - start, 4), peak_memory_mb=round(usage.ru_maxrss / 1024, 1))
-    write_frame(to_server, result)
+    marks["done"] = time.monotonic()
+    result["phases_ms"] = {k: round((t - start) * 1000, 3) for k, t in marks.items()}
+    result.update(stdout=stdout, stderr=stderr, wall_s=round(time.monotonic() - start, 4),
+                  peak_memory_mb=round(peak_kib / 1024, 1))
+    return result
 
 
 # ---------------------------------------------------------------- the fork server
@@ -405,65 +430,43 @@ def _kill_everything_else():
         os.kill(-1, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    while True:
-        try:
-            if os.waitpid(-1, os.WNOHANG) == (0, 0):
-                break
-        except ChildProcessError:
-            break
     for leftover in glob.glob("/tmp/run-*"):
         shutil.rmtree(leftover, ignore_errors=True)
 
 
+def _reap():
+    """Collect the programs that have finished dying (a passed run's P is not waited for)."""
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG) == (0, 0):
+                return
+        except ChildProcessError:
+            return
+
+
 def serve(stdin=0, stdout=1, own_pid_namespace=False):
-    """Run requests from ``stdin`` until it closes; one result frame per request on ``stdout``."""
+    """Run requests from ``stdin`` until it closes; one result frame per request on ``stdout``.
+    This process is the trusted side of every run: not dumpable (P may not read or ptrace it),
+    and P runs as another uid when this one is root."""
     as_root = os.getuid() == 0
+    _libc().prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
     for name in ("collections", "itertools", "functools", "heapq", "math", "re", "string", "typing", "bisect"):
         __import__(name)  # the usual imports of a test program, paid once per server
+    gc.freeze()  # objects loaded so far skip collection: a fork's pages stay shared, not copied
     write_frame(stdout, {"ready": True, "as_root": as_root, "python": sys.version.split()[0]})
     while True:
         try:
             request = read_frame(stdin)
         except EOFError:
             return
-        write_frame(stdout, _one_run(request, stdin, as_root))
+        try:
+            result = test_run(request, stdin, as_root)
+        except (KeyError, TypeError, ValueError, OSError) as err:
+            result = {"status": "sandbox_error", "error": f"{type(err).__name__}: {err}"[:500]}
         if own_pid_namespace:
             _kill_everything_else()
-
-
-def _one_run(request, stdin, as_root):
-    to_h_r, to_h_w = os.pipe()
-    from_h_r, from_h_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(to_h_w)
-            os.close(from_h_r)
-            os.setsid()
-            harness_main(request, to_h_r, from_h_w, as_root)
-        finally:
-            os._exit(0)
-    os.close(to_h_r)
-    os.close(from_h_w)
-    deadline = time.monotonic() + request["limits"]["wall_s"] + 2.0
-    part2 = None
-    try:
-        read_frame(from_h_r, deadline)  # P exists now
-        part2 = read_frame(stdin)
-        write_frame(to_h_w, part2)  # the tests and the secret: P never had them
-        return read_frame(from_h_r, deadline)
-    except (TimeoutError, EOFError, ValueError, OSError) as err:
-        return {"status": "sandbox_error", "error": f"the test process did not report ({type(err).__name__})"}
-    finally:
-        if part2 is None:
-            read_frame(stdin)  # keep the request stream in step
-        os.close(to_h_w)
-        os.close(from_h_r)
-        try:
-            os.killpg(pid, signal.SIGKILL)  # H's session: H and P, if still there
-        except (ProcessLookupError, PermissionError):
-            pass
-        os.waitpid(pid, 0)
+        _reap()
+        write_frame(stdout, result)
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["serve"]:
