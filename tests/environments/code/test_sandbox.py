@@ -26,14 +26,16 @@ def runner():
 
 
 def sandbox_processes() -> list[int]:
-    """Processes of the sandbox user anywhere on the machine."""
+    """Live processes of the sandbox user anywhere on the machine (a zombie, dead and waiting
+    to be collected, is not one)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if entry.stat().st_uid == SANDBOX_UID:
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if entry.stat().st_uid == SANDBOX_UID and state not in ("Z", "X"):
                     found.append(int(entry.name))
-            except FileNotFoundError:
+            except (FileNotFoundError, ProcessLookupError, IndexError):
                 pass
     return found
 
