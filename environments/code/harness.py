@@ -394,9 +394,9 @@ def test_run(request, stdin, as_root):
     except (EOFError, ValueError, OSError, struct.error) as err:
         result.update(status="runtime_error", error=f"the program stopped answering ({type(err).__name__})")
     marks["tested"] = time.monotonic()
+    peak_kib = _peak_kib(pid)  # while P still exists (it is reaped without waiting for it)
     os.close(call_w)
     os.close(ret_r)
-    peak_kib = _peak_kib(pid)  # while P still exists (it is reaped without waiting for it)
     try:
         os.killpg(pid, signal.SIGKILL)  # P and what it forked (a fork that left the group: see serve)
     except (ProcessLookupError, PermissionError):

@@ -71,21 +71,28 @@ class SandboxUnavailable(RuntimeError):
     pass
 
 
-def _hidden_homes() -> list[str]:
-    """bwrap args that hide /root and /home but keep the interpreter they may hold."""
-    args = []
-    for home in ("/root", "/home"):
+MASKED = ("/root", "/home")  # hidden behind empty directories (with /tmp, which is private)
+
+
+def _masks_and_interpreter(tmp_bytes: int) -> list[str]:
+    """bwrap args: a private /tmp, empty /root and /home, and the interpreter's folders bound
+    back where they lie under those (a virtual environment in a temporary clone, pyenv under
+    /root), with the folders above them made passable."""
+    args = ["--size", str(tmp_bytes), "--tmpfs", "/tmp"]
+    for home in MASKED:
         if os.path.isdir(home):
             args += ["--perms", "0755", "--tmpfs", home]
     made = set()
     for prefix in sorted({sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}):
-        if prefix.startswith(("/root/", "/home/")):
-            parents = [p for p in Path(prefix).parents if str(p) not in ("/", "/root", "/home")]
-            for parent in reversed(parents):  # bwrap would make them 0700: the sandbox user could not pass
-                if str(parent) not in made:
-                    args += ["--perms", "0755", "--dir", str(parent)]
-                    made.add(str(parent))
-            args += ["--ro-bind", prefix, prefix]
+        if not prefix.startswith(tuple(m + "/" for m in (*MASKED, "/tmp"))) or any(
+                prefix.startswith(done + "/") for done in made):
+            continue
+        for parent in reversed(Path(prefix).parents):  # bwrap would make them 0700: nobody could pass
+            if str(parent) not in ("/", "/tmp", *MASKED) and str(parent) not in made:
+                args += ["--perms", "0755", "--dir", str(parent)]
+                made.add(str(parent))
+        args += ["--ro-bind", prefix, prefix]
+        made.add(prefix)
     return args
 
 
@@ -105,8 +112,7 @@ class Sandbox:
             return command
         args = ["bwrap", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
                 "--die-with-parent", "--new-session", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin",
-                "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
-                "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp", *_hidden_homes()]
+                "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", *_masks_and_interpreter(limits.tmp_mb << 20)]
         for src, dst in binds:
             args += ["--bind", src, dst]
         if os.getuid() == 0:  # privileged bwrap: programs drop to nobody (harness), nothing else kept

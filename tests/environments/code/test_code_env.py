@@ -90,3 +90,19 @@ def test_rlvr_score_with_the_code_environment(tmp_path):
     assert done.returncode == 0, done.stderr
     scored = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["reward"] for r in scored] == [1.0, pytest.approx(1 / 3), 1.0]
+
+
+def test_generated_function_tasks_grade_the_teacher_and_the_truth(env):
+    from environments.code.synthetic import function_rows, held_out
+
+    rows = function_rows(40, seed=3, forget_parens=0.5)
+    assert rows == function_rows(40, seed=3, forget_parens=0.5)
+    careless = [r for r in rows if not r["response"].startswith("(")]
+    assert 5 < len(careless) < 35
+    for row in rows[:12]:
+        spec = row["prompt"].split("# ")[1].split("\n")[0]
+        assert not held_out(spec)
+        right = row["response"] if row["response"].startswith("(") else None
+        got = env.score(row, row["response"]).value
+        assert got == (1.0 if right else 0.0), row
+    assert all(held_out(r["prompt"].split("# ")[1].split("\n")[0]) for r in function_rows(10, holdout="only"))
