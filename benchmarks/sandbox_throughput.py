@@ -33,6 +33,17 @@ def humaneval_jobs(path: str) -> list[tuple[str, dict]]:
     return [program_and_tests(r, r["canonical_solution"]) for r in rows if r["dataset"] == "humaneval"]
 
 
+def in_threads(worker, workers: int) -> float:
+    """worker(0..workers-1) at once; -> seconds until all are done."""
+    start = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start
+
+
 def run_warm(sandbox: Sandbox, jobs: list, workers: int, repeat: int) -> dict:
     runners = [sandbox.runner(Limits()) for _ in range(workers)]
     for r in runners:
@@ -45,13 +56,7 @@ def run_warm(sandbox: Sandbox, jobs: list, workers: int, repeat: int) -> dict:
             res = runners[k].check(program, tests)
             results.append(res.status)
 
-    start = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(workers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - start
+    seconds = in_threads(worker, workers)
     phases = [runners[0].check(*jobs[i % len(jobs)]).wall_s * 1000 for i in range(20)]
     for r in runners:
         r.close()
@@ -70,13 +75,7 @@ def run_fresh(sandbox: Sandbox, jobs: list, workers: int, runs: int) -> dict:
             done.append(runner.check(program, tests).status)
             runner.close()
 
-    start = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(workers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - start
+    seconds = in_threads(worker, workers)
     return {"runs": runs, "seconds": round(seconds, 2), "runs_per_s": round(runs / seconds, 1),
             "passed": done.count("passed")}
 
