@@ -142,13 +142,18 @@ def decode(e, depth=0, refs=None):
 
 # ---------------------------------------------------------------- P: the program under test
 
-def program_main(program, module, call_r, ret_w):
-    """Define the program's names, then answer calls until the pipe closes. Untrusted: whatever
-    it does, it can only write frames to ``ret_w`` (which H decodes strictly)."""
+def program_main(call_r, ret_w):
+    """Wait for the program, define its names, then answer calls until the pipe closes.
+    Untrusted: whatever it does, it can only write frames to ``ret_w`` (which H decodes strictly)."""
+    try:
+        first = read_frame(call_r)
+    except EOFError:
+        return  # a spare process that was not needed
+    module = first.get("module", "solution")
     namespace = {"__name__": module, "__builtins__": __builtins__}
     refs = {}
     try:
-        exec(compile(program, "solution.py", "exec"), namespace)
+        exec(compile(first["program"], "solution.py", "exec"), namespace)
     except BaseException as err:  # noqa: BLE001 - reported, whatever it is
         write_frame(ret_w, {"load_error": f"{type(err).__name__}: {err}"})
         return
@@ -265,6 +270,18 @@ class _Cases(ast.NodeTransformer):
         return ast.copy_location(call, node)
 
 
+_COMPILED = {}  # test code -> code object: GRPO scores G samples of a task against one test
+
+
+def _compiled_tests(code):
+    if code not in _COMPILED:
+        if len(_COMPILED) >= 512:
+            _COMPILED.clear()
+        tree = ast.fix_missing_locations(_Cases().visit(ast.parse(code)))
+        _COMPILED[code] = compile(tree, "tests.py", "exec")
+    return _COMPILED[code]
+
+
 def run_tests(tests, remote, names):
     """Exec the tests with the program's names bound to remote calls. -> (passed, total, error)."""
     counts = [0, 0]
@@ -287,8 +304,7 @@ def run_tests(tests, remote, names):
             namespace[name] = remote.function(name) if kind == "call" else remote.call({"get": name}, (), {})
     error = None
     try:
-        tree = ast.fix_missing_locations(_Cases().visit(ast.parse(tests["code"])))
-        exec(compile(tree, "tests.py", "exec"), namespace)
+        exec(_compiled_tests(tests["code"]), namespace)
         if tests.get("call"):
             namespace[tests["call"]](remote.function(tests["entry_point"]))
     except TimeoutError:
@@ -321,8 +337,10 @@ def _limit_and_drop(limits, workdir, as_root):
     os.environ.update({"PATH": "/usr/bin:/bin", "HOME": workdir, "PYTHONHASHSEED": "0"})
 
 
-def _spawn_program(request, as_root):
-    """Fork P (its own process group); -> (pid, call_w, ret_r, workdir)."""
+def _spawn_program(limits, as_root):
+    """Fork P, set up (own process group, limits, uid, work dir) and waiting for its program:
+    made before its request arrives, so that it is ready when it does. -> (pid, call_w, ret_r,
+    workdir, limits)."""
     workdir = tempfile.mkdtemp(prefix="run-", dir="/tmp")
     if as_root:
         os.chown(workdir, SANDBOX_UID, SANDBOX_UID)
@@ -344,15 +362,23 @@ def _spawn_program(request, as_root):
             for lo, hi in zip(keep, keep[1:] + [1 << 16]):
                 os.closerange(lo + 1, hi)
             gc.disable()  # a short-lived process: collections would only copy shared pages
-            _limit_and_drop(request["limits"], workdir, as_root)
+            _limit_and_drop(limits, workdir, as_root)
             sys.stdout = os.fdopen(1, "w", buffering=1)
             sys.stderr = os.fdopen(2, "w", buffering=1)
-            program_main(request["program"], request.get("module", "solution"), call_r, ret_w)
+            program_main(call_r, ret_w)
         finally:
             os._exit(0)
     os.close(call_r)
     os.close(ret_w)
-    return pid, call_w, ret_r, workdir
+    return pid, call_w, ret_r, workdir, limits
+
+
+def _discard(spare):
+    if spare is not None:
+        os.close(spare[1])
+        os.close(spare[2])
+        os.kill(spare[0], signal.SIGKILL)
+        shutil.rmtree(spare[3], ignore_errors=True)
 
 
 def _peak_kib(pid):
@@ -371,12 +397,20 @@ def _read_capped(path, cap):
         return ""
 
 
-def test_run(request, stdin, as_root):
-    """One run: fork P with the program, only then read the tests and the secret (so P never had
-    them), run the tests against P, report."""
+def test_run(request, stdin, as_root, spare):
+    """One run: hand the program to P (the spare forked after the last run, if its limits fit),
+    only then read the tests and the secret (so P never had them), run the tests against P,
+    report."""
     start = time.monotonic()
     deadline = start + request["limits"]["wall_s"]
-    pid, call_w, ret_r, workdir = _spawn_program(request, as_root)
+    if spare is None or spare[4] != request["limits"]:
+        _discard(spare)
+        try:
+            spare = _spawn_program(request["limits"], as_root)
+        except (KeyError, TypeError, ValueError, OSError):
+            spare = None  # a malformed request: the next one forks its own
+    pid, call_w, ret_r, workdir, _ = spare
+    write_frame(call_w, {"program": request["program"], "module": request.get("module", "solution")})
     marks = {"forked": time.monotonic()}
     part2 = read_frame(stdin)
     result = {"secret": part2["secret"], "passed_cases": 0, "cases": 0}
@@ -454,19 +488,27 @@ def serve(stdin=0, stdout=1, own_pid_namespace=False):
         __import__(name)  # the usual imports of a test program, paid once per server
     gc.freeze()  # objects loaded so far skip collection: a fork's pages stay shared, not copied
     write_frame(stdout, {"ready": True, "as_root": as_root, "python": sys.version.split()[0]})
+    spare = None
     while True:
         try:
             request = read_frame(stdin)
         except EOFError:
+            _discard(spare)
             return
         try:
-            result = test_run(request, stdin, as_root)
+            result = test_run(request, stdin, as_root, spare)
         except (KeyError, TypeError, ValueError, OSError) as err:
             result = {"status": "sandbox_error", "error": f"{type(err).__name__}: {err}"[:500]}
         if own_pid_namespace:
             _kill_everything_else()
         _reap()
         write_frame(stdout, result)
+        # The next run's program process, made while the host reads this result. It is forked
+        # before that run's request exists here, so it never holds that run's tests or secret.
+        try:
+            spare = _spawn_program(request["limits"], as_root)
+        except (KeyError, TypeError, ValueError, OSError):
+            spare = None  # a malformed request: the next one forks its own
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["serve"]:

@@ -26,15 +26,19 @@ def runner():
 
 
 def sandbox_processes() -> list[int]:
-    """Live processes of the sandbox user anywhere on the machine (a zombie, dead and waiting
-    to be collected, is not one)."""
+    """Live processes of the sandbox user anywhere on the machine, but a server's one spare
+    program process (forked after a run, waiting for the next program, never ran any code); a
+    zombie, dead and waiting to be collected, is not live either."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if entry.stat().st_uid == SANDBOX_UID and state not in ("Z", "X"):
-                    found.append(int(entry.name))
+                state, parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+                if entry.stat().st_uid != SANDBOX_UID or state in ("Z", "X"):
+                    continue
+                if b"serve" in Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")[-3:]:
+                    continue  # a spare: its parent is the server
+                found.append(int(entry.name))
             except (FileNotFoundError, ProcessLookupError, IndexError):
                 pass
     return found
