@@ -511,5 +511,14 @@ def serve(stdin=0, stdout=1, own_pid_namespace=False):
             spare = None  # a malformed request: the next one forks its own
 
 
+def launch(limits, workdir, command):
+    """Become ``command`` with the run's limits and uid, in ``workdir`` (``Sandbox.run``)."""
+    _limit_and_drop(limits, workdir, os.getuid() == 0)
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # the command's own, not the program server's
+    os.execvp(command[0], command)
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["serve"]:
     serve(own_pid_namespace="--own-pid-namespace" in sys.argv)
+elif __name__ == "__main__" and sys.argv[1:2] == ["launch"]:
+    launch(json.loads(sys.argv[2]), sys.argv[3], sys.argv[4:])

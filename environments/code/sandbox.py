@@ -22,6 +22,7 @@ Two ways to run:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import secrets
 import shutil
@@ -136,69 +137,47 @@ class Sandbox:
                 path = Path(work, name)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(content.encode() if isinstance(content, str) else content)
-            shutil.chown(work, *(2 * [harness.SANDBOX_UID])) if os.getuid() == 0 else None
-            for path in Path(work).rglob("*"):
-                shutil.chown(path, *(2 * [harness.SANDBOX_UID])) if os.getuid() == 0 else None
-            launcher = [self.python, "-I", "-c", _LAUNCHER, repr(limits.wire()), *command]
+            if os.getuid() == 0:  # the command runs as the sandbox user
+                for path in [Path(work), *Path(work).rglob("*")]:
+                    shutil.chown(path, harness.SANDBOX_UID, harness.SANDBOX_UID)
+            inside = work if self.backend == "process" else "/tmp/work"
+            launcher = [self.python, "-I", "-c", Path(harness.__file__).read_text(), "launch",
+                        json.dumps(limits.wire()), inside, *command]
             binds = [] if self.backend == "process" else [(work, "/tmp/work")]
-            cwd = work if self.backend == "process" else None
-            return _run_process(self.wrap(launcher, limits, binds), limits, cwd)
+            return _run_process(self.wrap(launcher, limits, binds), limits)
 
 
-# Sets the limits and the uid, then becomes the command (run by ``Sandbox.run``).
-_LAUNCHER = """
-import ast, os, resource, signal, sys
-limits = ast.literal_eval(sys.argv[1])
-mib = 1 << 20
-for name, value in (("RLIMIT_AS", limits["memory_mb"] * mib), ("RLIMIT_CPU", limits["cpu_s"]),
-                    ("RLIMIT_FSIZE", limits["file_size_mb"] * mib), ("RLIMIT_NOFILE", limits["open_files"]),
-                    ("RLIMIT_NPROC", limits["processes"]), ("RLIMIT_CORE", 0)):
-    resource.setrlimit(getattr(resource, name), (value, value))
-if os.getuid() == 0:
-    os.setgroups([]); os.setgid(65534); os.setuid(65534)
-if os.path.isdir("/tmp/work"):
-    os.chdir("/tmp/work")
-os.execvp(sys.argv[2], sys.argv[2:])
-"""
-
-
-def _run_process(argv: list[str], limits: Limits, cwd: str | None) -> Result:
+def _run_process(argv: list[str], limits: Limits) -> Result:
+    """Run to exit or the wall limit (then kill its session); output capped; peak memory from
+    the kernel's accounting of the process tree."""
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            cwd=cwd, start_new_session=True)
-    out, err = _capped_communicate(proc, limits)
-    wall = time.monotonic() - start
-    timed_out = proc.returncode is None
-    if timed_out:
-        os.killpg(proc.pid, 9)
-        proc.wait()
-    usage_mb = 0.0
-    status = ("timeout" if timed_out or proc.returncode in (-9, -24, 137, 152) else
-              "memory_limit" if b"MemoryError" in err else "passed" if proc.returncode == 0 else "failed")
-    return Result(status, proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"),
-                  round(wall, 4), usage_mb)
-
-
-def _capped_communicate(proc: subprocess.Popen, limits: Limits) -> tuple[bytes, bytes]:
-    """Read both pipes, keeping ``output_bytes`` of each, until exit or the wall limit."""
+                            start_new_session=True)
     kept = {proc.stdout: bytearray(), proc.stderr: bytearray()}
 
     def drain(pipe):
         while chunk := pipe.read1(65536):
-            room = limits.output_bytes - len(kept[pipe])
-            if room > 0:
-                kept[pipe] += chunk[:room]
+            kept[pipe] += chunk[:max(0, limits.output_bytes - len(kept[pipe]))]
 
     threads = [threading.Thread(target=drain, args=(p,), daemon=True) for p in kept]
     for t in threads:
         t.start()
-    try:
-        proc.wait(timeout=limits.wall_s)
-    except subprocess.TimeoutExpired:
-        return bytes(kept[proc.stdout]), bytes(kept[proc.stderr])
+    deadline, waited = start + limits.wall_s, (0, 0, None)
+    while waited[0] == 0 and time.monotonic() < deadline:
+        waited = os.wait4(proc.pid, os.WNOHANG)
+        time.sleep(0.001 if waited[0] == 0 else 0)
+    timed_out = waited[0] == 0
+    if timed_out:
+        os.killpg(proc.pid, 9)
+        waited = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(waited[1])  # (reaped here, not by Popen)
     for t in threads:
         t.join(timeout=1)
-    return bytes(kept[proc.stdout]), bytes(kept[proc.stderr])
+    out, err = bytes(kept[proc.stdout]), bytes(kept[proc.stderr])
+    status = ("timeout" if timed_out or proc.returncode in (-9, -24) else
+              "memory_limit" if b"MemoryError" in err else "passed" if proc.returncode == 0 else "failed")
+    return Result(status, proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"),
+                  round(time.monotonic() - start, 4), round(waited[2].ru_maxrss / 1024, 1))
 
 
 class WarmRunner:
