@@ -36,7 +36,7 @@ def _check(*args: str, out: Path | None = None) -> list[str]:
 
 CASES = [
     # (overrides, text the one-line error must contain)
-    (["experiment=nano_gpuu"], "Available options in 'experiment': nano_gpu two_node"),
+    (["experiment=nano_gpuu"], "Could not find 'experiment/nano_gpuu' Available options in 'experiment': "),
     (["data=gsm8k_local"], "data.train.0.path: must be set"),
     (["data=gsm8k_local", "data.train.0.path=/no/such.jsonl"], "data.train.0.path: /no/such.jsonl not found"),
     (["data=gsm8k_local", "data.train.0.path={d}/empty.jsonl"], "data.train.0.path: {d}/empty.jsonl is empty"),
