@@ -162,3 +162,11 @@ def get_generator(name: str) -> Callable[..., list[dict]]:
     if not callable(fn):
         raise TypeError(f"entry point {name!r} -> {fn!r} is not callable")
     return fn
+
+
+def in_split(held_out: bool, holdout: str | None) -> bool:
+    """For a generator whose problems have a fixed held-out share: keep a problem that is (or is
+    not) ``held_out`` under ``holdout`` = None (all), "exclude" (training) or "only" (evaluation)."""
+    if holdout not in (None, "exclude", "only"):
+        raise ValueError(f"holdout must be 'exclude' or 'only', not {holdout!r}")
+    return holdout is None or held_out == (holdout == "only")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import random
 
+from rlvr.env import in_split
+
 TEST_INPUTS = (0, 1, 2, 5, -3, 10)
 
 
@@ -42,14 +44,13 @@ def function_rows(n: int, seed: int = 0, forget_parens: float | None = None, hol
 
     ``forget_parens``: add a ``response`` from the careless teacher (the SFT demonstrations);
     ``holdout``: "exclude" draws only training problems, "only" only the held-out ones."""
-    if holdout not in (None, "exclude", "only"):
-        raise ValueError(f"holdout must be 'exclude' or 'only', not {holdout!r}")
+    in_split(False, holdout)  # checks the option before any work
     rng = random.Random(seed)
     rows = []
     while len(rows) < n:
         steps, correct, careless = _chain(rng)
         spec = _spec(steps)
-        if holdout is not None and held_out(spec) != (holdout == "only"):
+        if not in_split(held_out(spec), holdout):
             continue
         expected = [eval(correct, {"x": x}) for x in TEST_INPUTS]  # noqa: S307 - our own expression
         test = "def check(candidate):\n" + "".join(f"    assert candidate({x}) == {y}\n"

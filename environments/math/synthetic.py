@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 from fractions import Fraction
 
+from rlvr.env import in_split
+
 _NAMES = ["Ava", "Ben", "Chen", "Dina", "Eli", "Fatima", "Goro", "Hana"]
 _ITEMS = ["apples", "marbles", "stickers", "books", "coins", "shells"]
 
@@ -92,13 +94,12 @@ def addition_rows(n: int, seed: int = 0, digits: int = 2, forget_carry: float | 
     (what the math environment grades against) and, when ``forget_carry`` is given, a
     ``response`` written by the careless teacher (the SFT demonstrations).
     ``holdout``: "exclude" draws only training pairs, "only" only the held-out ones."""
-    if holdout not in (None, "exclude", "only"):
-        raise ValueError(f"holdout must be 'exclude' or 'only', not {holdout!r}")
+    in_split(False, holdout)  # checks the option before any work
     rng = random.Random(seed)
     rows = []
     while len(rows) < n:
         a, b = rng.randrange(10 ** digits), rng.randrange(10 ** digits)
-        if holdout is not None and held_out(a, b) != (holdout == "only"):
+        if not in_split(held_out(a, b), holdout):
             continue
         row = {"prompt": f"{a}+{b}=", "answer": str(a + b)}
         if forget_carry is not None:
