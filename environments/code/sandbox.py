@@ -66,6 +66,7 @@ class Result:
     passed_cases: int = 0
     cases: int = 0
     error: str | None = None
+    phases_ms: dict = dataclasses.field(default_factory=dict)  # warm runs: where the time went
 
 
 class SandboxUnavailable(RuntimeError):
@@ -196,12 +197,11 @@ class WarmRunner:
                                      start_new_session=True)
         self.restarts += 1
         try:
-            hello = harness.read_frame(self.proc.stdout.fileno(), time.monotonic() + 60)
+            harness.read_frame(self.proc.stdout.fileno(), time.monotonic() + 60)  # its "ready"
         except (TimeoutError, EOFError, ValueError) as err:
             self.close()
             raise SandboxUnavailable(f"the {self.sandbox.backend} sandbox did not start ({type(err).__name__}); "
                                      f"command: {' '.join(self.sandbox.wrap(['python'], self.limits))}") from None
-        self.as_root = hello["as_root"]
 
     def check(self, program: str, tests: dict, limits: Limits | None = None) -> Result:
         """Run ``program`` (P) and ``tests`` ({"code": ..., optional "call" and "entry_point"})."""
@@ -246,7 +246,7 @@ def _result(reply: dict, secret: str) -> Result:
     status = reply.get("status") if reply.get("status") in STATUSES else "sandbox_error"
     return Result(status, None, reply.get("stdout", ""), reply.get("stderr", ""), reply.get("wall_s", 0.0),
                   reply.get("peak_memory_mb", 0.0), reply.get("passed_cases", 0), reply.get("cases", 0),
-                  reply.get("error"))
+                  reply.get("error"), reply.get("phases_ms", {}))
 
 
 def choose_backend(name: str = "auto") -> str:
