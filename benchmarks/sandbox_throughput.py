@@ -95,7 +95,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="code_tasks.jsonl: adds the HumanEval workload")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=3, help="passes over each workload (warm)")
+    ap.add_argument("--repeat", type=int, default=6, help="passes over each workload (warm)")
     ap.add_argument("--fresh-runs", type=int, default=100)
     ap.add_argument("--backend", default="auto")
     args = ap.parse_args()

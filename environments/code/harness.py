@@ -12,9 +12,10 @@ else stays in P as an opaque reference whose equality is identity), so a result 
 to equal anything. H's report carries a per-run secret that is read after P was forked, so it is
 in no memory P ever had, and travels on a pipe P does not hold.
 
-Per run: H reads the program, forks P (own process group, limits, uid, work dir, every other file
-descriptor closed), then reads the tests and the secret, runs the tests, kills P's process
-group; inside the sandbox's own pid namespace it then kills every other process there, so
+Per run: H hands the program to P, a process forked and set up (own process group, limits, uid,
+work dir, every other file descriptor closed) after the previous run by the zygote Z, a child of
+H that only forks; then H reads the tests and the secret, runs the tests, kills P's process
+group; inside the sandbox's own pid namespace it then kills every other process there but Z, so
 orphans and daemons a program left do not outlive its run.
 """
 
@@ -25,15 +26,16 @@ import ctypes
 import gc
 import glob
 import importlib
+import itertools
 import json
 import os
 import resource
 import select
 import shutil
 import signal
+import socket
 import struct
 import sys
-import tempfile
 import time
 
 SANDBOX_UID = 65534  # nobody: what P runs as when the server starts as root
@@ -316,8 +318,7 @@ def run_tests(tests, remote, names):
 
 # ---------------------------------------------------------------- processes
 
-def _libc():
-    return ctypes.CDLL(None, use_errno=True)
+LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def _limit_and_drop(limits, workdir, as_root):
@@ -337,11 +338,25 @@ def _limit_and_drop(limits, workdir, as_root):
     os.environ.update({"PATH": "/usr/bin:/bin", "HOME": workdir, "PYTHONHASHSEED": "0"})
 
 
-def _spawn_program(limits, as_root):
-    """Fork P, set up (own process group, limits, uid, work dir) and waiting for its program:
-    made before its request arrives, so that it is ready when it does. -> (pid, call_w, ret_r,
-    workdir, limits)."""
-    workdir = tempfile.mkdtemp(prefix="run-", dir="/tmp")
+_RUN_NUMBERS = itertools.count()
+
+
+def _new_workdir():
+    """A new /tmp/run-N. Not ``tempfile``: it imports ``random``, whose reseeding after every
+    fork costs each program process a tenth of a millisecond."""
+    while True:
+        path = f"/tmp/run-{os.getpid()}-{next(_RUN_NUMBERS)}"
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
+
+
+def _fork_program(limits, as_root):
+    """Fork P, set up (own process group, limits, uid, work dir) and waiting for its program.
+    -> (pid, call_w, ret_r, workdir)."""
+    workdir = _new_workdir()
     if as_root:
         os.chown(workdir, SANDBOX_UID, SANDBOX_UID)
     call_r, call_w = os.pipe()
@@ -370,7 +385,78 @@ def _spawn_program(limits, as_root):
             os._exit(0)
     os.close(call_r)
     os.close(ret_w)
-    return pid, call_w, ret_r, workdir, limits
+    return pid, call_w, ret_r, workdir
+
+
+def zygote_main(sock, as_root):
+    """Z: forks the program processes for H, so that H itself never forks. A fork marks every
+    page of the forking process copy-on-write, and H, which runs the tests while P lives, would
+    then pay a page fault for each page it writes (half a millisecond a run); Z only waits.
+    Z never sees a test or a secret. Requests (JSON on a SOCK_SEQPACKET socket): {"spawn":
+    limits} -> P's pid and work dir, with P's two pipe ends attached; {"wait": pid} -> its exit
+    status and peak memory (only asked for a run that did not pass)."""
+    while True:
+        message = sock.recv(65536)
+        if not message:
+            return
+        request = json.loads(message)
+        if "wait" in request:
+            try:
+                _, status, usage = os.wait4(request["wait"], 0)
+                reply = {"status": status, "maxrss_kib": usage.ru_maxrss}
+            except (ChildProcessError, TypeError):
+                reply = {"status": 0, "maxrss_kib": 0}  # not a program of ours
+            sock.send(json.dumps(reply).encode())
+            continue
+        _reap()  # the last runs' programs, killed by H and not asked about
+        try:
+            pid, call_w, ret_r, workdir = _fork_program(request["spawn"], as_root)
+        except (KeyError, TypeError, ValueError, OSError) as err:
+            sock.send(json.dumps({"error": f"{type(err).__name__}: {err}"}).encode())
+            continue
+        socket.send_fds(sock, [json.dumps({"pid": pid, "workdir": workdir}).encode()], [call_w, ret_r])
+        os.close(call_w)
+        os.close(ret_r)
+
+
+class Zygote:
+    """H's end of Z. A Z that died (a program that killed it) makes every call raise EOFError."""
+
+    def __init__(self, as_root):
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.pid = os.fork()
+        if self.pid == 0:
+            try:
+                self.sock.close()
+                null = os.open(os.devnull, os.O_RDWR)
+                os.dup2(null, 0)  # not H's request and result pipes
+                os.dup2(null, 1)
+                zygote_main(theirs, as_root)
+            finally:
+                os._exit(0)
+        theirs.close()
+
+    def _ask(self, request, fds=0):
+        try:
+            self.sock.send(json.dumps(request).encode())
+            data, got, _, _ = socket.recv_fds(self.sock, 65536, fds)
+        except OSError:
+            data = b""
+        if not data:
+            raise EOFError("the program zygote died")
+        return json.loads(data), got
+
+    def spawn(self, limits):
+        """-> the spare (pid, call_w, ret_r, workdir, limits)."""
+        reply, fds = self._ask({"spawn": limits}, 2)
+        if "error" in reply:
+            raise OSError(reply["error"])
+        return reply["pid"], fds[0], fds[1], reply["workdir"], limits
+
+    def wait(self, pid):
+        """-> (wait status, peak memory in KiB) of a program that was killed."""
+        reply, _ = self._ask({"wait": pid})
+        return reply["status"], reply["maxrss_kib"]
 
 
 def _discard(spare):
@@ -397,7 +483,7 @@ def _read_capped(path, cap):
         return ""
 
 
-def test_run(request, stdin, as_root, spare):
+def test_run(request, stdin, zygote, spare):
     """One run: hand the program to P (the spare forked after the last run, if its limits fit),
     only then read the tests and the secret (so P never had them), run the tests against P,
     report."""
@@ -405,10 +491,7 @@ def test_run(request, stdin, as_root, spare):
     deadline = start + request["limits"]["wall_s"]
     if spare is None or spare[4] != request["limits"]:
         _discard(spare)
-        try:
-            spare = _spawn_program(request["limits"], as_root)
-        except (KeyError, TypeError, ValueError, OSError):
-            spare = None  # a malformed request: the next one forks its own
+        spare = zygote.spawn(request["limits"])
     pid, call_w, ret_r, workdir, _ = spare
     write_frame(call_w, {"program": request["program"], "module": request.get("module", "solution")})
     marks = {"forked": time.monotonic()}
@@ -437,8 +520,8 @@ def test_run(request, stdin, as_root, spare):
         os.kill(pid, signal.SIGKILL)
     status = 0
     if result["status"] != "passed":  # why it ended matters only then; an exit being torn down costs ~1 ms
-        _, status, usage = os.wait4(pid, 0)
-        peak_kib = max(peak_kib, usage.ru_maxrss)
+        status, maxrss_kib = zygote.wait(pid)
+        peak_kib = max(peak_kib, maxrss_kib)
     marks["reaped"] = time.monotonic()
     cap = request["limits"]["output_bytes"]
     stderr = _read_capped(os.path.join(workdir, ".stderr"), cap)
@@ -457,19 +540,28 @@ def test_run(request, stdin, as_root, spare):
 
 # ---------------------------------------------------------------- the fork server
 
-def _kill_everything_else():
-    """Every process of this pid namespace but this one and its init, and every work dir: what a
-    run left behind (orphans, daemons, files). Only inside a sandbox's own pid namespace."""
-    try:
-        os.kill(-1, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+def _kill_everything_else(keep):
+    """Every process of this pid namespace but its init and ``keep`` (H and Z), and every work
+    dir: what a run left behind (orphans, daemons, files). Only inside a sandbox's own pid
+    namespace. A process with a SIGKILL pending cannot fork, so scanning until a scan finds no
+    new process also catches children forked between a scan and its kills."""
+    killed = set(keep) | {1}
+    while True:
+        found = {int(p) for p in os.listdir("/proc") if p.isdigit()} - killed
+        if not found:
+            break
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        killed |= found
     for leftover in glob.glob("/tmp/run-*"):
         shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _reap():
-    """Collect the programs that have finished dying (a passed run's P is not waited for)."""
+    """Collect the children that have finished dying, without waiting for the others."""
     while True:
         try:
             if os.waitpid(-1, os.WNOHANG) == (0, 0):
@@ -478,15 +570,31 @@ def _reap():
             return
 
 
-def serve(stdin=0, stdout=1, own_pid_namespace=False):
+def _add_site_packages():
+    """The interpreter's (or its virtual environment's) installed packages, for programs that
+    import them. The server starts without ``site`` (``-S``): its ``.pth`` hooks would import
+    modules that every fork then pays for; here only the folders are added."""
+    import site  # noqa: PLC0415 - not at the top: ``-S`` keeps importing it from doing anything else
+
+    env = os.path.dirname(os.path.dirname(sys.executable))  # a virtual environment's, when it is one
+    prefixes = [env] if os.path.exists(os.path.join(env, "pyvenv.cfg")) else [sys.prefix]
+    sys.path.extend(p for p in site.getsitepackages(prefixes) if os.path.isdir(p) and p not in sys.path)
+
+
+def serve(stdin=0, stdout=1, own_pid_namespace=False, cpu=None):
     """Run requests from ``stdin`` until it closes; one result frame per request on ``stdout``.
     This process is the trusted side of every run: not dumpable (P may not read or ptrace it),
-    and P runs as another uid when this one is root."""
+    and P runs as another uid when this one is root. ``cpu``: where H, Z and every P run (a
+    call's round trip between H and P costs ~5 us on one CPU, ~50 us between two)."""
     as_root = os.getuid() == 0
-    _libc().prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    LIBC.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0 (Z, forked below, inherits it)
+    _add_site_packages()
     for name in ("collections", "itertools", "functools", "heapq", "math", "re", "string", "typing", "bisect"):
-        __import__(name)  # the usual imports of a test program, paid once per server
+        __import__(name)  # the usual imports of a program and its tests, paid once per server
     gc.freeze()  # objects loaded so far skip collection: a fork's pages stay shared, not copied
+    zygote = Zygote(as_root)
     write_frame(stdout, {"ready": True, "as_root": as_root, "python": sys.version.split()[0]})
     spare = None
     while True:
@@ -496,17 +604,21 @@ def serve(stdin=0, stdout=1, own_pid_namespace=False):
             _discard(spare)
             return
         try:
-            result = test_run(request, stdin, as_root, spare)
+            result = test_run(request, stdin, zygote, spare)
+        except EOFError:  # the host went away, or Z died: this server ends (the host starts another)
+            return
         except (KeyError, TypeError, ValueError, OSError) as err:
             result = {"status": "sandbox_error", "error": f"{type(err).__name__}: {err}"[:500]}
         if own_pid_namespace:
-            _kill_everything_else()
-        _reap()
+            _kill_everything_else({os.getpid(), zygote.pid})
         write_frame(stdout, result)
         # The next run's program process, made while the host reads this result. It is forked
-        # before that run's request exists here, so it never holds that run's tests or secret.
+        # (by Z) before that run's request exists here, so it never holds that run's tests or
+        # secret.
         try:
-            spare = _spawn_program(request["limits"], as_root)
+            spare = zygote.spawn(request["limits"])
+        except EOFError:
+            return
         except (KeyError, TypeError, ValueError, OSError):
             spare = None  # a malformed request: the next one forks its own
 
@@ -519,6 +631,7 @@ def launch(limits, workdir, command):
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["serve"]:
-    serve(own_pid_namespace="--own-pid-namespace" in sys.argv)
+    serve(own_pid_namespace="--own-pid-namespace" in sys.argv,
+          cpu=int(sys.argv[sys.argv.index("--cpu") + 1]) if "--cpu" in sys.argv else None)
 elif __name__ == "__main__" and sys.argv[1:2] == ["launch"]:
     launch(json.loads(sys.argv[2]), sys.argv[3], sys.argv[4:])

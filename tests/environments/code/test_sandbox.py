@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from environments.code.harness import SANDBOX_UID
-from environments.code.sandbox import Limits, Sandbox
+from environments.code.sandbox import Limits, Sandbox, claim_cpu
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
                                 reason="needs bubblewrap (`make setup` installs it as root; apt-get install bubblewrap)")
@@ -27,8 +27,8 @@ def runner():
 
 def sandbox_processes() -> list[int]:
     """Live processes of the sandbox user anywhere on the machine, but a server's one spare
-    program process (forked after a run, waiting for the next program, never ran any code); a
-    zombie, dead and waiting to be collected, is not live either."""
+    program process (forked by its zygote after a run, waiting for the next program, never ran
+    any code); a zombie, dead and waiting to be collected, is not live either."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -36,8 +36,8 @@ def sandbox_processes() -> list[int]:
                 state, parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
                 if entry.stat().st_uid != SANDBOX_UID or state in ("Z", "X"):
                     continue
-                if b"serve" in Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")[-3:]:
-                    continue  # a spare: its parent is the server
+                if b"serve" in Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0"):
+                    continue  # a spare: its parent is the server's zygote
                 found.append(int(entry.name))
             except (FileNotFoundError, ProcessLookupError, IndexError):
                 pass
@@ -167,3 +167,74 @@ def test_process_backend_warns_that_it_is_not_isolated():
         assert runner.check("import os\nos._exit(0)\n", TESTS).status != "passed"
     finally:
         runner.close()
+
+
+def test_programs_import_the_interpreters_installed_packages(runner):
+    # the server starts without `site` (-S, for fast forks) and adds the site-packages folders itself
+    assert runner.check("import yaml\n" + ADD, TESTS).status == "passed"
+
+
+def test_runners_claim_distinct_cpus_and_run_there(runner):
+    claims = []
+    while (claim := claim_cpu()) is not None:
+        claims.append(claim)
+    try:
+        held = [c for c, _ in claims] + ([runner.claim[0]] if runner.claim else [])
+        assert sorted(held) == sorted(set(held)) and set(held) <= os.sched_getaffinity(0)
+    finally:
+        for _, fd in claims:
+            os.close(fd)
+    assert claim_cpu() is not None  # released with their descriptors
+    if runner.claim is not None:  # the server, its zygote and every program run on the runner's CPU
+        where = "def add(a, b):\n    import os\n    return sorted(os.sched_getaffinity(0))\n"
+        assert runner.check(where, {"code": f"assert add(1, 2) == [{runner.claim[0]}]\n"}).status == "passed"
+
+
+def _parent(pid) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError):
+        return 0
+
+
+def _descendants(root: int) -> list[int]:
+    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+    found, frontier = [], {root}
+    while frontier:
+        frontier = {p for p in pids if _parent(p) in frontier}
+        found += sorted(frontier)
+    return found
+
+
+def _server(runner) -> int:
+    """The runner's server process H (bwrap's own command lines name it too)."""
+    for pid in _descendants(runner.proc.pid):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"serve" in argv and not argv[0].endswith(b"bwrap"):
+            return pid
+    raise AssertionError("no server process")
+
+
+def test_a_server_whose_zygote_died_is_replaced():
+    # A program cannot signal the zygote when the sandbox starts as root (it runs as nobody);
+    # without root it can. Either way the next runs must still be scored.
+    runner = Sandbox("bubblewrap").runner(Limits(wall_s=5))
+    try:
+        assert runner.check(ADD, TESTS).status == "passed"
+        server = _server(runner)  # its one child is Z, whose children are the programs
+        zygote = next(p for p in _descendants(server) if _parent(p) == server)
+        os.kill(zygote, 9)
+        assert [runner.check(ADD, TESTS).status for _ in range(3)] == ["passed"] * 3
+        assert runner.restarts == 1
+    finally:
+        runner.close()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="capabilities are kept only when the sandbox starts as root")
+def test_root_sandbox_keeps_only_the_capabilities_it_needs(runner):
+    # privileged bwrap keeps every capability unless told; the server needs five, a program none
+    caps = "def caps():\n    return [l.split()[1] for l in open('/proc/self/status') if l.startswith('CapEff')][0]\n"
+    assert runner.check(caps, {"code": "assert caps() == '0000000000000000'\n"}).status == "passed"
+    effective = next(line.split()[1] for line in Path(f"/proc/{_server(runner)}/status").read_text().splitlines()
+                     if line.startswith("CapEff"))
+    assert int(effective, 16) == sum(1 << bit for bit in (0, 1, 5, 6, 7))  # CHOWN DAC_OVERRIDE KILL SETGID SETUID
