@@ -17,7 +17,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from environments.code.sandbox import Limits, Result, Sandbox
+from environments.code.container import DEFAULT_IMAGE
+from environments.code.sandbox import BACKENDS, Limits, Result, Sandbox
 from rlvr.env import Environment, Reward, TaskError
 
 _FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.S | re.I)
@@ -64,10 +65,12 @@ class CodeEnvironment(Environment):
     task_fields: ClassVar[Mapping[str, type | tuple[type, ...]]] = {}
 
     def __init__(self, partial_credit: bool = False, timeout: float = 10.0, memory_mb: int = 1024,
-                 backend: str = "auto"):
+                 backend: str = "auto", image: str = DEFAULT_IMAGE):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
         self.partial_credit = partial_credit
         self.limits = Limits(wall_s=timeout, cpu_s=max(1, int(timeout)), memory_mb=memory_mb)
-        self.backend = backend
+        self.backend, self.image = backend, image  # image: the docker backend's
         self._runner = None  # started on the first score (the parent process only checks rows)
 
     def check_task(self, task: Mapping[str, Any]) -> None:
@@ -85,7 +88,7 @@ class CodeEnvironment(Environment):
 
     def run(self, task: Mapping[str, Any], response: str) -> Result:
         if self._runner is None:
-            self._runner = Sandbox(self.backend).runner(self.limits)
+            self._runner = Sandbox(self.backend, image=self.image).runner(self.limits)
         program, tests = program_and_tests(task, response)
         return self._runner.check(program, tests)
 

@@ -623,8 +623,32 @@ def serve(stdin=0, stdout=1, own_pid_namespace=False, cpu=None):
             spare = None  # a malformed request: the next one forks its own
 
 
+def unpack_files(workdir, as_root):
+    """The work dir, made from one frame of files ({name: hex}) on stdin: the docker backend's
+    ``Sandbox.run``, whose work dir cannot be bound from the host. Stdin is then empty."""
+    files = read_frame(0)["files"]
+    os.makedirs(workdir, exist_ok=True)
+    for name, content in files.items():
+        path = os.path.join(workdir, name)
+        if not os.path.realpath(path).startswith(os.path.realpath(workdir) + os.sep):
+            raise ValueError(f"file name outside the work dir: {name!r}")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(bytes.fromhex(content))
+    if as_root:
+        for root, dirs, names in os.walk(workdir):
+            for name in [root, *(os.path.join(root, n) for n in dirs + names)]:
+                os.chown(name, SANDBOX_UID, SANDBOX_UID)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+
+
 def launch(limits, workdir, command):
-    """Become ``command`` with the run's limits and uid, in ``workdir`` (``Sandbox.run``)."""
+    """Become ``command`` with the run's limits and uid, in ``workdir`` (``Sandbox.run``); first
+    ``--files-on-stdin`` makes the work dir from stdin (``unpack_files``)."""
+    if command[:1] == ["--files-on-stdin"]:
+        unpack_files(workdir, os.getuid() == 0)
+        command = command[1:]
     _limit_and_drop(limits, workdir, os.getuid() == 0)
     signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # the command's own, not the program server's
     os.execvp(command[0], command)

@@ -5,9 +5,12 @@
                 --die-with-parent, no new privileges; started as root its server keeps only
                 ROOT_CAPS so that programs run as ``nobody`` (whose process count RLIMIT_NPROC
                 can cap) with none, else in a user namespace as the calling user.
+    docker      a container per sandbox (``container.py``; the ``docker`` extra and an engine):
+                its own namespaces, no network, read-only root, private /tmp, the same five
+                capabilities, memory and process caps on the whole container.
     process     a plain subprocess with the same rlimits: NOT isolated (files, network and the
-                environment of the host are reachable); only when asked for or when bubblewrap is
-                missing, with a warning.
+                environment of the host are reachable); only when asked for or when neither
+                bubblewrap nor a Docker engine is there, with a warning.
 
 Two ways to run:
 
@@ -23,7 +26,6 @@ Two ways to run:
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import json
 import os
@@ -37,49 +39,10 @@ import time
 import warnings
 from pathlib import Path
 
-from environments.code import harness
+from environments.code import container, harness
+from environments.code.limits import ROOT_CAPS, STATUSES, Limits, Result, SandboxUnavailable
 
-BACKENDS = ("auto", "bubblewrap", "process")
-STATUSES = ("passed", "failed", "timeout", "memory_limit", "runtime_error", "sandbox_error")
-
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    wall_s: float = 10.0  # whole run, wall clock; everything the run started is killed after
-    cpu_s: int = 10
-    memory_mb: int = 1024  # address space of the program
-    file_size_mb: int = 16  # largest file it may write (stdout/stderr included)
-    open_files: int = 64
-    processes: int = 64  # of the sandbox user, counted over the machine
-    output_bytes: int = 65536  # stdout/stderr kept in the result
-    tmp_mb: int = 256  # size of the sandbox's private /tmp
-
-    def wire(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass
-class Result:
-    status: str  # one of STATUSES
-    exit_code: int | None = None
-    stdout: str = ""
-    stderr: str = ""
-    wall_s: float = 0.0
-    peak_memory_mb: float = 0.0
-    passed_cases: int = 0
-    cases: int = 0
-    error: str | None = None
-    phases_ms: dict = dataclasses.field(default_factory=dict)  # warm runs: where the time went
-
-
-class SandboxUnavailable(RuntimeError):
-    pass
-
-
-# What the server and its zygote keep as root (bubblewrap, docker): to make a program process run
-# as nobody (SETUID, SETGID, CHOWN its work dir), then kill it and read and remove what it left
-# (KILL, DAC_OVERRIDE). A program process has none (it is nobody; no new privileges).
-ROOT_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_KILL", "CAP_DAC_OVERRIDE")
+BACKENDS = ("auto", "bubblewrap", "docker", "process")
 MASKED = ("/root", "/home")  # hidden behind empty directories (with /tmp, which is private)
 
 
@@ -106,11 +69,14 @@ def _masks_and_interpreter(tmp_bytes: int) -> list[str]:
 
 
 class Sandbox:
-    """One backend. ``python``: the interpreter inside (default: this one)."""
+    """One backend. ``python``: the interpreter inside (default: this one; in a container, the
+    image's ``python3``); ``image``: the docker backend's image."""
 
-    def __init__(self, backend: str = "auto", python: str | None = None):
+    def __init__(self, backend: str = "auto", python: str | None = None, image: str = container.DEFAULT_IMAGE):
         self.backend = choose_backend(backend)
-        self.python = python or sys.executable
+        self.docker = container.engine() if self.backend == "docker" else None
+        self.python = python or ("python3" if self.docker else sys.executable)
+        self.image = image
         if self.backend == "process":
             warnings.warn("rlvr code sandbox: backend 'process' is NOT isolated: programs can read and write "
                           "the host's files, use its network and see its environment", stacklevel=2)
@@ -135,17 +101,26 @@ class Sandbox:
         pin = [] if cpu is None else ["--cpu", str(cpu)]
         return [self.python, "-I", "-S", "-c", Path(harness.__file__).read_text(), "serve", *own, *pin]
 
+    def start_server(self, limits: Limits, cpu: int | None) -> LocalServer | container.ContainerServer:
+        """A warm server (``harness.serve``) in a new sandbox of this backend."""
+        if self.docker is not None:  # the container is pinned instead of its processes
+            return container.ContainerServer(self.docker, self.image, self.serve_command(), limits, cpu)
+        return LocalServer(self.wrap(self.serve_command(cpu), limits))
+
     def runner(self, limits: Limits | None = None) -> WarmRunner:
         return WarmRunner(self, limits or Limits())
 
     def run(self, files: dict[str, str | bytes], command: list[str], limits: Limits | None = None) -> Result:
         """``command`` in a fresh sandbox whose work dir (/tmp/work, writable) holds ``files``."""
         limits = limits or Limits()
+        files = {name: content.encode() if isinstance(content, str) else content for name, content in files.items()}
+        if self.docker is not None:
+            return container.run_in_container(self.docker, self.image, files, command, limits)
         with tempfile.TemporaryDirectory(prefix="rlvr-sandbox-") as work:
             for name, content in files.items():
                 path = Path(work, name)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(content.encode() if isinstance(content, str) else content)
+                path.write_bytes(content)
             if os.getuid() == 0:  # the command runs as the sandbox user
                 for path in [Path(work), *Path(work).rglob("*")]:
                     shutil.chown(path, harness.SANDBOX_UID, harness.SANDBOX_UID)
@@ -211,6 +186,27 @@ def claim_cpu() -> tuple[int, int] | None:
     return None
 
 
+class LocalServer:
+    """A warm server as a local process (bubblewrap, process): its stdin and stdout."""
+
+    def __init__(self, argv: list[str]):
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        self.write_fd, self.read_fd = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        try:
+            os.killpg(self.proc.pid, 9)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+
+
 class WarmRunner:
     """A fork server in one sandbox, on a CPU of its own when one is free (``claim_cpu``);
     ``check`` runs a program against tests in milliseconds. Restarted when it dies (a program
@@ -218,37 +214,36 @@ class WarmRunner:
 
     def __init__(self, sandbox: Sandbox, limits: Limits):
         self.sandbox, self.limits = sandbox, limits
-        self.proc: subprocess.Popen | None = None
+        self.server: LocalServer | container.ContainerServer | None = None
         self.claim: tuple[int, int] | None = None
         self.restarts = -1
 
     def _start(self) -> None:
         self.close()
         self.claim = claim_cpu()
-        command = self.sandbox.serve_command(None if self.claim is None else self.claim[0])
-        self.proc = subprocess.Popen(self.sandbox.wrap(command, self.limits),
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
+        self.server = self.sandbox.start_server(self.limits, None if self.claim is None else self.claim[0])
         self.restarts += 1
         try:
-            harness.read_frame(self.proc.stdout.fileno(), time.monotonic() + 60)  # its "ready"
+            harness.read_frame(self.server.read_fd, time.monotonic() + 60)  # its "ready"
         except (TimeoutError, EOFError, ValueError) as err:
             self.close()
+            where = (f"image {self.sandbox.image}" if self.sandbox.docker else
+                     f"command: {' '.join(self.sandbox.wrap(['python'], self.limits))}")
             raise SandboxUnavailable(f"the {self.sandbox.backend} sandbox did not start ({type(err).__name__}); "
-                                     f"command: {' '.join(self.sandbox.wrap(['python'], self.limits))}") from None
+                                     f"{where}") from None
 
     def check(self, program: str, tests: dict, limits: Limits | None = None) -> Result:
         """Run ``program`` (P) and ``tests`` ({"code": ..., optional "call" and "entry_point"})."""
         limits = limits or self.limits
         for attempt in range(2):
-            if self.proc is None or self.proc.poll() is not None:
+            if self.server is None or not self.server.alive():
                 self._start()
             secret = secrets.token_hex(16)
             try:
-                harness.write_frame(self.proc.stdin.fileno(), {"program": program, "limits": limits.wire()})
-                harness.write_frame(self.proc.stdin.fileno(), {"tests": tests, "secret": secret})
-                reply = harness.read_frame(self.proc.stdout.fileno(), time.monotonic() + limits.wall_s + 10)
-            except (TimeoutError, EOFError, ValueError, OSError, BrokenPipeError):
+                harness.write_frame(self.server.write_fd, {"program": program, "limits": limits.wire()})
+                harness.write_frame(self.server.write_fd, {"tests": tests, "secret": secret})
+                reply = harness.read_frame(self.server.read_fd, time.monotonic() + limits.wall_s + 10)
+            except (TimeoutError, EOFError, ValueError, OSError):
                 self.close()  # the server died with this run (a program that killed it): once more
                 if attempt:
                     return Result("sandbox_error", error="the sandbox's server died during the run")
@@ -257,15 +252,9 @@ class WarmRunner:
         raise AssertionError("unreachable")
 
     def close(self) -> None:
-        if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, 9)
-            except (ProcessLookupError, PermissionError):
-                pass
-            self.proc.wait()
-            for pipe in (self.proc.stdin, self.proc.stdout):
-                pipe.close()
-            self.proc = None
+        if self.server is not None:
+            self.server.close()
+            self.server = None
         if self.claim is not None:
             os.close(self.claim[1])
             self.claim = None
@@ -290,13 +279,21 @@ def _result(reply: dict, secret: str) -> Result:
 
 
 def choose_backend(name: str = "auto") -> str:
-    """The one place a backend is chosen: bubblewrap where it exists; 'process' only when asked
-    for or when bubblewrap is missing (with a warning)."""
+    """The one place a backend is chosen: bubblewrap where it exists, else a Docker engine that
+    answers; 'process' only when asked for or when neither is there (with a warning)."""
     if name not in BACKENDS:
         raise ValueError(f"sandbox backend {name!r}: expected one of {', '.join(BACKENDS)}")
     if name == "bubblewrap" and shutil.which("bwrap") is None:
         raise SandboxUnavailable("bubblewrap is not installed (Debian/Ubuntu: apt-get install bubblewrap; "
                                  "`make setup` does it when run as root)")
+    if name == "docker":
+        container.engine()  # says what is missing
     if name != "auto":
         return name
-    return "bubblewrap" if shutil.which("bwrap") else "process"
+    if shutil.which("bwrap"):
+        return "bubblewrap"
+    try:
+        container.engine()
+        return "docker"
+    except SandboxUnavailable:
+        return "process"

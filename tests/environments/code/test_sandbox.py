@@ -208,7 +208,7 @@ def _descendants(root: int) -> list[int]:
 
 def _server(runner) -> int:
     """The runner's server process H (bwrap's own command lines name it too)."""
-    for pid in _descendants(runner.proc.pid):
+    for pid in _descendants(runner.server.proc.pid):
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         if b"serve" in argv and not argv[0].endswith(b"bwrap"):
             return pid
