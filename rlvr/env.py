@@ -41,10 +41,14 @@ class Reward:
 
 @dataclasses.dataclass(frozen=True)
 class Observation:
-    """What the environment shows the model: the first prompt at ``reset``, a tool result later."""
+    """What the environment shows the model: the first prompt at ``reset``, a tool result later.
+    ``messages``, when given, are chat messages ({"role", "content"}: system/user at ``reset``,
+    tool after a step) that the episode driver renders with the tokenizer's chat template
+    (``rlvr.chat``); otherwise ``text`` is given to the model as it is."""
 
     text: str
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    messages: tuple[dict[str, str], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +96,10 @@ class MultiTurnEnvironment(Environment):
     ``done`` or ``max_turns``. One instance holds one episode."""
 
     max_turns: ClassVar[int] = 8
+    # Limits the episode driver applies, in tokens (None: none): each observation is cut to
+    # max_observation_tokens, and an episode ends when prompt + turns reach max_total_tokens.
+    max_observation_tokens: int | None = None
+    max_total_tokens: int | None = None
 
     def reset(self, task: Mapping[str, Any]) -> Observation:
         raise NotImplementedError(f"{type(self).__name__} must implement reset(task)")

@@ -5,6 +5,10 @@ new observation's ids, never a re-tokenisation of the conversation text (re-toke
 or split tokens at turn boundaries and make the learner score tokens the engine never sampled).
 Each episode carries a mask (1 = model-generated, trained on; 0 = prompt or observation) and the
 sampling log-probabilities, aligned token for token with ``token_ids``.
+
+An environment whose observations carry chat ``messages`` is rendered with the tokenizer's chat
+template (``rlvr.chat``); the environment's ``max_observation_tokens`` cuts each observation
+and ``max_total_tokens`` ends an episode whose prompt and turns reach it.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from rlvr.env import MultiTurnEnvironment
+from rlvr import chat
+from rlvr.env import MultiTurnEnvironment, Observation
 from rlvr.rollout.engine import SamplingParams
 
 
@@ -30,6 +35,7 @@ class Episode:
     finish_reason: str = ""
     weights_version: int = 0
     info: dict = dataclasses.field(default_factory=dict)
+    messages: list = dataclasses.field(default_factory=list)  # the chat so far, when the environment speaks chat
 
     def append(self, ids: list[int], generated: bool, logprobs: list[float] | None = None) -> None:
         self.token_ids.extend(ids)
@@ -37,18 +43,44 @@ class Episode:
         self.logprobs.extend(logprobs if generated else [0.0] * len(ids))
 
 
+def _first_prompt(tokenizer, episode: Episode, first: Observation) -> list[int]:
+    if first.messages:
+        episode.messages = list(first.messages)
+        return tokenizer.encode(chat.render(tokenizer, first.messages))
+    return tokenizer.encode(first.text)
+
+
+def _observation_ids(tokenizer, episode: Episode, turn_text: str, obs: Observation, limit: int | None) -> list[int]:
+    """The tokens that follow a model turn, cut to ``limit`` tokens: a chat observation's content
+    is shortened (so the template's closing tags stay), plain text is cut."""
+    if not obs.messages:
+        ids = tokenizer.encode(obs.text)
+        return ids if limit is None else ids[:limit]
+    messages = [dict(m) for m in obs.messages]
+    for _ in range(8):
+        ids = tokenizer.encode(chat.after_turn(tokenizer, episode.messages, messages))
+        if limit is None or len(ids) <= limit:
+            break
+        for m in messages:  # shrink every content in proportion to the excess, then retry
+            keep = max(0, int(len(m["content"]) * limit / len(ids)) - 16)
+            m["content"] = m["content"][:keep] + " ...(cut)"
+    episode.messages += [{"role": "assistant", "content": turn_text}, *messages]
+    return ids if limit is None else ids[:limit]
+
+
 def run_episodes(engine, make_env: Callable[[], MultiTurnEnvironment], tasks: list[Mapping[str, Any]],
                  sampling: SamplingParams, max_turns: int | None = None) -> list[Episode]:
     """Play one episode per task, all episodes advancing together one turn per engine call."""
+    if sampling.n != 1:
+        raise ValueError("multi-turn episodes sample one continuation per turn (n=1)")
     tokenizer = engine.tokenizer
     envs = [make_env() for _ in tasks]
     limit = (max_turns or envs[0].max_turns) if envs else 0
     episodes = []
     for env, task in zip(envs, tasks):
-        first = env.reset(task)
-        episodes.append(Episode(task=task, prompt_ids=tokenizer.encode(first.text)))
-    if sampling.n != 1:
-        raise ValueError("multi-turn episodes sample one continuation per turn (n=1)")
+        episode = Episode(task=task, prompt_ids=[])
+        episode.prompt_ids = _first_prompt(tokenizer, episode, env.reset(task))
+        episodes.append(episode)
     active = list(range(len(tasks)))
     while active:
         contexts = [episodes[i].prompt_ids + episodes[i].token_ids for i in active]
@@ -62,12 +94,18 @@ def run_episodes(engine, make_env: Callable[[], MultiTurnEnvironment], tasks: li
             step = env.step(completion.text)
             ep.reward = step.reward
             ep.info.update(step.info)
+            total = len(ep.prompt_ids) + len(ep.token_ids)
             if step.done or completion.finish_reason == "abort":
                 ep.done, ep.finish_reason = True, "done" if step.done else "abort"
             elif ep.turns >= limit:
                 ep.finish_reason = "max_turns"
+            elif env.max_total_tokens is not None and total >= env.max_total_tokens:
+                ep.finish_reason = "max_total_tokens"
             else:
-                ep.append(tokenizer.encode(step.observation.text), False)
+                ep.append(_observation_ids(tokenizer, ep, completion.text, step.observation,
+                                           env.max_observation_tokens), False)
                 still.append(i)
         active = still
+    for env in envs:
+        getattr(env, "close", lambda: None)()
     return episodes

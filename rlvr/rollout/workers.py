@@ -15,12 +15,14 @@ produced it.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Iterable, Iterator
 
 import ray
 import torch
 
 from rlvr.rollout.engine import Completion, SamplingParams
+from rlvr.rollout.multiturn import Episode, run_episodes
 from rlvr.rollout.weights import buckets, pack_bucket, unpack_bucket
 
 
@@ -63,6 +65,14 @@ class RolloutWorker:
 
     def generate(self, prompts: list, sampling: SamplingParams) -> list[Completion]:
         return self.engine.generate(prompts, sampling)
+
+    def run_episodes(self, tasks: list, env: str, env_args: str, sampling: SamplingParams) -> list[Episode]:
+        """One multi-turn episode per task, against instances of environment ``env`` made here
+        with ``env_args`` (canonical JSON)."""
+        from rlvr.env import make_environment
+
+        kwargs = json.loads(env_args)
+        return run_episodes(self.engine, lambda: make_environment(env, **kwargs), tasks, sampling)
 
     # One weight update: begin, every bucket, finish (see rlvr/rollout/weights.py).
     def begin_update(self) -> None:
@@ -123,26 +133,40 @@ class RolloutPool:
 
     def generate(self, prompts: list, sampling: SamplingParams) -> list[Completion]:
         """Completions for every (prompt, sample), in prompt order, whatever workers die."""
+        out = []
+        for offset, completions in self._sharded(prompts, 1, lambda w, shard: w.generate.remote(shard, sampling)):
+            for c in completions:
+                c.prompt_index += offset
+            out += completions
+        return out
+
+    def run_episodes(self, tasks: list, env: str, env_args: str, sampling: SamplingParams,
+                     group: int = 1) -> list[Episode]:
+        """One episode per task, in task order, whatever workers die. Consecutive runs of
+        ``group`` tasks stay on one worker: its engine gives repeats of one prompt in one call
+        different samples, where two workers would give them the same."""
+        return [e for _, episodes in self._sharded(
+            tasks, group, lambda w, shard: w.run_episodes.remote(shard, env, env_args, sampling)) for e in episodes]
+
+    def _sharded(self, items: list, unit: int, call: Callable) -> list[tuple[int, list]]:
+        """``call(worker, shard)`` over contiguous shards of ``items`` (whole multiples of
+        ``unit``), one per worker -> [(offset of the shard, its result)] in order; a shard whose
+        worker dies is issued again on its replacement."""
         n = len(self.workers)
-        size = -(-len(prompts) // n)
-        shards = {slot: (slot * size, prompts[slot * size:(slot + 1) * size]) for slot in range(n)}
+        size = -(-len(items) // (n * unit)) * unit
+        shards = {slot: (slot * size, items[slot * size:(slot + 1) * size]) for slot in range(n)}
         shards = {slot: s for slot, s in shards.items() if s[1]}
-        running = {self.workers[slot].generate.remote(s[1], sampling): slot for slot, s in shards.items()}
-        results: dict[int, list[Completion]] = {}
+        running = {call(self.workers[slot], s[1]): slot for slot, s in shards.items()}
+        results: dict[int, list] = {}
         while running:
             ready, _ = ray.wait(list(running), num_returns=1)
             slot = running.pop(ready[0])
             try:
-                completions = ray.get(ready[0])
+                results[slot] = ray.get(ready[0])
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError):
                 self._replace(slot)
-                running[self.workers[slot].generate.remote(shards[slot][1], sampling)] = slot
-                continue
-            offset = shards[slot][0]
-            for c in completions:
-                c.prompt_index += offset
-            results[slot] = completions
-        return [c for slot in sorted(results) for c in results[slot]]
+                running[call(self.workers[slot], shards[slot][1])] = slot
+        return [(shards[slot][0], results[slot]) for slot in sorted(results)]
 
     def update_weights(self, weights: Iterable) -> int:
         """Push new weights to every worker; returns the new version. ``weights``: (name, tensor)

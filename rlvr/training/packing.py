@@ -31,16 +31,20 @@ import torch
 Tensor = torch.Tensor
 
 
-def right_pad(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
+def right_pad(prompts: list[list[int]], responses: list[list[int]], pad_id: int,
+              response_masks: list[list[int]] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """-> input ids (B, L) right-padded with ``pad_id``, the (B, L - 1) float mask of next-token
     targets that are response tokens, and each sequence's length (B,). The mask's ones, read
-    row by row, are the response tokens in order (``masked_scatter_`` aligns per-token values)."""
+    row by row, are the response tokens in order (``masked_scatter_`` aligns per-token values).
+    ``response_masks``: per response token, 1 to train on it (a multi-turn episode's model
+    turns) or 0 (its observations); default all ones."""
     lengths = torch.tensor([len(p) + len(r) for p, r in zip(prompts, responses)])
     ids = torch.full((len(prompts), int(lengths.max())), pad_id, dtype=torch.long)
     mask = torch.zeros(len(prompts), ids.shape[1] - 1)
     for i, (p, r) in enumerate(zip(prompts, responses)):
         ids[i, :lengths[i]] = torch.tensor(p + r)
-        mask[i, len(p) - 1:lengths[i] - 1] = 1
+        mask[i, len(p) - 1:lengths[i] - 1] = 1 if response_masks is None else torch.tensor(response_masks[i],
+                                                                                           dtype=mask.dtype)
     return ids, mask, lengths
 
 

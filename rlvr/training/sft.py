@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import rlvr.model as M
+from rlvr import chat
 from rlvr.config import ConfigError, ModelConfig, SFTConfig
 from rlvr.data import load_rows
 from rlvr.tokenizer import Tokenizer
@@ -26,30 +27,48 @@ from rlvr.training.packing import right_pad
 log = logging.getLogger(__name__)
 
 
-def demonstrations(cfg: SFTConfig, seed: int) -> list[tuple[str, str]]:
+def demonstrations(cfg: SFTConfig, seed: int) -> list[tuple[str, str] | list[dict]]:
+    """The demonstrations: (prompt, response) pairs, or chat transcripts (a ``response_field``
+    that holds a list of messages: a multi-turn episode, trained on its model turns only)."""
     rows = load_rows(cfg.data, seed)
-    pairs, bad = [], 0
+    demos, bad = [], 0
     for i, row in enumerate(rows):
         row = row if isinstance(row, dict) else {}  # a BadRow (malformed line)
         prompt, response = row.get(cfg.data.prompt_field), row.get(cfg.response_field)
-        if not isinstance(prompt, str) or not isinstance(response, str):
+        if isinstance(response, list) and all(isinstance(m, dict) for m in response):
+            demos.append(response)
+        elif isinstance(prompt, str) and isinstance(response, str):
+            demos.append((prompt, response))
+        else:
             bad += 1
             if bad <= 10:
-                log.warning("sft.data row %d skipped: needs string fields %r and %r", i, cfg.data.prompt_field,
-                            cfg.response_field)
-            continue
-        pairs.append((prompt, response))
-    if not pairs:
+                log.warning("sft.data row %d skipped: needs string fields %r and %r (or a list of chat messages "
+                            "in %r)", i, cfg.data.prompt_field, cfg.response_field, cfg.response_field)
+    if not demos:
         raise ConfigError("sft.data: no usable rows")
-    return pairs
+    return demos
 
 
-def collate(pairs: list[tuple[str, str]], tokenizer: Tokenizer, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> input ids (B, L) right-padded, and a (B, L - 1) mask of the target positions to learn
-    (the response and its end-of-sequence token)."""
-    prompts = [tokenizer.encode(prompt) for prompt, _ in pairs]
-    responses = [tokenizer.encode(response) + [tokenizer.eos_token_id] for _, response in pairs]
-    ids, mask, _ = right_pad(prompts, responses, pad_id)
+def encode(demo: tuple[str, str] | list[dict], tokenizer: Tokenizer) -> tuple[list[int], list[int], list[int]]:
+    """-> (prompt ids, response ids, which response ids to learn): the response and its
+    end-of-sequence token; of a transcript, the model turns and the final end-of-sequence."""
+    if isinstance(demo, tuple):
+        response = tokenizer.encode(demo[1]) + [tokenizer.eos_token_id]
+        return tokenizer.encode(demo[0]), response, [1] * len(response)
+    pieces = chat.transcript_segments(tokenizer, demo)
+    response, learn = [], []
+    for text, model_turn in pieces[1:]:
+        ids = tokenizer.encode(text)
+        response += ids
+        learn += [int(model_turn)] * len(ids)
+    return tokenizer.encode(pieces[0][0]), response + [tokenizer.eos_token_id], learn + [1]
+
+
+def collate(demos: list, tokenizer: Tokenizer, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> input ids (B, L) right-padded, and a (B, L - 1) mask of the target positions to learn."""
+    encoded = [encode(d, tokenizer) for d in demos]
+    ids, mask, _ = right_pad([p for p, _, _ in encoded], [r for _, r, _ in encoded], pad_id,
+                             [m for _, _, m in encoded])
     return ids, mask
 
 
@@ -73,7 +92,7 @@ def run_sft(model: M.HybridLM, cfg: SFTConfig, tokenizer: Tokenizer, out_dir: Pa
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    pairs = demonstrations(cfg, seed)
+    demos = demonstrations(cfg, seed)
     pad_id = getattr(tokenizer, "pad_token_id", tokenizer.eos_token_id)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model.train()
@@ -85,7 +104,7 @@ def run_sft(model: M.HybridLM, cfg: SFTConfig, tokenizer: Tokenizer, out_dir: Pa
     while not _done(cfg, step, start + paused):
         if stop is not None:
             stop(f"the SFT warm start (step {step})")
-        ids, mask = collate(rng.sample(pairs, min(cfg.batch_size, len(pairs))), tokenizer, pad_id)
+        ids, mask = collate(rng.sample(demos, min(cfg.batch_size, len(demos))), tokenizer, pad_id)
         logits = model(ids[:, :-1])
         per_token = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
         loss_t = (per_token * mask.flatten()).sum() / mask.sum()
@@ -108,7 +127,7 @@ def run_sft(model: M.HybridLM, cfg: SFTConfig, tokenizer: Tokenizer, out_dir: Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(out_dir)
     stats = {"steps": step, "seconds": round(time.monotonic() - start - paused, 1), "final_loss": round(loss, 4),
-             "demonstrations": len(pairs)}
+             "demonstrations": len(demos)}
     (out_dir / "sft.json").write_text(json.dumps(stats, indent=1) + "\n")
     return stats
 

@@ -32,7 +32,9 @@ from rlvr.data import Prompt, PromptStream, hold_out, load_prompts
 from rlvr.training.interrupt import Interrupted, StopRequest
 from rlvr.training.learner import LearnerGroup, TrainBatch
 from rlvr.training.packing import right_pad
+from rlvr.env import MultiTurnEnvironment, get_environment_class
 from rlvr.rollout.engine import Completion
+from rlvr.rollout.multiturn import Episode
 from rlvr.rollout.workers import EngineSpec, RolloutPool
 from rlvr.scoring import open_scorer
 from rlvr.tokenizer import make_tokenizer
@@ -41,13 +43,47 @@ from rlvr.training.tracking import MetricsLogger, plot_reward_curve
 log = logging.getLogger(__name__)
 
 
-def build_batch(completions: list[Completion], pad_id: int) -> TrainBatch:
+def build_batch(completions: list[Completion], pad_id: int, masks: list[list[int]] | None = None) -> TrainBatch:
     """Completions -> right-padded (prompt + response) ids, the mask of generated tokens and the
-    engine's log-probabilities, aligned with the next-token targets. Advantages are zero here."""
-    ids, mask, lengths = right_pad([c.prompt_ids for c in completions], [c.token_ids for c in completions], pad_id)
-    engine_logp = torch.zeros_like(mask).masked_scatter_(
-        mask.bool(), torch.tensor([lp for c in completions for lp in c.logprobs], dtype=mask.dtype))
+    engine's log-probabilities, aligned with the next-token targets. Advantages are zero here.
+    ``masks``: per response token, 1 where the model generated it (an episode's observations are
+    0: no loss, no KL there); default all ones."""
+    ids, mask, lengths = right_pad([c.prompt_ids for c in completions], [c.token_ids for c in completions], pad_id,
+                                   masks)
+    masks = masks or [[1] * len(c.token_ids) for c in completions]
+    generated = [lp for c, m in zip(completions, masks) for lp, keep in zip(c.logprobs, m) if keep]
+    engine_logp = torch.zeros_like(mask).masked_scatter_(mask.bool(), torch.tensor(generated, dtype=mask.dtype))
     return TrainBatch(ids, mask, torch.zeros(len(completions)), engine_logp, lengths)
+
+
+def as_completion(episode: Episode, index: int) -> Completion:
+    """An episode in the learner's terms: its first prompt, then every token after it (model
+    turns and observations; ``episode.mask`` tells them apart)."""
+    return Completion(index, 0, episode.prompt_ids, episode.token_ids, episode.logprobs, "", episode.finish_reason,
+                      episode.weights_version)
+
+
+def longest_turn(mask: list[int]) -> int:
+    """The most tokens the model generated in one turn (a run of ones in an episode's mask)."""
+    best = run = 0
+    for m in mask:
+        run = run + 1 if m else 0
+        best = max(best, run)
+    return best
+
+
+def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
+    """Turns per episode, the share of tool calls the environment reported as errors (its final
+    info's ``tool_errors``), episode length in tokens (model and observation) and how episodes ended."""
+    if not episodes:
+        return {}
+    turns = sum(e.turns for e in episodes)
+    out = {"episode/turns_mean": turns / len(episodes),
+           "episode/tool_error_rate": sum(e.info.get("tool_errors", 0) for e in episodes) / max(turns, 1),
+           "episode/length_mean": sum(len(e.prompt_ids) + len(e.token_ids) for e in episodes) / len(episodes)}
+    for reason in ("done", "max_turns", "max_total_tokens"):
+        out[f"episode/ended_{reason}"] = sum(e.finish_reason == reason for e in episodes) / len(episodes)
+    return out
 
 
 def sampling_seed(seed: int, step: int, round_: int) -> int:
@@ -74,6 +110,7 @@ class Trainer:
         self.eval_prompts: list[Prompt] = []
         self.start_checkpoint: str | None = None
         self.scorers: dict = {}
+        self.multi_turn: dict = {}
         self.learner: LearnerGroup | None = None
         self.pool: RolloutPool | None = None
         self.metrics: MetricsLogger | None = None
@@ -90,8 +127,12 @@ class Trainer:
         self._start_ray()
         self.stop.install()
         keys = {p.scorer_key for source in self.stream.sources for p in source} | {p.scorer_key for p in self.eval_prompts}
+        # A multi-turn environment's episodes run on the rollout workers and carry their reward;
+        # the others' completions are scored by scorer processes.
+        self.multi_turn = {key: issubclass(get_environment_class(key[0]), MultiTurnEnvironment) for key in keys}
         self.scorers = {(env, args): open_scorer(env, workers=cfg.reward.workers, timeout=cfg.reward.timeout,
-                                                 env_kwargs=json.loads(args)) for env, args in keys}
+                                                 env_kwargs=json.loads(args))
+                        for env, args in keys if not self.multi_turn[(env, args)]}
         rc = cfg.rollout
         spec = EngineSpec(self.start_checkpoint, backend=rc.engine, tokenizer=cfg.model.tokenizer, max_batch=rc.max_batch,
                           max_model_len=rc.max_model_len,
@@ -246,17 +287,18 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         t = {"start": time.monotonic()}
         before_step = self._driver_state()
-        prompts, completions, rewards, stats = self._collect()
+        prompts, completions, masks, rewards, stats = self._collect()
         if self.stop.requested:
             # Nothing has reached the learner: abandon the step, as if it had not begun.
             self._load_driver_state(before_step)
             self.stop.check(f"step {self.step}")
         t["rollout"] = stats.pop("rollout_seconds")
         t["reward"] = stats.pop("reward_seconds")
-        batch = build_batch(completions, self.pad_id)
+        batch = build_batch(completions, self.pad_id, masks)
         alg = self.cfg.algorithm
         truncated = torch.tensor([c.finish_reason == "length" for c in completions])
-        lengths = torch.tensor([len(c.token_ids) for c in completions])
+        # the overlong shaping looks at one generation: an episode's longest turn
+        lengths = torch.tensor([longest_turn(m) for m in masks])
         beta, _ = grpo.kl_placement(alg.kl_coef, alg.kl_in_reward)
         kl = grpo.KL_ESTIMATORS[alg.kl_estimator](batch.engine_logp, self.learner.reference_logprobs(batch)) if beta else None
         shaped, batch.mask = grpo.shape_rewards(
@@ -272,35 +314,68 @@ class Trainer:
         t["step"] = time.monotonic() - t["start"]
         return self._step_metrics(prompts, rewards, lengths, truncated, learner_metrics, stats, t)
 
-    def _collect(self) -> tuple[list[Prompt], list[Completion], torch.Tensor, dict]:
-        """Prompts x group_size completions and their rewards. With dynamic sampling, groups whose
-        rewards are all equal are dropped and more prompts drawn (up to ``max_refills`` rounds);
-        if still short, uninformative groups fill the batch (their advantage is zero)."""
+    def _collect(self) -> tuple[list[Prompt], list[Completion], list[list[int]], torch.Tensor, dict]:
+        """Prompts x group_size samples (completions or episodes), their masks and rewards. With
+        dynamic sampling, groups whose rewards are all equal are dropped and more prompts drawn
+        (up to ``max_refills`` rounds); if still short, uninformative groups fill the batch
+        (their advantage is zero)."""
         cfg, G = self.cfg, self.cfg.algorithm.group_size
         want = cfg.prompts_per_step
-        kept, spare = [], []
+        kept, spare, episodes = [], [], []
         stats = {"rollout_seconds": 0.0, "reward_seconds": 0.0, "rounds": 0, "scoring_failures": 0}
         for round_ in range(cfg.algorithm.max_refills + 1 if cfg.algorithm.dynamic_sampling else 1):
             prompts = self.stream.next(want - len(kept))
-            before = time.monotonic()
-            completions = self.pool.generate([p.text for p in prompts], cfg.rollout.sampling.params(
-                n=G, seed=sampling_seed(cfg.seed, self.step, round_)))
-            stats["rollout_seconds"] += time.monotonic() - before
-            before = time.monotonic()
-            rewards, failures = self._score(prompts, completions, G)
-            stats["reward_seconds"] += time.monotonic() - before
-            stats["scoring_failures"] += failures
+            samples, masks, rewards, round_stats = self._rollout(
+                prompts, G, cfg.rollout.sampling, sampling_seed(cfg.seed, self.step, round_))
+            for key in ("rollout_seconds", "reward_seconds", "scoring_failures"):
+                stats[key] += round_stats[key]
+            episodes += round_stats["episodes"]
             stats["rounds"] += 1
             informative = grpo.informative_groups(rewards, G) if cfg.algorithm.dynamic_sampling else None
             for g, prompt in enumerate(prompts):
-                group = (prompt, completions[g * G:(g + 1) * G], rewards[g * G:(g + 1) * G])
+                part = slice(g * G, (g + 1) * G)
+                group = (prompt, samples[part], masks[part], rewards[part])
                 (kept if informative is None or informative[g] else spare).append(group)
             if len(kept) >= want:
                 break
         stats["informative_groups"] = len(kept) / want
+        stats.update(episode_metrics(episodes))
         kept = (kept + spare)[:want]
-        return ([p for p, _, _ in kept], [c for _, cs, _ in kept for c in cs],
-                torch.cat([r for _, _, r in kept]), stats)
+        return ([p for p, _, _, _ in kept], [c for _, cs, _, _ in kept for c in cs], [m for _, _, ms, _ in kept for m in ms],
+                torch.cat([r for _, _, _, r in kept]), stats)
+
+    def _rollout(self, prompts: list[Prompt], n: int, sampling, seed: int
+                 ) -> tuple[list[Completion], list[list[int]], torch.Tensor, dict]:
+        """``n`` samples per prompt, in prompt order, with their masks and rewards: completions
+        scored by the environments' scorers, and, for multi-turn environments, episodes played
+        on the rollout workers (the environment's reward). ``sampling``: a SamplingConfig."""
+        samples: list = [None] * (len(prompts) * n)
+        masks: list = [None] * (len(prompts) * n)
+        rewards = torch.zeros(len(prompts) * n)
+        stats = {"rollout_seconds": 0.0, "reward_seconds": 0.0, "scoring_failures": 0, "episodes": []}
+        by_key: dict[tuple[str, str], list[int]] = {}
+        for i, p in enumerate(prompts):
+            by_key.setdefault(p.scorer_key if self.multi_turn[p.scorer_key] else None, []).append(i)
+        for key, idx in by_key.items():
+            before = time.monotonic()
+            if key is None:
+                completions = self.pool.generate([prompts[i].text for i in idx], sampling.params(n=n, seed=seed))
+                stats["rollout_seconds"] += time.monotonic() - before
+                before = time.monotonic()
+                scored, failures = self._score([prompts[i] for i in idx], completions, n)
+                stats["reward_seconds"] += time.monotonic() - before
+                stats["scoring_failures"] += failures
+                found = [(c, [1] * len(c.token_ids), float(r)) for c, r in zip(completions, scored)]
+            else:
+                tasks = [prompts[i].task for i in idx for _ in range(n)]
+                played = self.pool.run_episodes(tasks, key[0], key[1], sampling.params(n=1, seed=seed), group=n)
+                stats["rollout_seconds"] += time.monotonic() - before
+                stats["episodes"] += played
+                found = [(as_completion(e, k // n), e.mask, e.reward) for k, e in enumerate(played)]
+            for k, (sample, mask, reward) in enumerate(found):
+                at = idx[k // n] * n + k % n
+                samples[at], masks[at], rewards[at] = sample, mask, reward
+        return samples, masks, rewards, stats
 
     def _score(self, prompts: list[Prompt], completions: list[Completion], n: int) -> tuple[torch.Tensor, int]:
         """Reward of each completion (0 for one whose scoring failed or timed out), and the
@@ -328,6 +403,7 @@ class Trainer:
              "response/truncated": float(truncated.float().mean()),
              "rollout/rounds": stats["rounds"], "rollout/informative_groups": stats["informative_groups"],
              "reward/scoring_failures": stats["scoring_failures"],
+             **{k: v for k, v in stats.items() if k.startswith("episode/")},
              "throughput/generated_tokens_per_s": float(lengths.sum()) / max(t["rollout"], 1e-9),
              "throughput/tokens_per_s": float(lengths.sum()) / max(t["step"], 1e-9)}
         for env in sorted({p.env for p in prompts}):
@@ -342,10 +418,10 @@ class Trainer:
         """Greedy (``rollout.eval_sampling``) accuracy on the held-out prompts."""
         if not self.eval_prompts:
             return {"eval/accuracy": float("nan")}
-        completions = self.pool.generate([p.text for p in self.eval_prompts], self.cfg.rollout.eval_sampling.params(
-            n=1, seed=sampling_seed(self.cfg.seed, -1, 0)))
-        rewards, _ = self._score(self.eval_prompts, completions, 1)
+        _, _, rewards, stats = self._rollout(self.eval_prompts, 1, self.cfg.rollout.eval_sampling,
+                                             sampling_seed(self.cfg.seed, -1, 0))
         out = {"eval/accuracy": float(rewards.mean())}
+        out.update({f"eval/{k}": v for k, v in episode_metrics(stats["episodes"]).items()})
         for env in sorted({p.env for p in self.eval_prompts}):
             rows = torch.tensor([p.env == env for p in self.eval_prompts])
             out[f"eval/{env}/accuracy"] = float(rewards[rows].mean())

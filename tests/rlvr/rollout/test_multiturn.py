@@ -60,3 +60,41 @@ def test_masks_and_logprobs_align_token_for_token():
         assert torch.all(torch.tensor(ep.logprobs)[~mask] == 0)
     print(f"multi-turn: max |sampling logprob - teacher-forced| on model tokens = {worst:.2e}")
     assert worst <= 1e-4
+
+
+def test_sql_episodes_keep_masks_and_logprobs_aligned():
+    from environments.sql import SqlEnvironment
+    from environments.sql.synthetic import TEACHER_ENV, shop_rows
+    from rlvr import chat
+
+    torch.manual_seed(0)
+    model = M.HybridLM(tiny(initializer_range=0.1))
+    engine = BuiltinEngine(model, ByteTokenizer())
+    tasks = shop_rows(4, seed=3)
+    sampling = SamplingParams(temperature=1.0, max_tokens=24, stop=("</tool_call>",), seed=1)
+    episodes = run_episodes(engine, lambda: SqlEnvironment(**TEACHER_ENV), tasks, sampling)
+    tok = engine.tokenizer
+    for ep, task in zip(episodes, tasks):
+        assert ep.prompt_ids == tok.encode(f"<user>\n{task['question']}\n<assistant>\n")
+        assert len(ep.token_ids) == len(ep.mask) == len(ep.logprobs)
+        assert ep.turns == TEACHER_ENV["max_turns"] and ep.finish_reason == "max_turns"  # an untrained model never answers
+        # every observation is the rendered tool message after the model's turn, token for token
+        runs, run, kind = [], [], 1
+        for token, m in zip(ep.token_ids, ep.mask):
+            if m != kind and run:
+                runs.append((kind, run))
+                run = []
+            kind = m
+            run.append(token)
+        runs.append((kind, run))
+        observations = [r for k, r in runs if k == 0]
+        tool_messages = [m for m in ep.messages if m["role"] == "tool"]
+        assert len(observations) == len(tool_messages) == ep.turns - 1
+        assert tok.decode(observations[0]) == chat.after_turn(tok, ep.messages[:1], tool_messages[:1])
+        ids = torch.tensor([ep.prompt_ids + ep.token_ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids)[0, len(ep.prompt_ids) - 1:-1], -1)
+        forced = logp.gather(1, torch.tensor(ep.token_ids)[:, None])[:, 0]
+        mask = torch.tensor(ep.mask, dtype=torch.bool)
+        assert (forced[mask] - torch.tensor(ep.logprobs)[mask]).abs().max() <= 1e-4
+        assert ep.info["tool_errors"] == ep.turns  # garbage in: every turn is a malformed call
