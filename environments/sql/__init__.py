@@ -50,9 +50,10 @@ class SqlEnvironment(MultiTurnEnvironment):
 
     # ------------------------------------------------------------------ rows
     def check_task(self, task: Mapping[str, Any]) -> None:
-        for field in ("question", "gold_sql"):
-            if not isinstance(task.get(field), str) or not task[field].strip():
-                raise TaskError(f"missing field {field!r} (a non-empty string)")
+        if not isinstance(task.get("gold_sql"), str) or not task["gold_sql"].strip():
+            raise TaskError("missing field 'gold_sql' (a non-empty string)")
+        if not isinstance(task.get("question", ""), str):  # episodes need it; offline scoring does not
+            raise TaskError("field 'question' must be a string")
         if not task.get("db_path") and not isinstance(task.get("schema"), str):
             raise TaskError("missing field 'db_path' (a .sqlite file) or 'schema' (CREATE TABLE statements)")
         try:
@@ -74,6 +75,8 @@ class SqlEnvironment(MultiTurnEnvironment):
         self.gold = run_query(self.conn, task["gold_sql"], self.limits)
         self.ordered = bool(task.get("order_matters")) or has_top_level_order_by(task["gold_sql"])
         self.turns: list[dict] = []
+        if not isinstance(task.get("question"), str):
+            raise TaskError("missing field 'question' (an episode asks it)")
         user = task["question"]
         if self.schema_in_prompt:
             user = f"{schema_text(self.conn)}\n{user}"

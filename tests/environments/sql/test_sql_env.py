@@ -90,7 +90,7 @@ def test_offline_score_of_a_query_or_a_transcript():
 def test_bad_rows_are_named():
     env = SqlEnvironment()
     with pytest.raises(TaskError, match="missing field 'gold_sql'"):
-        env.check_task({"question": "q", **SHOP})
+        env.check_task({"question": "q", **SHOP})  # (question is optional: offline scoring needs none)
     with pytest.raises(TaskError, match="'db_path' .* or 'schema'"):
         env.check_task({"question": "q", "gold_sql": "SELECT 1"})
     with pytest.raises(TaskError, match="gold_sql' does not run: no such table: nope"):
