@@ -68,6 +68,34 @@ def _observation_ids(tokenizer, episode: Episode, turn_text: str, obs: Observati
     return ids if limit is None else ids[:limit]
 
 
+def _room(env, engine) -> int | None:
+    """Tokens an episode may hold in all: the environment's budget and the engine's context."""
+    return min((x for x in (env.max_total_tokens, getattr(engine, "max_model_len", None)) if x is not None), default=None)
+
+
+def _next_turns(engine, envs: list, episodes: list[Episode], active: list[int], sampling: SamplingParams
+                ) -> tuple[list, list[int]]:
+    """One turn of every active episode -> (completions, the episodes they belong to). A turn
+    may use what is left of the episode's token budget (the environment's ``max_total_tokens``,
+    and the engine's ``max_model_len``); an episode with no room left ends there. Episodes with
+    the same room share one engine call (identical contexts always do: their samples differ)."""
+    calls: dict[int, list[int]] = {}
+    for env, ep, i in zip(envs, episodes, active):
+        room = _room(env, engine)
+        budget = sampling.max_tokens if room is None else min(sampling.max_tokens, room - len(ep.prompt_ids) - len(ep.token_ids))
+        if budget < 1:
+            ep.finish_reason = "max_total_tokens"
+            continue
+        calls.setdefault(budget, []).append(i)
+    by_episode = {}
+    for budget, idx in calls.items():
+        contexts = [episodes[active.index(i)].prompt_ids + episodes[active.index(i)].token_ids for i in idx]
+        for i, completion in zip(idx, engine.generate(contexts, dataclasses.replace(sampling, max_tokens=budget))):
+            by_episode[i] = completion
+    order = [i for i in active if i in by_episode]
+    return [by_episode[i] for i in order], order
+
+
 def run_episodes(engine, make_env: Callable[[], MultiTurnEnvironment], tasks: list[Mapping[str, Any]],
                  sampling: SamplingParams, max_turns: int | None = None) -> list[Episode]:
     """Play one episode per task, all episodes advancing together one turn per engine call."""
@@ -83,8 +111,8 @@ def run_episodes(engine, make_env: Callable[[], MultiTurnEnvironment], tasks: li
         episodes.append(episode)
     active = list(range(len(tasks)))
     while active:
-        contexts = [episodes[i].prompt_ids + episodes[i].token_ids for i in active]
-        completions = engine.generate(contexts, sampling)
+        completions, active = _next_turns(engine, [envs[i] for i in active], [episodes[i] for i in active],
+                                          active, sampling)
         still = []
         for i, completion in zip(active, completions):
             ep, env = episodes[i], envs[i]
@@ -94,16 +122,17 @@ def run_episodes(engine, make_env: Callable[[], MultiTurnEnvironment], tasks: li
             step = env.step(completion.text)
             ep.reward = step.reward
             ep.info.update(step.info)
-            total = len(ep.prompt_ids) + len(ep.token_ids)
             if step.done or completion.finish_reason == "abort":
                 ep.done, ep.finish_reason = True, "done" if step.done else "abort"
             elif ep.turns >= limit:
                 ep.finish_reason = "max_turns"
-            elif env.max_total_tokens is not None and total >= env.max_total_tokens:
-                ep.finish_reason = "max_total_tokens"
             else:
-                ep.append(_observation_ids(tokenizer, ep, completion.text, step.observation,
-                                           env.max_observation_tokens), False)
+                ids = _observation_ids(tokenizer, ep, completion.text, step.observation, env.max_observation_tokens)
+                room = _room(env, engine)
+                if room is not None and len(ep.prompt_ids) + len(ep.token_ids) + len(ids) >= room:
+                    ep.finish_reason = "max_total_tokens"  # no room for the observation and another turn
+                    continue
+                ep.append(ids, False)
                 still.append(i)
         active = still
     for env in envs:

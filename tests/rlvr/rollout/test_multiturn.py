@@ -98,3 +98,24 @@ def test_sql_episodes_keep_masks_and_logprobs_aligned():
         mask = torch.tensor(ep.mask, dtype=torch.bool)
         assert (forced[mask] - torch.tensor(ep.logprobs)[mask]).abs().max() <= 1e-4
         assert ep.info["tool_errors"] == ep.turns  # garbage in: every turn is a malformed call
+
+
+class Chatty(ScriptedTool):
+    """Long observations, and a token budget for the whole episode."""
+
+    max_total_tokens = 60
+
+    def step(self, action):
+        self.turn += 1
+        return Step(Observation("x" * 25), reward=0.0, done=False)
+
+
+def test_episodes_stop_at_their_token_budget():
+    torch.manual_seed(0)
+    engine = BuiltinEngine(M.HybridLM(tiny(initializer_range=0.1)), ByteTokenizer())
+    sampling = SamplingParams(temperature=1.0, max_tokens=12, seed=0, ignore_eos=True)
+    episodes = run_episodes(engine, Chatty, [{"id": i, "turns": 9} for i in range(3)], sampling)
+    for ep in episodes:
+        assert ep.finish_reason == "max_total_tokens"
+        assert len(ep.prompt_ids) + len(ep.token_ids) <= Chatty.max_total_tokens
+        assert ep.mask[-1] == 1  # the last observation is dropped when no turn can follow it

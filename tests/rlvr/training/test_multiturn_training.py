@@ -3,11 +3,8 @@ actors, DeepSpeed, the builtin engine playing SQL episodes), and a kill -9 in th
 followed by a relaunch that continues exactly."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -56,16 +53,8 @@ def test_multi_turn_steps_train_on_episodes(whole):
 
 
 @pytest.mark.slow
-def test_kill_9_mid_run_then_relaunch_continues_exactly(whole, tmp_path):
-    proc = subprocess.Popen(_command(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    pointer = tmp_path / "checkpoints" / "resume_from"
-    deadline = time.monotonic() + 900
-    while not (pointer.exists() and pointer.read_text() == "step_000002"):
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its step-2 checkpoint"
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+def test_kill_9_mid_run_then_relaunch_continues_exactly(whole, tmp_path, kill_at_checkpoint):
+    kill_at_checkpoint(_command(tmp_path), tmp_path, "step_000002")
     done = subprocess.run(_command(tmp_path), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stdout + done.stderr

@@ -150,18 +150,9 @@ def test_relaunching_a_finished_run_keeps_its_record(whole):
 
 
 @pytest.mark.slow
-def test_kill_9_then_relaunch_continues_exactly(whole, tmp_path):
-
+def test_kill_9_then_relaunch_continues_exactly(whole, tmp_path, kill_at_checkpoint):
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    pointer = killed / "checkpoints" / "resume_from"
-    deadline = time.monotonic() + 600
-    while not (pointer.exists() and pointer.read_text() == "step_000002"):
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its step-2 checkpoint"
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, no clean-up
-    proc.wait()
+    kill_at_checkpoint(_command(killed), killed, "step_000002")
     done = subprocess.run(_command(killed), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stdout + done.stderr

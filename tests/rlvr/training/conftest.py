@@ -1,0 +1,25 @@
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def kill_at_checkpoint():
+    """run(command, out, tag): start a training command, wait until its run folder ``out`` points
+    at checkpoint ``tag``, then kill -9 the driver and everything it started (no clean-up)."""
+
+    def run(command: list[str], out: Path, tag: str = "step_000002") -> None:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        pointer = out / "checkpoints" / "resume_from"
+        deadline = time.monotonic() + 900
+        while not (pointer.exists() and pointer.read_text() == tag):
+            assert proc.poll() is None and time.monotonic() < deadline, f"the run ended before its {tag} checkpoint"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    return run
