@@ -4,9 +4,10 @@ SQL experiment (``rlvr-train experiment=sql``).
 Each row carries its own small database (``schema`` + ``rows``: customers, products, orders,
 drawn from the row's seed) and a question of one of five kinds (counts and lookups: customers in
 a city, a product's price, products of a category, customers' names, products under a price),
-with its gold query. The held-out questions (a fixed share of all question texts) are never
-trained on, so evaluation asks about cities, products and prices the policy has not been asked
-about, against databases it has not seen.
+with its gold query. A fixed quarter of all tasks is held out, never trained on: by database
+(``holdout_by="database"``: the evaluation's databases never occur in training, its question
+texts do) or by question (``"question"``: its question texts never occur in training either;
+a city, product or price in them may occur only in other kinds of question, or not at all).
 
 ``teacher=True`` adds a demonstration transcript (``messages``) for the warm start, from an
 imperfect teacher: it runs a query, reads the result and answers; with probability ``mistakes``
@@ -26,12 +27,12 @@ from rlvr.env import in_split
 SCHEMA = ("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT, city TEXT);\n"
           "CREATE TABLE products (id INTEGER PRIMARY KEY, name TEXT, category TEXT, price INTEGER);\n"
           "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER, product_id INTEGER, quantity INTEGER);")
-CITIES = ["Oslo", "Lima", "Rome", "Kyiv", "Doha", "Baku", "Riga", "Bern", "Oran", "Kobe", "Nice", "Cork", "Graz",
-          "Linz", "Pisa", "Turku", "Malmo", "Porto", "Quito", "Sucre", "Tunis", "Hanoi", "Perth", "Delhi"]
-NAMES = ["Ana", "Ben", "Caro", "Dev", "Eli", "Fay", "Gus", "Hal", "Ida", "Jon", "Kim", "Lea", "Max", "Nia", "Oli",
-         "Pam", "Raj", "Sue", "Tom", "Uma", "Vic", "Wes", "Yan", "Zoe"]
-ITEMS = ["pen", "cup", "bag", "hat", "mug", "map", "box", "fan", "jar", "kit", "lamp", "sock", "tape", "vase"]
-COLOURS = ["red", "blue", "green", "black", "white", "pink"]
+# Small vocabularies: a value in a question is one of a few, so a policy can tie it to the same
+# value in its query (the tiny byte-level policy cannot yet copy arbitrary text that far).
+CITIES = ["Oslo", "Lima", "Rome", "Kyiv", "Doha", "Baku", "Riga", "Bern"]
+NAMES = ["Ana", "Ben", "Caro", "Dev", "Eli", "Fay", "Gus", "Hal", "Ida", "Jon", "Kim", "Lea"]
+ITEMS = ["pen", "cup", "bag", "hat", "mug", "map", "box", "fan"]
+PRICES = [10, 15, 20, 25, 30, 35]
 CATEGORIES = ["office", "kitchen", "travel", "home", "garden"]
 
 # The environment options of the SQL experiment (configs/data/shop.yaml sets the same env_args):
@@ -42,8 +43,7 @@ TEACHER_ENV = {"schema_in_prompt": False, "system_prompt": None, "max_turns": 4}
 def _database(rng: random.Random) -> dict[str, list[list]]:
     cities = rng.sample(CITIES, 4)
     customers = [[i + 1, name, rng.choice(cities)] for i, name in enumerate(rng.sample(NAMES, 8))]
-    products = [[i + 1, f"{rng.choice(COLOURS)} {item}", rng.choice(CATEGORIES), rng.randint(1, 40)]
-                for i, item in enumerate(rng.sample(ITEMS, 8))]
+    products = [[i + 1, item, rng.choice(CATEGORIES), rng.randint(1, 40)] for i, item in enumerate(rng.sample(ITEMS, 8))]
     orders = [[i + 1, rng.randint(1, 8), rng.randint(1, 8), rng.randint(1, 5)] for i in range(10)]
     return {"customers": customers, "products": products, "orders": orders}
 
@@ -66,27 +66,30 @@ def _question(rng: random.Random, db: dict[str, list[list]]) -> tuple[str, str, 
         return (f"How many {category} products are there?",
                 f"SELECT COUNT(*) FROM products WHERE category = '{category}'", "SELECT COUNT(*) FROM products",
                 f"SELECT COUNT(*) FROM products WHERE type = '{category}'")
-    price = rng.choice([p[3] for p in db["products"]]) + rng.choice([0, 1])
+    price = rng.choice(PRICES)
     return (f"Which products cost less than {price}?", f"SELECT name FROM products WHERE price < {price}",
             "SELECT name FROM products", f"SELECT name FROM products WHERE cost < {price}")
 
 
-def held_out(question: str) -> bool:
-    """A fixed, pseudo-random sixth of all question texts, never trained on."""
-    return random.Random(f"sql:{question}").random() < 1 / 6
+def held_out(question: str, db: dict, by: str) -> bool:
+    """Whether a task is in the fixed held-out quarter (by its database or its question text)."""
+    key = question if by == "question" else repr(sorted(db.items()))
+    return random.Random(f"sql:{key}").random() < 1 / 4
 
 
-def shop_rows(n: int, seed: int = 0, holdout: str | None = None, teacher: bool = False, mistakes: float = 0.2,
-              careless: float = 0.4) -> list[dict]:
+def shop_rows(n: int, seed: int = 0, holdout: str | None = None, holdout_by: str = "database", teacher: bool = False,
+              mistakes: float = 0.2, careless: float = 0.75) -> list[dict]:
     """``n`` shop questions (see the module docstring); ``holdout``: "exclude" draws only training
-    questions, "only" only held-out ones; ``teacher``: add the imperfect teacher's transcript."""
-    in_split(False, holdout)  # checks the option before any work
+    tasks, "only" only held-out ones; ``teacher``: add the imperfect teacher's transcript."""
+    in_split(False, holdout)  # checks the options before any work
+    if holdout_by not in ("database", "question"):
+        raise ValueError(f"holdout_by must be 'database' or 'question', not {holdout_by!r}")
     rng = random.Random(seed)
     rows = []
     while len(rows) < n:
         db = _database(rng)
         question, gold, wrong, misnamed = _question(rng, db)
-        if not in_split(held_out(question), holdout):
+        if not in_split(held_out(question, db, holdout_by), holdout):
             continue
         row = {"question": question, "gold_sql": gold, "schema": SCHEMA, "rows": db}
         if teacher:

@@ -75,23 +75,23 @@ def _room(env, engine) -> int | None:
 
 def _next_turns(engine, envs: list, episodes: list[Episode], active: list[int], sampling: SamplingParams
                 ) -> tuple[list, list[int]]:
-    """One turn of every active episode -> (completions, the episodes they belong to). A turn
-    may use what is left of the episode's token budget (the environment's ``max_total_tokens``,
-    and the engine's ``max_model_len``); an episode with no room left ends there. Episodes with
-    the same room share one engine call (identical contexts always do: their samples differ)."""
+    """One turn of every active episode (``envs`` and ``episodes`` are indexed by episode)
+    -> (completions, the episodes they belong to). A turn may use what is left of the episode's
+    token budget (the environment's ``max_total_tokens``, the engine's ``max_model_len``); an
+    episode with no room left ends there. Episodes with the same room share one engine call
+    (identical contexts always do, so that their samples differ)."""
     calls: dict[int, list[int]] = {}
-    for env, ep, i in zip(envs, episodes, active):
-        room = _room(env, engine)
-        budget = sampling.max_tokens if room is None else min(sampling.max_tokens, room - len(ep.prompt_ids) - len(ep.token_ids))
+    for i in active:
+        room, used = _room(envs[i], engine), len(episodes[i].prompt_ids) + len(episodes[i].token_ids)
+        budget = sampling.max_tokens if room is None else min(sampling.max_tokens, room - used)
         if budget < 1:
-            ep.finish_reason = "max_total_tokens"
+            episodes[i].finish_reason = "max_total_tokens"
             continue
         calls.setdefault(budget, []).append(i)
     by_episode = {}
     for budget, idx in calls.items():
-        contexts = [episodes[active.index(i)].prompt_ids + episodes[active.index(i)].token_ids for i in idx]
-        for i, completion in zip(idx, engine.generate(contexts, dataclasses.replace(sampling, max_tokens=budget))):
-            by_episode[i] = completion
+        contexts = [episodes[i].prompt_ids + episodes[i].token_ids for i in idx]
+        by_episode.update(zip(idx, engine.generate(contexts, dataclasses.replace(sampling, max_tokens=budget))))
     order = [i for i in active if i in by_episode]
     return [by_episode[i] for i in order], order
 
@@ -111,8 +111,7 @@ def run_episodes(engine, make_env: Callable[[], MultiTurnEnvironment], tasks: li
         episodes.append(episode)
     active = list(range(len(tasks)))
     while active:
-        completions, active = _next_turns(engine, [envs[i] for i in active], [episodes[i] for i in active],
-                                          active, sampling)
+        completions, active = _next_turns(engine, envs, episodes, active, sampling)
         still = []
         for i, completion in zip(active, completions):
             ep, env = episodes[i], envs[i]

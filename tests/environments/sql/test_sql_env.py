@@ -118,11 +118,14 @@ def test_table_rendering_is_capped():
 
 def test_shop_tasks_hold_out_questions_and_teach_imperfectly():
     train, held = shop_rows(400, seed=0, holdout="exclude", teacher=True), shop_rows(100, seed=0, holdout="only")
-    assert not {r["question"] for r in train} & {r["question"] for r in held}
+    assert not {repr(r["rows"]) for r in train} & {repr(r["rows"]) for r in held}  # by database (the default)
+    by_question = shop_rows(100, seed=0, holdout="only", holdout_by="question")
+    assert not {r["question"] for r in shop_rows(400, seed=0, holdout="exclude", holdout_by="question")} & {
+        r["question"] for r in by_question}
     env = SqlEnvironment(**TEACHER_ENV)
     for row in train[:50] + held[:50]:
         env.check_task(row)
         assert env.score(row, row["gold_sql"]).value == 1.0
     final = [env.score(r, final_query(r["messages"][-1]["content"])).value for r in train]
-    assert 0.45 < sum(final) / len(final) < 0.75  # the careless teacher answers wrongly ~40 % of the time
+    assert 0.1 < sum(final) / len(final) < 0.45  # the careless teacher answers wrongly ~75 % of the time
     assert any(m["content"].startswith("Error: no such column") for r in train for m in r["messages"])
