@@ -16,6 +16,15 @@ from pathlib import Path
 from rlvr.env import available, get_environment_class
 from rlvr.rows import UsageError
 
+EVAL_HELP = """Generate with a checkpoint and score the responses with an environment, in this
+process (the builtin engine; multi-turn environments play episodes), and print pass@k (unbiased
+estimator), the mean reward and the response length; the last line is the summary as JSON.
+
+  rlvr eval --run outputs/default                 # the run's held-out prompts, greedy: its accuracy
+  rlvr eval --run outputs/default -n 8 -k 1,8 --model outputs/default/sft
+  rlvr eval --model outputs/default/final --env math --input problems.jsonl -n 8 -k 1,8 --output rows.jsonl
+"""
+
 SCORE_HELP = """\
 Score a dataset of model responses with an environment's reward function, the same code that
 training uses. Each output line is the input row plus "reward" (float) and "reward_info"
@@ -106,7 +115,35 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a registered generator of rows with responses (group rlvr.generators; "
                               "default math_responses)")
     example.add_argument("--env", default="math", help="the environment that scores them (default math)")
+    _add_eval_parser(sub)
     return parser
+
+
+def _add_eval_parser(sub) -> None:
+    ev = sub.add_parser("eval", help="generate with a checkpoint and score: pass@k, mean reward",
+                        description=EVAL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ev.add_argument("--model", type=Path, help="checkpoint folder (with --run: default <run>/final)")
+    ev.add_argument("--run", type=Path, help="a training run's folder: its held-out prompts, template, evaluation "
+                    "sampling and seed, so the trainer's held-out accuracy is reproduced exactly")
+    ev.add_argument("--env", help="environment name (with --input)")
+    ev.add_argument("--input", type=Path, help="prompts to evaluate on (.jsonl/.json/.parquet/folder)")
+    ev.add_argument("--prompt-field", default="prompt", help="the column holding the prompt (default prompt)")
+    ev.add_argument("--template", default="{prompt}", help="format string over the row's fields (default {prompt})")
+    ev.add_argument("--field", action="append", default=[], type=_parse_field, metavar="NAME=COLUMN",
+                    help="read environment field NAME from input column COLUMN (repeatable)")
+    ev.add_argument("--env-arg", action="append", default=[], type=_parse_env_arg, metavar="KEY=JSON",
+                    help="keyword argument for the environment (repeatable)")
+    ev.add_argument("-n", type=_positive_int, default=1, help="samples per prompt (default 1)")
+    ev.add_argument("-k", default="1", help="comma-separated k of pass@k, each <= n (default 1)")
+    ev.add_argument("--temperature", type=float, help="default: 0 (greedy) for n=1, else 1 (with --run and n=1: "
+                    "the run's evaluation sampling)")
+    ev.add_argument("--max-tokens", type=_positive_int, default=256, help="per response (default 256)")
+    ev.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    ev.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    ev.add_argument("--tokenizer", default="byte", help="byte, or a Hugging Face tokenizer (default byte)")
+    ev.add_argument("--workers", type=_positive_int, default=1, help="scoring worker processes (default 1)")
+    ev.add_argument("--timeout", type=_timeout, default=10.0, help="seconds allowed to score a response")
+    ev.add_argument("--output", type=Path, help="JSONL: every input row with its responses and rewards")
 
 
 def _parse_env_arg(spec: str) -> tuple[str, object]:
@@ -180,6 +217,79 @@ def _summary_stream(out: Path):
     return sys.stderr if str(out) in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1") else sys.stdout
 
 
+def _eval_ks(text: str, n: int) -> list[int]:
+    try:
+        ks = sorted({int(k) for k in text.split(",")})
+    except ValueError:
+        raise UsageError(f"-k: expected comma-separated whole numbers, got {text!r}") from None
+    if ks[0] < 1 or ks[-1] > n:
+        raise UsageError(f"-k: each k must be between 1 and -n ({n}); got {text}")
+    return ks
+
+
+def _eval_setup(args: argparse.Namespace):
+    """-> (model folder, prompts, sampling config, seed, engine spec) from --run or --input."""
+    from rlvr.config import DataSource, SamplingConfig, load_config
+    from rlvr.collect import eval_seed
+    from rlvr.data import load_rows, split_prompts, to_prompts
+
+    if args.run is not None:
+        path = args.run / "config.json"
+        if not path.is_file():
+            raise UsageError(f"--run: {args.run} holds no config.json (not an rlvr-train run folder)")
+        cfg = load_config(json.loads(path.read_text()))
+        _, prompts = split_prompts(cfg)
+        if not prompts:
+            raise UsageError(f"--run: the run {args.run} has no held-out prompts (data.eval empty, data.holdout 0)")
+        rc = cfg.rollout
+        spec = dict(tokenizer=cfg.model.tokenizer, max_batch=rc.max_batch, max_model_len=rc.max_model_len,
+                    dtype=cfg.model.dtype, threads=rc.threads)
+        sampling = rc.eval_sampling  # the run's (greedy), unless sampled here: -n > 1 or --temperature
+        if args.temperature is not None or args.n > 1:
+            sampling = sampling.model_copy(update={"temperature": 1.0 if args.temperature is None else args.temperature})
+        return args.model or args.run / "final", prompts, sampling, eval_seed(cfg.seed), spec
+    if args.model is None or args.env is None or args.input is None:
+        raise UsageError("give --run DIR, or --model, --env and --input")
+    if not args.input.exists():
+        raise UsageError(f"--input: {args.input} not found")
+    src = DataSource(env=args.env, path=str(args.input), prompt_field=args.prompt_field, env_args=dict(args.env_arg),
+                     fields=dict(args.field))
+    prompts = to_prompts(load_rows(src, args.seed), src, args.template, "--input")
+    temperature = args.temperature if args.temperature is not None else (0.0 if args.n == 1 else 1.0)
+    sampling = SamplingConfig(temperature=temperature, max_tokens=args.max_tokens, stop=args.stop)
+    return args.model, prompts, sampling, args.seed, dict(tokenizer=args.tokenizer)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from rlvr.collect import Collector, LocalPool
+    from rlvr.config import ConfigError
+    from rlvr.evaluation import evaluate
+    from rlvr.rollout.workers import EngineSpec, build_engine
+    from rlvr.scoring import open_scorer
+
+    ks = _eval_ks(args.k, args.n)
+    try:
+        model, prompts, sampling, seed, spec = _eval_setup(args)
+    except ConfigError as err:
+        raise UsageError(str(err)) from None
+    if not (Path(model) / "config.json").is_file():
+        raise UsageError(f"--model: {model} is not a checkpoint folder (no config.json)")
+    engine = build_engine(EngineSpec(str(model), **spec))
+    collector = Collector(LocalPool(engine), {p.scorer_key for p in prompts},
+                          lambda env, kw: open_scorer(env, workers=args.workers, timeout=args.timeout, env_kwargs=kw))
+    try:
+        summary, rows = evaluate(collector, engine.tokenizer, prompts, sampling, seed, args.n, ks)
+    finally:
+        collector.close()
+    if args.output is not None:
+        args.output.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(f"evaluated {model} on {len(prompts)} prompts x {args.n} samples (temperature {sampling.temperature:g}):")
+    print("  " + ", ".join(f"pass@{k} {summary[f'pass@{k}']:.3f}" for k in ks) +
+          f", mean reward {summary['mean_reward']:.3f}, {summary['response_tokens_mean']:.1f} tokens per response")
+    print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in summary.items()}))
+    return 0
+
+
 def _cmd_envs() -> int:
     from rlvr.env import available_generators, get_generator
 
@@ -210,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_score(args)
         if args.command == "example":
             return _cmd_example(args)
+        if args.command == "eval":
+            return _cmd_eval(args)
         return _cmd_envs()
     except UsageError as exc:
         print(f"rlvr: error: {exc}", file=sys.stderr)

@@ -19,7 +19,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from rlvr.config import ConfigError, DataSource
+from rlvr.config import Config, ConfigError, DataSource
 from rlvr.env import TaskError, get_generator
 from rlvr.rows import BadRow, UsageError, read_rows
 from rlvr.scoring.scorer import make_environment_checked
@@ -104,6 +104,23 @@ def load_prompts(sources: list[DataSource], template: str, seed: int, split: str
     offset = 0 if split == "train" else 1_000_003  # generators: held-out rows differ from training rows
     return [to_prompts(load_rows(src, seed + offset + i), src, template, f"data.{split}[{i}]")
             for i, src in enumerate(sources)]
+
+
+def split_prompts(cfg: Config) -> tuple[list[list[Prompt]], list[Prompt]]:
+    """A run's training prompts (one list per source) and held-out prompts: ``data.eval``, or
+    else ``data.holdout`` of the training rows (never trained on), or else none (said plainly);
+    at most ``eval_prompts`` of them. The trainer and ``rlvr eval --run`` both draw them here."""
+    train = load_prompts(cfg.data.train, cfg.data.prompt_template, cfg.seed, "train")
+    if cfg.data.eval:
+        evals = [p for source in load_prompts(cfg.data.eval, cfg.data.prompt_template, cfg.seed, "eval") for p in source]
+    elif cfg.data.holdout:
+        train, evals = hold_out(train, cfg.data.holdout, cfg.seed)
+        log.info("held out %d training rows for evaluation (data.holdout=%g; data.eval is empty)",
+                 len(evals), cfg.data.holdout)
+    else:
+        evals = []
+        log.warning("no held-out evaluation: data.eval is empty and data.holdout=0")
+    return train, evals[:cfg.eval_prompts]
 
 
 def hold_out(sources: list[list[Prompt]], share: float, seed: int) -> tuple[list[list[Prompt]], list[Prompt]]:

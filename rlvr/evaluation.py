@@ -41,3 +41,32 @@ def summarize(rewards: Sequence[Sequence[float]], ks: Iterable[int], success: fl
     out["mean_reward"] = sum(samples) / len(samples)
     out["problems"] = len(rewards)
     return out
+
+
+# ---------------------------------------------------------------- the evaluation job (`rlvr eval`)
+
+def evaluate(collector, tokenizer, prompts: list, sampling, seed: int, n: int, ks: Iterable[int]
+             ) -> tuple[dict, list[dict]]:
+    """``n`` samples of every prompt, scored -> (summary, one output row per prompt). The summary
+    holds pass@k for each k (a sample passes with reward 1), the mean reward ("accuracy", what
+    the trainer's held-out evaluation reports for n=1 greedy), the mean response length in
+    generated tokens, and the same per environment."""
+    got = collector.collect(prompts, n, sampling, seed)
+    rewards = got.rewards.view(len(prompts), n).tolist()
+    generated = [sum(m) for m in got.masks]
+    summary = {**summarize(rewards, ks), "samples_per_problem": n,
+               "response_tokens_mean": round(sum(generated) / len(generated), 2)}
+    summary["accuracy"] = summary["mean_reward"]
+    envs = sorted({p.env for p in prompts})
+    if len(envs) > 1:
+        for env in envs:
+            mine = [r for p, r in zip(prompts, rewards) if p.env == env]
+            summary.update({f"{env}/{k}": v for k, v in summarize(mine, ks).items()})
+    rows = []
+    for i, prompt in enumerate(prompts):
+        samples = got.samples[i * n:(i + 1) * n]
+        responses = [s.text or tokenizer.decode(s.token_ids) for s in samples]  # an episode: its transcript
+        rows.append({**prompt.task, "prompt": prompt.text, "responses": responses, "rewards": rewards[i],
+                     "response_tokens": generated[i * n:(i + 1) * n],
+                     "finish_reasons": [s.finish_reason for s in samples]})
+    return summary, rows

@@ -15,6 +15,7 @@ checkpoint and produces the same numbers an uninterrupted run would.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -28,13 +29,12 @@ import torch
 
 from rlvr import grpo
 from rlvr.config import Config, ConfigError
-from rlvr.data import Prompt, PromptStream, hold_out, load_prompts
+from rlvr.data import Prompt, PromptStream, split_prompts
 from rlvr.training.interrupt import Interrupted, StopRequest
 from rlvr.training.learner import LearnerGroup, TrainBatch
 from rlvr.training.packing import right_pad
-from rlvr.env import MultiTurnEnvironment, get_environment_class
+from rlvr.collect import Collector, episode_metrics, eval_seed, sampling_seed
 from rlvr.rollout.engine import Completion
-from rlvr.rollout.multiturn import Episode
 from rlvr.rollout.workers import EngineSpec, RolloutPool
 from rlvr.scoring import open_scorer
 from rlvr.tokenizer import make_tokenizer
@@ -56,13 +56,6 @@ def build_batch(completions: list[Completion], pad_id: int, masks: list[list[int
     return TrainBatch(ids, mask, torch.zeros(len(completions)), engine_logp, lengths)
 
 
-def as_completion(episode: Episode, index: int) -> Completion:
-    """An episode in the learner's terms: its first prompt, then every token after it (model
-    turns and observations; ``episode.mask`` tells them apart)."""
-    return Completion(index, 0, episode.prompt_ids, episode.token_ids, episode.logprobs, "", episode.finish_reason,
-                      episode.weights_version)
-
-
 def longest_turn(mask: list[int]) -> int:
     """The most tokens the model generated in one turn (a run of ones in an episode's mask)."""
     best = run = 0
@@ -72,22 +65,8 @@ def longest_turn(mask: list[int]) -> int:
     return best
 
 
-def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
-    """Turns per episode, the share of tool calls the environment reported as errors (its final
-    info's ``tool_errors``), episode length in tokens (model and observation) and how episodes ended."""
-    if not episodes:
-        return {}
-    turns = sum(e.turns for e in episodes)
-    out = {"episode/turns_mean": turns / len(episodes),
-           "episode/tool_error_rate": sum(e.info.get("tool_errors", 0) for e in episodes) / max(turns, 1),
-           "episode/length_mean": sum(len(e.prompt_ids) + len(e.token_ids) for e in episodes) / len(episodes)}
-    for reason in ("done", "max_turns", "max_total_tokens"):
-        out[f"episode/ended_{reason}"] = sum(e.finish_reason == reason for e in episodes) / len(episodes)
-    return out
-
-
-def sampling_seed(seed: int, step: int, round_: int) -> int:
-    return (seed * 1_000_003 + step * 101 + round_) % 2**63
+def _open_scorer(env: str, env_kwargs: dict, workers: int, timeout: float):
+    return open_scorer(env, workers=workers, timeout=timeout, env_kwargs=env_kwargs)
 
 
 class Trainer:
@@ -109,8 +88,7 @@ class Trainer:
         self.stream: PromptStream | None = None
         self.eval_prompts: list[Prompt] = []
         self.start_checkpoint: str | None = None
-        self.scorers: dict = {}
-        self.multi_turn: dict = {}
+        self.collector: Collector | None = None
         self.learner: LearnerGroup | None = None
         self.pool: RolloutPool | None = None
         self.metrics: MetricsLogger | None = None
@@ -127,12 +105,7 @@ class Trainer:
         self._start_ray()
         self.stop.install()
         keys = {p.scorer_key for source in self.stream.sources for p in source} | {p.scorer_key for p in self.eval_prompts}
-        # A multi-turn environment's episodes run on the rollout workers and carry their reward;
-        # the others' completions are scored by scorer processes.
-        self.multi_turn = {key: issubclass(get_environment_class(key[0]), MultiTurnEnvironment) for key in keys}
-        self.scorers = {(env, args): open_scorer(env, workers=cfg.reward.workers, timeout=cfg.reward.timeout,
-                                                 env_kwargs=json.loads(args))
-                        for env, args in keys if not self.multi_turn[(env, args)]}
+        scorer = functools.partial(_open_scorer, workers=cfg.reward.workers, timeout=cfg.reward.timeout)
         rc = cfg.rollout
         spec = EngineSpec(self.start_checkpoint, backend=rc.engine, tokenizer=cfg.model.tokenizer, max_batch=rc.max_batch,
                           max_model_len=rc.max_model_len,
@@ -142,6 +115,7 @@ class Trainer:
         self.pool = RolloutPool(spec, num_workers=rc.num_workers, num_cpus=rc.cpus_per_worker,
                                 num_gpus=rc.gpus_per_worker, resources=rc.resources,
                                 weights_source=self._weight_buckets, bucket_bytes=rc.sync_bucket_bytes)
+        self.collector = Collector(self.pool, keys, scorer)
         resumed = self._resume()
         self.metrics = MetricsLogger(cfg.logging, self.out, cfg.name, cfg.model_dump(), resume_step=self.step)
         if resumed:
@@ -151,22 +125,8 @@ class Trainer:
         return self.learner.weight_buckets(self.cfg.rollout.sync_bucket_bytes)
 
     def _load_prompts(self) -> None:
-        """Training prompts and held-out prompts: ``data.eval``, or else ``data.holdout`` of the
-        training rows (never trained on), or else none (said plainly)."""
-        cfg = self.cfg
-        train = load_prompts(cfg.data.train, cfg.data.prompt_template, cfg.seed, "train")
-        if cfg.data.eval:
-            evals = [p for source in load_prompts(cfg.data.eval, cfg.data.prompt_template, cfg.seed, "eval")
-                     for p in source]
-        elif cfg.data.holdout:
-            train, evals = hold_out(train, cfg.data.holdout, cfg.seed)
-            log.info("held out %d training rows for evaluation (data.holdout=%g; data.eval is empty)",
-                     len(evals), cfg.data.holdout)
-        else:
-            evals = []
-            log.warning("no held-out evaluation: data.eval is empty and data.holdout=0")
-        self.stream = PromptStream(train, [s.weight for s in cfg.data.train], cfg.seed)
-        self.eval_prompts = evals[:cfg.eval_prompts]
+        train, self.eval_prompts = split_prompts(self.cfg)
+        self.stream = PromptStream(train, [s.weight for s in self.cfg.data.train], self.cfg.seed)
 
     def _start_ray(self) -> None:
         from rlvr.training.preflight import check_cluster_resources
@@ -325,11 +285,11 @@ class Trainer:
         stats = {"rollout_seconds": 0.0, "reward_seconds": 0.0, "rounds": 0, "scoring_failures": 0}
         for round_ in range(cfg.algorithm.max_refills + 1 if cfg.algorithm.dynamic_sampling else 1):
             prompts = self.stream.next(want - len(kept))
-            samples, masks, rewards, round_stats = self._rollout(
-                prompts, G, cfg.rollout.sampling, sampling_seed(cfg.seed, self.step, round_))
+            got = self.collector.collect(prompts, G, cfg.rollout.sampling, sampling_seed(cfg.seed, self.step, round_))
+            samples, masks, rewards = got.samples, got.masks, got.rewards
             for key in ("rollout_seconds", "reward_seconds", "scoring_failures"):
-                stats[key] += round_stats[key]
-            episodes += round_stats["episodes"]
+                stats[key] += getattr(got, key)
+            episodes += got.episodes
             stats["rounds"] += 1
             informative = grpo.informative_groups(rewards, G) if cfg.algorithm.dynamic_sampling else None
             for g, prompt in enumerate(prompts):
@@ -343,56 +303,6 @@ class Trainer:
         kept = (kept + spare)[:want]
         return ([p for p, _, _, _ in kept], [c for _, cs, _, _ in kept for c in cs], [m for _, _, ms, _ in kept for m in ms],
                 torch.cat([r for _, _, _, r in kept]), stats)
-
-    def _rollout(self, prompts: list[Prompt], n: int, sampling, seed: int
-                 ) -> tuple[list[Completion], list[list[int]], torch.Tensor, dict]:
-        """``n`` samples per prompt, in prompt order, with their masks and rewards: completions
-        scored by the environments' scorers, and, for multi-turn environments, episodes played
-        on the rollout workers (the environment's reward). ``sampling``: a SamplingConfig."""
-        samples: list = [None] * (len(prompts) * n)
-        masks: list = [None] * (len(prompts) * n)
-        rewards = torch.zeros(len(prompts) * n)
-        stats = {"rollout_seconds": 0.0, "reward_seconds": 0.0, "scoring_failures": 0, "episodes": []}
-        by_key: dict[tuple[str, str], list[int]] = {}
-        for i, p in enumerate(prompts):
-            by_key.setdefault(p.scorer_key if self.multi_turn[p.scorer_key] else None, []).append(i)
-        for key, idx in by_key.items():
-            before = time.monotonic()
-            if key is None:
-                completions = self.pool.generate([prompts[i].text for i in idx], sampling.params(n=n, seed=seed))
-                stats["rollout_seconds"] += time.monotonic() - before
-                before = time.monotonic()
-                scored, failures = self._score([prompts[i] for i in idx], completions, n)
-                stats["reward_seconds"] += time.monotonic() - before
-                stats["scoring_failures"] += failures
-                found = [(c, [1] * len(c.token_ids), float(r)) for c, r in zip(completions, scored)]
-            else:
-                tasks = [prompts[i].task for i in idx for _ in range(n)]
-                played = self.pool.run_episodes(tasks, key[0], key[1], sampling.params(n=1, seed=seed), group=n)
-                stats["rollout_seconds"] += time.monotonic() - before
-                stats["episodes"] += played
-                found = [(as_completion(e, k // n), e.mask, e.reward) for k, e in enumerate(played)]
-            for k, (sample, mask, reward) in enumerate(found):
-                at = idx[k // n] * n + k % n
-                samples[at], masks[at], rewards[at] = sample, mask, reward
-        return samples, masks, rewards, stats
-
-    def _score(self, prompts: list[Prompt], completions: list[Completion], n: int) -> tuple[torch.Tensor, int]:
-        """Reward of each completion (0 for one whose scoring failed or timed out), and the
-        number of such failures."""
-        rewards, failures = torch.zeros(len(completions)), 0
-        by_scorer: dict[tuple[str, str], list[int]] = {}
-        for i in range(len(completions)):
-            by_scorer.setdefault(prompts[i // n].scorer_key, []).append(i)
-        for key, idx in by_scorer.items():
-            payloads = [(prompts[i // n].task, completions[i].text) for i in idx]
-            for i, outcome in zip(idx, self.scorers[key].map(payloads)):
-                if outcome.status == "ok":
-                    rewards[i] = outcome.value[0]
-                else:
-                    failures += 1
-                    log.debug("scoring failed (%s): %s", outcome.status, outcome.error)
-        return rewards, failures
 
     def _step_metrics(self, prompts, rewards, lengths, truncated, learner_metrics, stats, t) -> dict[str, float]:
         G = self.cfg.algorithm.group_size
@@ -418,10 +328,10 @@ class Trainer:
         """Greedy (``rollout.eval_sampling``) accuracy on the held-out prompts."""
         if not self.eval_prompts:
             return {"eval/accuracy": float("nan")}
-        _, _, rewards, stats = self._rollout(self.eval_prompts, 1, self.cfg.rollout.eval_sampling,
-                                             sampling_seed(self.cfg.seed, -1, 0))
+        got = self.collector.collect(self.eval_prompts, 1, self.cfg.rollout.eval_sampling, eval_seed(self.cfg.seed))
+        rewards = got.rewards
         out = {"eval/accuracy": float(rewards.mean())}
-        out.update({f"eval/{k}": v for k, v in episode_metrics(stats["episodes"]).items()})
+        out.update({f"eval/{k}": v for k, v in episode_metrics(got.episodes).items()})
         for env in sorted({p.env for p in self.eval_prompts}):
             rows = torch.tensor([p.env == env for p in self.eval_prompts])
             out[f"eval/{env}/accuracy"] = float(rewards[rows].mean())
@@ -501,8 +411,8 @@ class Trainer:
         return summary
 
     def shutdown(self) -> None:
-        for scorer in self.scorers.values():
-            scorer.close()
+        if self.collector is not None:
+            self.collector.close()
         if self.metrics is not None:
             self.metrics.close()
         if self.pool is not None:

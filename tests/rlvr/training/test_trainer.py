@@ -177,3 +177,32 @@ def test_multirun_sweeps_one_run_per_value(tmp_path):
     assert len(runs) == 2
     lrs = [json.loads((r.parent / "config.json").read_text())["learner"]["lr"] for r in runs]
     assert sorted(lrs) == [1e-4, 1e-3]
+
+
+@pytest.mark.slow
+def test_rlvr_eval_reproduces_the_trainers_held_out_accuracy(whole, tmp_path):
+    rlvr = str(Path(sys.executable).parent / "rlvr")
+    done = subprocess.run([rlvr, "eval", "--run", str(whole), "--output", str(tmp_path / "rows.jsonl")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    trained = json.loads((whole / "summary.json").read_text())
+    assert summary["accuracy"] == pytest.approx(trained["eval_accuracy_after"], abs=1e-6)
+    assert summary["problems"] == trained["eval_prompts"] == 40
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert len(rows) == 40 and all(len(r["responses"]) == len(r["rewards"]) == 1 for r in rows)
+    # the warm start, sampled: pass@1 and pass@4 over 4 samples, pass@4 >= pass@1
+    done = subprocess.run([rlvr, "eval", "--run", str(whole), "--model", str(whole / "sft"), "-n", "4", "-k", "1,4"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sampled = json.loads(done.stdout.strip().splitlines()[-1])
+    assert 0 <= sampled["pass@1"] <= sampled["pass@4"] <= 1
+
+
+def test_rlvr_eval_refuses_bad_options(tmp_path):
+    rlvr = str(Path(sys.executable).parent / "rlvr")
+    for argv, message in ((["--run", str(tmp_path)], "holds no config.json"),
+                          (["--model", str(tmp_path), "--env", "math"], "give --run DIR, or --model, --env and --input"),
+                          (["--run", str(tmp_path), "-n", "2", "-k", "1,4"], "between 1 and -n (2)")):
+        done = subprocess.run([rlvr, "eval", *argv], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr

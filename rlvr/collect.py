@@ -1,0 +1,144 @@
+"""Samples and their rewards for a list of prompts: the one code path behind a training step, the
+trainer's periodic evaluation and ``rlvr eval``.
+
+A prompt whose environment is single-turn is completed by the rollout pool and its completions
+are scored by that environment's scorer processes; a prompt whose environment is multi-turn has
+its episodes played on the rollout pool, and the episode's reward counts. The pool is Ray's
+``RolloutPool`` in training, or ``LocalPool`` (one engine in this process) for an evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+
+import torch
+
+from rlvr.data import Prompt
+from rlvr.env import MultiTurnEnvironment, get_environment_class, make_environment
+from rlvr.rollout.engine import Completion, SamplingParams
+from rlvr.rollout.multiturn import Episode, run_episodes
+
+log = logging.getLogger(__name__)
+
+
+def sampling_seed(seed: int, step: int, round_: int) -> int:
+    """The sampling seed of a training step's round of rollouts."""
+    return (seed * 1_000_003 + step * 101 + round_) % 2**63
+
+
+def eval_seed(seed: int) -> int:
+    """The held-out evaluations' sampling seed (the trainer's, and ``rlvr eval --run``'s)."""
+    return sampling_seed(seed, -1, 0)
+
+
+@dataclasses.dataclass
+class Collected:
+    """``n`` samples per prompt, in prompt order (prompt i's are ``i * n`` to ``i * n + n - 1``)."""
+
+    samples: list[Completion]  # an episode appears as its first prompt and every later token
+    masks: list[list[int]]  # per sample token: 1 where the model generated it
+    rewards: torch.Tensor
+    episodes: list[Episode]
+    rollout_seconds: float = 0.0
+    reward_seconds: float = 0.0
+    scoring_failures: int = 0
+
+
+def as_completion(episode: Episode, index: int) -> Completion:
+    """An episode in the learner's terms: its first prompt, then every token after it (model
+    turns and observations; ``episode.mask`` tells them apart)."""
+    return Completion(index, 0, episode.prompt_ids, episode.token_ids, episode.logprobs, "", episode.finish_reason,
+                      episode.weights_version)
+
+
+def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
+    """Turns per episode, the share of tool calls the environment reported as errors (its final
+    info's ``tool_errors``), episode length in tokens (model and observation) and how episodes ended."""
+    if not episodes:
+        return {}
+    turns = sum(e.turns for e in episodes)
+    out = {"episode/turns_mean": turns / len(episodes),
+           "episode/tool_error_rate": sum(e.info.get("tool_errors", 0) for e in episodes) / max(turns, 1),
+           "episode/length_mean": sum(len(e.prompt_ids) + len(e.token_ids) for e in episodes) / len(episodes)}
+    for reason in ("done", "max_turns", "max_total_tokens"):
+        out[f"episode/ended_{reason}"] = sum(e.finish_reason == reason for e in episodes) / len(episodes)
+    return out
+
+
+class LocalPool:
+    """One rollout engine in this process, with ``RolloutPool``'s ``generate`` and
+    ``run_episodes``: a pool of one worker, giving what such a pool gives."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def generate(self, prompts: list, sampling: SamplingParams) -> list[Completion]:
+        return self.engine.generate(prompts, sampling)
+
+    def run_episodes(self, tasks: list, env: str, env_args: str, sampling: SamplingParams, group: int = 1
+                     ) -> list[Episode]:
+        kwargs = json.loads(env_args)
+        return run_episodes(self.engine, lambda: make_environment(env, **kwargs), tasks, sampling)
+
+
+class Collector:
+    """Samples and rewards for prompts, from ``pool`` and the scorers ``open_scorer`` makes (one
+    per single-turn (environment, env_args) among ``keys``, the prompts' ``scorer_key``)."""
+
+    def __init__(self, pool, keys, open_scorer):
+        self.pool = pool
+        # A multi-turn environment's episodes run on the pool and carry their reward; the others'
+        # completions are scored by scorer processes.
+        self.multi_turn = {key: issubclass(get_environment_class(key[0]), MultiTurnEnvironment) for key in keys}
+        self.scorers = {key: open_scorer(key[0], json.loads(key[1])) for key in keys if not self.multi_turn[key]}
+
+    def collect(self, prompts: list[Prompt], n: int, sampling, seed: int) -> Collected:
+        """``n`` samples of each prompt with ``sampling`` (a SamplingConfig) and ``seed``."""
+        out = Collected([None] * (len(prompts) * n), [None] * (len(prompts) * n), torch.zeros(len(prompts) * n), [])
+        by_key: dict[tuple[str, str] | None, list[int]] = {}
+        for i, p in enumerate(prompts):
+            by_key.setdefault(p.scorer_key if self.multi_turn[p.scorer_key] else None, []).append(i)
+        for key, idx in by_key.items():
+            before = time.monotonic()
+            if key is None:
+                completions = self.pool.generate([prompts[i].text for i in idx], sampling.params(n=n, seed=seed))
+                out.rollout_seconds += time.monotonic() - before
+                before = time.monotonic()
+                scored, failures = self._score([prompts[i] for i in idx], completions, n)
+                out.reward_seconds += time.monotonic() - before
+                out.scoring_failures += failures
+                found = [(c, [1] * len(c.token_ids), float(r)) for c, r in zip(completions, scored)]
+            else:
+                tasks = [prompts[i].task for i in idx for _ in range(n)]
+                played = self.pool.run_episodes(tasks, key[0], key[1], sampling.params(n=1, seed=seed), group=n)
+                out.rollout_seconds += time.monotonic() - before
+                out.episodes += played
+                found = [(as_completion(e, k // n), e.mask, e.reward) for k, e in enumerate(played)]
+            for k, (sample, mask, reward) in enumerate(found):
+                at = idx[k // n] * n + k % n
+                out.samples[at], out.masks[at], out.rewards[at] = sample, mask, reward
+        return out
+
+    def _score(self, prompts: list[Prompt], completions: list[Completion], n: int) -> tuple[torch.Tensor, int]:
+        """Reward of each completion (0 for one whose scoring failed or timed out), and the
+        number of such failures."""
+        rewards, failures = torch.zeros(len(completions)), 0
+        by_scorer: dict[tuple[str, str], list[int]] = {}
+        for i in range(len(completions)):
+            by_scorer.setdefault(prompts[i // n].scorer_key, []).append(i)
+        for key, idx in by_scorer.items():
+            payloads = [(prompts[i // n].task, completions[i].text) for i in idx]
+            for i, outcome in zip(idx, self.scorers[key].map(payloads)):
+                if outcome.status == "ok":
+                    rewards[i] = outcome.value[0]
+                else:
+                    failures += 1
+                    log.debug("scoring failed (%s): %s", outcome.status, outcome.error)
+        return rewards, failures
+
+    def close(self) -> None:
+        for scorer in self.scorers.values():
+            scorer.close()
