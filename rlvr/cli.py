@@ -277,6 +277,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     engine = build_engine(EngineSpec(str(model), **spec))
     collector = Collector(LocalPool(engine), {p.scorer_key for p in prompts},
                           lambda env, kw: open_scorer(env, workers=args.workers, timeout=args.timeout, env_kwargs=kw))
+    for i, prompt in enumerate(prompts):  # (an episode renders its own prompt and keeps to the context itself)
+        tokens = len(engine.tokenizer.encode(prompt.text))
+        if not collector.multi_turn[prompt.scorer_key] and tokens + sampling.max_tokens > engine.max_model_len:
+            collector.close()
+            raise UsageError(f"prompt {i} ({prompt.text[:40]!r}...): {tokens} tokens + --max-tokens "
+                             f"{sampling.max_tokens} exceed the model's context of {engine.max_model_len}")
     try:
         summary, rows = evaluate(collector, engine.tokenizer, prompts, sampling, seed, args.n, ks)
     finally:

@@ -206,3 +206,19 @@ def test_rlvr_eval_refuses_bad_options(tmp_path):
                           (["--run", str(tmp_path), "-n", "2", "-k", "1,4"], "between 1 and -n (2)")):
         done = subprocess.run([rlvr, "eval", *argv], capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.slow
+def test_rlvr_eval_on_a_file_and_a_prompt_too_long(whole, tmp_path):
+    rlvr = str(Path(sys.executable).parent / "rlvr")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"question": f"{a}+{a}=", "answer": str(2 * a)}) + "\n" for a in range(6)))
+    base = [rlvr, "eval", "--model", str(whole / "final"), "--env", "math", "--input", str(rows),
+            "--prompt-field", "question", "--max-tokens", "3"]
+    done = subprocess.run(base + ["-n", "2", "-k", "1,2"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["problems"] == 6 and summary["samples_per_problem"] == 2 and "pass@2" in summary
+    rows.write_text(json.dumps({"question": "1+" * 400 + "1=", "answer": "401"}) + "\n")
+    done = subprocess.run(base, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "exceed the model's context" in done.stderr and "Traceback" not in done.stderr
