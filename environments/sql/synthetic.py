@@ -79,8 +79,10 @@ def held_out(question: str, db: dict, by: str) -> bool:
 
 def shop_rows(n: int, seed: int = 0, holdout: str | None = None, holdout_by: str = "database", teacher: bool = False,
               mistakes: float = 0.2, careless: float = 0.75) -> list[dict]:
-    """``n`` shop questions (see the module docstring); ``holdout``: "exclude" draws only training
-    tasks, "only" only held-out ones; ``teacher``: add the imperfect teacher's transcript."""
+    """Questions about a small shop database, each row with its own (the SQL experiment's task).
+
+    ``holdout``: "exclude" draws only training tasks, "only" only held-out ones (``holdout_by``
+    database or question); ``teacher``: add the imperfect teacher's transcript (module docstring)."""
     in_split(False, holdout)  # checks the options before any work
     if holdout_by not in ("database", "question"):
         raise ValueError(f"holdout_by must be 'database' or 'question', not {holdout_by!r}")
