@@ -16,6 +16,15 @@ from pathlib import Path
 from rlvr.env import available, get_environment_class
 from rlvr.rows import UsageError
 
+GENERATE_HELP = """Generate responses with a checkpoint for every row of a dataset, file to file: each
+input row is written back with its `response` (`responses` for -n > 1), `response_tokens` and
+`finish_reasons`. A row that cannot be used is reported and written with an `error`; re-running
+the same command continues after the last complete line.
+
+  rlvr generate --model outputs/default/final --input prompts.jsonl --output out.jsonl
+  rlvr generate --model outputs/default/final --input rows.jsonl --template "{question}" -n 8 --output out.jsonl
+"""
+
 EVAL_HELP = """Generate with a checkpoint and score the responses with an environment, in this
 process (the builtin engine; multi-turn environments play episodes), and print pass@k (unbiased
 estimator), the mean reward and the response length; the last line is the summary as JSON.
@@ -116,7 +125,27 @@ def build_parser() -> argparse.ArgumentParser:
                               "default math_responses)")
     example.add_argument("--env", default="math", help="the environment that scores them (default math)")
     _add_eval_parser(sub)
+    _add_generate_parser(sub)
     return parser
+
+
+def _add_generate_parser(sub) -> None:
+    gen = sub.add_parser("generate", help="generate responses with a checkpoint, file to file (resumable)",
+                         description=GENERATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    gen.add_argument("--model", required=True, type=Path, help="checkpoint folder")
+    gen.add_argument("--input", required=True, type=Path, help="prompts (.jsonl/.json/.parquet/datasets folder)")
+    gen.add_argument("--output", required=True, type=Path, help="JSONL to write (resumed when re-run)")
+    gen.add_argument("--prompt-field", default="prompt", help="the column holding the prompt (default prompt)")
+    gen.add_argument("--template", default="{prompt}", help="format string over the row's fields (default {prompt})")
+    gen.add_argument("--split", help="split to use when the input folder holds several")
+    gen.add_argument("-n", type=_positive_int, default=1, help="samples per prompt (default 1: a `response`; "
+                     "more: `responses`)")
+    gen.add_argument("--temperature", type=float, help="default: 0 (greedy) for n=1, else 1")
+    gen.add_argument("--max-tokens", type=_positive_int, default=256, help="per response (default 256)")
+    gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    gen.add_argument("--tokenizer", default="byte", help="byte, or a Hugging Face tokenizer (default byte)")
+    gen.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_eval_parser(sub) -> None:
@@ -296,6 +325,30 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from rlvr.config import SamplingConfig
+    from rlvr.generation import generate_file
+    from rlvr.rollout.workers import EngineSpec, build_engine
+
+    if not (args.model / "config.json").is_file():
+        raise UsageError(f"--model: {args.model} is not a checkpoint folder (no config.json)")
+    temperature = args.temperature if args.temperature is not None else (0.0 if args.n == 1 else 1.0)
+    try:
+        sampling = SamplingConfig(temperature=temperature, max_tokens=args.max_tokens, stop=args.stop)
+    except ValueError as err:
+        raise UsageError(f"--temperature/--max-tokens/--stop: {err}") from None
+    engine = build_engine(EngineSpec(str(args.model), tokenizer=args.tokenizer))
+    summary = generate_file(engine, args.input, args.output, model=args.model, n=args.n, sampling=sampling,
+                            seed=args.seed, prompt_field=args.prompt_field, template=args.template, split=args.split,
+                            progress=not args.no_progress,
+                            on_bad_row=lambda where, message: print(f"{where}: {message}", file=sys.stderr))
+    done = summary.as_dict()
+    print(f"generated for {done['generated']} rows into {args.output} ({done['errors']} reported, "
+          f"{done['resumed_from']} already there); {done['tokens']} tokens, {done['tokens_per_s']} tokens/s")
+    print(json.dumps(done))
+    return 0
+
+
 def _cmd_envs() -> int:
     from rlvr.env import available_generators, get_generator
 
@@ -328,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_example(args)
         if args.command == "eval":
             return _cmd_eval(args)
+        if args.command == "generate":
+            return _cmd_generate(args)
         return _cmd_envs()
     except UsageError as exc:
         print(f"rlvr: error: {exc}", file=sys.stderr)

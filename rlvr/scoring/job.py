@@ -81,14 +81,14 @@ def score_file(env_name: str, input_path: Path, output_path: Path, *, workers: i
     env_kwargs, field_map = dict(env_kwargs or {}), dict(field_map or {})
     report = on_bad_row or (lambda where, message: None)
     env = make_environment_checked(env_name, env_kwargs)
-    _check_paths(input_path, output_path)
+    check_paths(input_path, output_path)
     first = first_row(input_path, split)
     if first is not None:
         _check_columns(first, field_map)
     total = count_rows(input_path, split)
     job = {"input": str(input_path.resolve()), "fingerprint": fingerprint(input_path), "env": env_name,
            "fields": field_map, "env_args": env_kwargs, "split": split}
-    with _Output(output_path, job, total) as out:
+    with Output(output_path, job, total) as out:
         summary = Summary(resumed_from=out.done, rows=out.done)
         remaining = None if total is None else total - out.done
         if remaining == 0 and not (retry_failed and out.failed):
@@ -99,10 +99,10 @@ def score_file(env_name: str, input_path: Path, output_path: Path, *, workers: i
                          ray_address=ray_address) as scorer:
             if retry_failed and out.failed:
                 summary.retried = _retry(out, input_path, split, field_map, env, scorer, report)
-            bar = _progress(total, out.done, progress)
+            bar = progress_bar(total, out.done, progress)
             try:
-                rows = _skip(numbered_rows(input_path, split), out.done)
-                for chunk in _chunks(enumerate(rows, start=out.done), CHUNK_ROWS):
+                rows = skip_rows(numbered_rows(input_path, split), out.done)
+                for chunk in chunks(enumerate(rows, start=out.done), CHUNK_ROWS):
                     for record in _score_chunk(chunk, field_map, env, scorer, summary, report):
                         out.write(record, report)
                         summary.rows += 1
@@ -116,11 +116,11 @@ def score_file(env_name: str, input_path: Path, output_path: Path, *, workers: i
 
 # ---------------------------------------------------------------- checks before any output
 
-def _check_paths(input_path: Path, output_path: Path) -> None:
+def check_paths(input_path: Path, output_path: Path) -> None:
     if not input_path.exists():
         raise UsageError(f"input not found: {input_path}")
     if output_path.exists() and output_path.resolve() == input_path.resolve():
-        raise UsageError(f"--output is the input file {input_path}: scoring writes a new file (name another one)")
+        raise UsageError(f"--output is the input file {input_path}: the output is a new file (name another one)")
     if output_path.is_dir():
         raise UsageError(f"--output {output_path} is a folder: name a file in it")
     for parent in output_path.parents:
@@ -159,18 +159,28 @@ def _is_regular(path: Path) -> bool:
 
 # ---------------------------------------------------------------- the output file
 
-class _Output:
+@dataclasses.dataclass(frozen=True)
+class OutputKind:
+    """What a job writes: its command (in messages), the key every line it wrote has, and names."""
+
+    tool: str = "rlvr score"
+    record_key: str = "reward_info"
+    noun: str = "scores"
+    row_noun: str = "scored row"
+
+
+class Output:
     """The output and its record (``<output>.rlvr.json``, also the lock). A stream (a pipe,
     /dev/stdout) has neither: it is written from the first row, nothing resumed."""
 
-    def __init__(self, path: Path, job: dict, total: int | None):
-        self.path, self.job, self.total = path, job, total
+    def __init__(self, path: Path, job: dict, total: int | None, kind: OutputKind = OutputKind()):
+        self.path, self.job, self.total, self.kind = path, job, total, kind
         self.stream = path.exists() and not _is_regular(path)
         self.done, self.failed = 0, []
         self._lock = None
         self._file = None
 
-    def __enter__(self) -> _Output:
+    def __enter__(self) -> Output:
         try:
             if not self.stream:
                 self._take_lock()
@@ -197,19 +207,19 @@ class _Output:
         except BlockingIOError:
             self._lock.close()
             self._lock = None
-            raise UsageError(f"another rlvr score is writing {self.path} right now") from None
+            raise UsageError(f"another {self.kind.tool} is writing {self.path} right now") from None
         self._lock.seek(0)
         text = self._lock.read()
         has_rows = self.path.exists() and self.path.stat().st_size > 0
         if not text and has_rows:
-            raise UsageError(f"{self.path} exists but was not written by rlvr score (no {record.name} beside it): "
+            raise UsageError(f"{self.path} exists but was not written by {self.kind.tool} (no {record.name} beside it): "
                              "remove it or choose another --output")
         if text and has_rows:
             before = json.loads(text)
             changed = [k for k in self.job if k != "input" and before.get(k) != self.job[k]]
             if changed:
                 what = "the input's content" if "fingerprint" in changed else ", ".join(changed)
-                raise UsageError(f"{self.path} holds the scores of another job ({what} differs): remove it (and "
+                raise UsageError(f"{self.path} holds the {self.kind.noun} of another job ({what} differs): remove it (and "
                                  f"{record.name}) or choose another --output")
         self._lock.seek(0)
         self._lock.truncate()
@@ -227,15 +237,15 @@ class _Output:
         failed = []
         for i, line in enumerate(lines):
             try:
-                info = json.loads(line)["reward_info"]
+                info = json.loads(line)[self.kind.record_key]
             except (ValueError, KeyError, TypeError):
-                raise UsageError(f"{self.path}: line {i + 1} is not a scored row (garbled?): remove the file to "
-                                 "score again from the start") from None
-            if "timeout" in info or "error" in info:
+                raise UsageError(f"{self.path}: line {i + 1} is not a {self.kind.row_noun} (garbled?): remove the "
+                                 "file to start again from the beginning") from None
+            if isinstance(info, dict) and ("timeout" in info or "error" in info):
                 failed.append(i)
         if self.total is not None and len(lines) > self.total:
             raise UsageError(f"{self.path} has {len(lines)} rows, more than the input's {self.total}: not this "
-                             "input's scores")
+                             f"input's {self.kind.noun}")
         if end < len(data):
             with self.path.open("r+b") as f:
                 f.truncate(end)
@@ -320,7 +330,7 @@ def _record_fields(outcome: Outcome, number: int, summary: Summary, where: str, 
     return {"reward": 0.0, "reward_info": {outcome.status: outcome.error, "row": number}}
 
 
-def _retry(out: _Output, input_path: Path, split: str | None, field_map, env, scorer, report: Report) -> int:
+def _retry(out: Output, input_path: Path, split: str | None, field_map, env, scorer, report: Report) -> int:
     """Score the failed rows again and rewrite the output with their new records (atomically)."""
     wanted = set(out.failed)
     redo = [(n, item) for n, item in enumerate(_take(numbered_rows(input_path, split), out.done)) if n in wanted]
@@ -344,13 +354,13 @@ def _take(rows: Iterator, n: int) -> Iterator:
         yield row
 
 
-def _skip(rows: Iterator, n: int) -> Iterator:
+def skip_rows(rows: Iterator, n: int) -> Iterator:
     for i, row in enumerate(rows):
         if i >= n:
             yield row
 
 
-def _chunks(items: Iterator, size: int) -> Iterator[list]:
+def chunks(items: Iterator, size: int) -> Iterator[list]:
     chunk = []
     for item in items:
         chunk.append(item)
@@ -361,7 +371,7 @@ def _chunks(items: Iterator, size: int) -> Iterator[list]:
         yield chunk
 
 
-def _progress(total: int | None, initial: int, enabled: bool):
+def progress_bar(total: int | None, initial: int, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, unit="row", disable=not enabled, dynamic_ncols=True)

@@ -1,0 +1,115 @@
+"""``rlvr generate``: prompts -> a checkpoint's responses -> JSONL, the file-to-file job.
+
+Every input row is written back with what was generated for it: ``response`` (``responses`` for
+n > 1), ``response_tokens`` and ``finish_reasons`` (one per sample), in input order. The same
+guarantees as ``rlvr score`` (``rlvr/scoring/job.py``): a row that cannot be used (not a JSON
+object, no prompt, too long for the model's context) is reported on stderr and written with an
+``error``; Ctrl-C keeps every row written; re-running the same command continues after the last
+complete line, and ``<output>.rlvr.json`` refuses to mix two jobs in one output.
+
+Prompts come from a column (``prompt_field``) or a template over the row's fields, as in a
+training data source. Generation runs in this process with the builtin engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from rlvr.config import SamplingConfig
+from rlvr.rows import BadRow, UsageError, count_rows, first_row, numbered_rows
+from rlvr.scoring.job import (CHUNK_ROWS, Output, OutputKind, Report, check_paths, chunks, fingerprint, progress_bar,
+                              skip_rows)
+
+GENERATED = OutputKind(tool="rlvr generate", record_key="finish_reasons", noun="generations", row_noun="generated row")
+
+
+@dataclasses.dataclass
+class Summary:
+    rows: int = 0
+    resumed_from: int = 0
+    generated: int = 0  # rows with responses (the others were reported)
+    tokens: int = 0  # generated tokens
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {"rows": self.rows, "resumed_from": self.resumed_from, "generated": self.generated,
+                "errors": self.rows - self.resumed_from - self.generated, "tokens": self.tokens,
+                "seconds": round(self.seconds, 2),
+                "tokens_per_s": round(self.tokens / self.seconds, 1) if self.seconds > 0 else None}
+
+
+def prompt_text(row, prompt_field: str, template: str) -> str:
+    """The prompt of one row; ``ValueError`` saying why there is none."""
+    if isinstance(row, BadRow):
+        raise ValueError(row.error)
+    if template == "{prompt}" and not isinstance(row.get(prompt_field), str):
+        raise ValueError(f"no string column {prompt_field!r} (its columns: {', '.join(map(str, row)) or 'none'})")
+    try:
+        return template.format(**(row | {"prompt": row.get(prompt_field)}))
+    except (KeyError, IndexError) as err:
+        raise ValueError(f"--template needs field {err.args[0]!r}, which the row does not have") from None
+
+
+def generate_file(engine, input_path: Path, output_path: Path, *, model: Path, n: int, sampling: SamplingConfig,
+                  seed: int, prompt_field: str = "prompt", template: str = "{prompt}", split: str | None = None,
+                  progress: bool = True, on_bad_row: Report | None = None) -> Summary:
+    """Generate for every row of ``input_path`` into ``output_path`` (JSONL), resuming the same job."""
+    report = on_bad_row or (lambda where, message: None)
+    check_paths(input_path, output_path)
+    first = first_row(input_path, split)
+    if first is not None:
+        try:
+            prompt_text(first, prompt_field, template)
+        except ValueError as err:
+            raise UsageError(f"--prompt-field/--template: the first row: {err}") from None
+    total = count_rows(input_path, split)
+    job = {"input": str(input_path.resolve()), "fingerprint": fingerprint(input_path), "model": str(model.resolve()),
+           "n": n, "sampling": sampling.model_dump(), "seed": seed, "prompt_field": prompt_field,
+           "template": template, "split": split}
+    with Output(output_path, job, total, GENERATED) as out:
+        summary = Summary(rows=out.done, resumed_from=out.done)
+        start = time.perf_counter()
+        bar = progress_bar(total, out.done, progress)
+        try:
+            rows = skip_rows(numbered_rows(input_path, split), out.done)
+            for chunk in chunks(enumerate(rows, start=out.done), CHUNK_ROWS):
+                for record in _generate_chunk(engine, chunk, n, sampling, seed, prompt_field, template, summary, report):
+                    out.write(record, report)
+                    summary.rows += 1
+                    bar.update(1)
+                out.flush()
+        finally:
+            bar.close()
+        summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _generate_chunk(engine, chunk: list, n: int, sampling: SamplingConfig, seed: int, prompt_field: str,
+                    template: str, summary: Summary, report: Report) -> list[dict]:
+    records, prompts, at = [], [], []
+    for number, (line, row) in chunk:
+        record = dict(row) if isinstance(row, dict) else {}
+        try:
+            text = prompt_text(row, prompt_field, template)
+            tokens = len(engine.tokenizer.encode(text))
+            if tokens + sampling.max_tokens > engine.max_model_len:
+                raise ValueError(f"{tokens} prompt tokens + --max-tokens {sampling.max_tokens} exceed the model's "
+                                 f"context of {engine.max_model_len}")
+            prompts.append(text)
+            at.append(len(records))
+        except ValueError as err:
+            report(f"row {number}" + (f" (line {line})" if line is not None else ""), str(err))
+            record.update(error=str(err), finish_reasons=[])
+        records.append(record)
+    completions = engine.generate(prompts, sampling.params(n=n, seed=seed)) if prompts else []
+    for k, i in enumerate(at):
+        samples = completions[k * n:(k + 1) * n]
+        texts = [c.text for c in samples]
+        records[i].update({"response": texts[0]} if n == 1 else {"responses": texts})
+        records[i].update(response_tokens=[len(c.token_ids) for c in samples],
+                          finish_reasons=[c.finish_reason for c in samples])
+        summary.generated += 1
+        summary.tokens += sum(len(c.token_ids) for c in samples)
+    return records
