@@ -8,9 +8,10 @@ Tools: ``sql`` (run a query, see its result), ``schema`` (the CREATE TABLE state
 ``answer`` (the final query; the episode ends). A turn without a tool call whose text holds a
 fenced SQL block (```sql ... ```) answers with that block. Parsing forgives what generation
 leaves: a missing closing tag (stop strings are cut from the text), the JSON inside a code
-fence, text after the call, single-quoted or bare-string arguments are not guessed at: anything
-that is not a call of a known tool with the arguments it needs is a ``malformed`` action, which
-the environment answers with an error message (never a crash).
+fence, text after the call, JSON-encoded arguments. Nothing else is guessed at (single-quoted
+or bare-string arguments): anything that is not a call of a known tool with the arguments it
+needs is a ``malformed`` action, which the environment answers with an error message (never a
+crash).
 """
 
 from __future__ import annotations
