@@ -19,8 +19,7 @@ from pathlib import Path
 
 from rlvr.config import SamplingConfig
 from rlvr.rows import BadRow, UsageError, count_rows, first_row, numbered_rows
-from rlvr.scoring.job import (CHUNK_ROWS, Output, OutputKind, Report, check_paths, chunks, fingerprint, progress_bar,
-                              skip_rows)
+from rlvr.scoring.job import Output, OutputKind, Report, check_paths, fingerprint, write_rows
 
 GENERATED = OutputKind(tool="rlvr generate", record_key="finish_reasons", noun="generations", row_noun="generated row")
 
@@ -71,17 +70,9 @@ def generate_file(engine, input_path: Path, output_path: Path, *, model: Path, n
     with Output(output_path, job, total, GENERATED) as out:
         summary = Summary(rows=out.done, resumed_from=out.done)
         start = time.perf_counter()
-        bar = progress_bar(total, out.done, progress)
-        try:
-            rows = skip_rows(numbered_rows(input_path, split), out.done)
-            for chunk in chunks(enumerate(rows, start=out.done), CHUNK_ROWS):
-                for record in _generate_chunk(engine, chunk, n, sampling, seed, prompt_field, template, summary, report):
-                    out.write(record, report)
-                    summary.rows += 1
-                    bar.update(1)
-                out.flush()
-        finally:
-            bar.close()
+        write_rows(out, numbered_rows(input_path, split), total, progress, summary, report,
+                   lambda chunk: _generate_chunk(engine, chunk, n, sampling, seed, prompt_field, template, summary,
+                                                 report))
         summary.seconds = time.perf_counter() - start
     return summary
 

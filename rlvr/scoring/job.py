@@ -29,7 +29,7 @@ import math
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -99,17 +99,8 @@ def score_file(env_name: str, input_path: Path, output_path: Path, *, workers: i
                          ray_address=ray_address) as scorer:
             if retry_failed and out.failed:
                 summary.retried = _retry(out, input_path, split, field_map, env, scorer, report)
-            bar = progress_bar(total, out.done, progress)
-            try:
-                rows = skip_rows(numbered_rows(input_path, split), out.done)
-                for chunk in chunks(enumerate(rows, start=out.done), CHUNK_ROWS):
-                    for record in _score_chunk(chunk, field_map, env, scorer, summary, report):
-                        out.write(record, report)
-                        summary.rows += 1
-                        bar.update(1)
-                    out.flush()
-            finally:
-                bar.close()
+            write_rows(out, numbered_rows(input_path, split), total, progress, summary, report,
+                       lambda chunk: _score_chunk(chunk, field_map, env, scorer, summary, report))
         summary.seconds = time.perf_counter() - start
     return summary
 
@@ -354,13 +345,30 @@ def _take(rows: Iterator, n: int) -> Iterator:
         yield row
 
 
-def skip_rows(rows: Iterator, n: int) -> Iterator:
+def write_rows(out: Output, rows: Iterator, total: int | None, progress: bool, summary, report: Report,
+               handle_chunk: Callable[[list], Iterable[dict]]) -> None:
+    """The input ``rows`` after those ``out`` already holds, a chunk at a time through
+    ``handle_chunk(chunk) -> records``, written in order under a progress bar (``summary.rows``
+    counts them); each chunk is flushed, so an interruption loses at most the chunk in hand."""
+    bar = _progress(total, out.done, progress)
+    try:
+        for chunk in _chunks(enumerate(_skip(rows, out.done), start=out.done), CHUNK_ROWS):
+            for record in handle_chunk(chunk):
+                out.write(record, report)
+                summary.rows += 1
+                bar.update(1)
+            out.flush()
+    finally:
+        bar.close()
+
+
+def _skip(rows: Iterator, n: int) -> Iterator:
     for i, row in enumerate(rows):
         if i >= n:
             yield row
 
 
-def chunks(items: Iterator, size: int) -> Iterator[list]:
+def _chunks(items: Iterator, size: int) -> Iterator[list]:
     chunk = []
     for item in items:
         chunk.append(item)
@@ -371,7 +379,7 @@ def chunks(items: Iterator, size: int) -> Iterator[list]:
         yield chunk
 
 
-def progress_bar(total: int | None, initial: int, enabled: bool):
+def _progress(total: int | None, initial: int, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, unit="row", disable=not enabled, dynamic_ncols=True)
