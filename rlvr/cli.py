@@ -1,6 +1,8 @@
-"""The ``rlvr`` command: offline scoring and environment listing.
+"""The ``rlvr`` command: offline scoring, generation and evaluation, and environment listing.
 
     rlvr score --env math --input responses.jsonl --output scored.jsonl --workers 2
+    rlvr generate --model outputs/default/final --input prompts.jsonl --output answers.jsonl
+    rlvr eval --run outputs/default -n 8 -k 1,8
     rlvr envs           # registered environments and task generators
     rlvr example        # generate a small dataset of responses and score it
 """
@@ -8,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -18,16 +21,22 @@ from rlvr.rows import UsageError
 
 GENERATE_HELP = """Generate responses with a checkpoint for every row of a dataset, file to file: each
 input row is written back with its `response` (`responses` for -n > 1), `response_tokens` and
-`finish_reasons`. A row that cannot be used is reported and written with an `error`; re-running
-the same command continues after the last complete line.
+`finish_reasons`. A row that cannot be used (no prompt, too long for the model's context) is
+reported and written with an `error`; re-running the same command continues after the last
+complete line. The engine runs in this process, or as --workers Ray rollout actors (--ray ADDRESS
+for a cluster); the last line is a JSON summary (rows, tokens, tokens/s).
 
   rlvr generate --model outputs/default/final --input prompts.jsonl --output out.jsonl
   rlvr generate --model outputs/default/final --input rows.jsonl --template "{question}" -n 8 --output out.jsonl
+  rlvr generate --model outputs/default/final --input big.jsonl --output out.jsonl --workers 4 --ray auto
 """
 
-EVAL_HELP = """Generate with a checkpoint and score the responses with an environment, in this
-process (the builtin engine; multi-turn environments play episodes), and print pass@k (unbiased
-estimator), the mean reward and the response length; the last line is the summary as JSON.
+EVAL_HELP = """Generate with a checkpoint and score the responses with an environment (multi-turn
+environments play episodes), and print pass@k (unbiased estimator), the mean reward and the
+response length, overall, per environment and per data source (--by COLUMN for a file); the last
+line is the summary as JSON. --output keeps every prompt's row with its responses and rewards, and
+makes the run resumable: re-running the same command continues after the last complete row. A
+prompt too long for the model's context is reported and skipped.
 
   rlvr eval --run outputs/default                 # the run's held-out prompts, greedy: its accuracy
   rlvr eval --run outputs/default -n 8 -k 1,8 --model outputs/default/sft
@@ -129,6 +138,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
+    """The options of a job that generates with a checkpoint (rlvr generate, rlvr eval)."""
+    p.add_argument("-n", type=_positive_int, default=1, help="samples per prompt (default 1)")
+    p.add_argument("--temperature", type=float, help="default: 0 (greedy) for n=1, else 1")
+    p.add_argument("--max-tokens", type=_positive_int, default=256, help="per response (default 256)")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--tokenizer", default="byte", help="byte, or a Hugging Face tokenizer (default byte)")
+    p.add_argument("--engine", choices=("builtin", "vllm"), help="rollout engine (default builtin; vllm where it "
+                   "is installed)")
+    p.add_argument("--workers", type=_positive_int, default=1, help="rollout workers: more than 1 runs them as Ray "
+                   "actors, each with its own engine (default 1: the engine runs in this process)")
+    p.add_argument("--ray", metavar="ADDRESS", help="run the rollout workers on a Ray cluster (`auto`, "
+                   "`ray://host:port`, or `local` to start Ray here)")
+    p.add_argument("--threads", type=_positive_int, help="torch threads per engine (default: this machine's cores "
+                   "shared among the workers; on a cluster 1, as each worker reserves one CPU)")
+    p.add_argument("--max-batch", type=_positive_int, default=64, help="sequences an engine decodes together "
+                   "(default 64)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def _add_generate_parser(sub) -> None:
     gen = sub.add_parser("generate", help="generate responses with a checkpoint, file to file (resumable)",
                          description=GENERATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -138,14 +168,9 @@ def _add_generate_parser(sub) -> None:
     gen.add_argument("--prompt-field", default="prompt", help="the column holding the prompt (default prompt)")
     gen.add_argument("--template", default="{prompt}", help="format string over the row's fields (default {prompt})")
     gen.add_argument("--split", help="split to use when the input folder holds several")
-    gen.add_argument("-n", type=_positive_int, default=1, help="samples per prompt (default 1: a `response`; "
-                     "more: `responses`)")
-    gen.add_argument("--temperature", type=float, help="default: 0 (greedy) for n=1, else 1")
-    gen.add_argument("--max-tokens", type=_positive_int, default=256, help="per response (default 256)")
-    gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    gen.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    gen.add_argument("--tokenizer", default="byte", help="byte, or a Hugging Face tokenizer (default byte)")
-    gen.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_engine_options(gen)
+    gen.add_argument("--ignore-eos", action="store_true", help="generate --max-tokens tokens per sample whatever "
+                     "the model says (throughput measurements)")
 
 
 def _add_eval_parser(sub) -> None:
@@ -153,7 +178,7 @@ def _add_eval_parser(sub) -> None:
                         description=EVAL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     ev.add_argument("--model", type=Path, help="checkpoint folder (with --run: default <run>/final)")
     ev.add_argument("--run", type=Path, help="a training run's folder: its held-out prompts, template, evaluation "
-                    "sampling and seed, so the trainer's held-out accuracy is reproduced exactly")
+                    "sampling, seed and engine settings, so the trainer's held-out accuracy is reproduced exactly")
     ev.add_argument("--env", help="environment name (with --input)")
     ev.add_argument("--input", type=Path, help="prompts to evaluate on (.jsonl/.json/.parquet/folder)")
     ev.add_argument("--prompt-field", default="prompt", help="the column holding the prompt (default prompt)")
@@ -162,17 +187,14 @@ def _add_eval_parser(sub) -> None:
                     help="read environment field NAME from input column COLUMN (repeatable)")
     ev.add_argument("--env-arg", action="append", default=[], type=_parse_env_arg, metavar="KEY=JSON",
                     help="keyword argument for the environment (repeatable)")
-    ev.add_argument("-n", type=_positive_int, default=1, help="samples per prompt (default 1)")
+    ev.add_argument("--by", metavar="COLUMN", help="also break the summary down by this input column (e.g. level); "
+                    "with --run it is broken down by data source")
     ev.add_argument("-k", default="1", help="comma-separated k of pass@k, each <= n (default 1)")
-    ev.add_argument("--temperature", type=float, help="default: 0 (greedy) for n=1, else 1 (with --run and n=1: "
-                    "the run's evaluation sampling)")
-    ev.add_argument("--max-tokens", type=_positive_int, default=256, help="per response (default 256)")
-    ev.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    ev.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    ev.add_argument("--tokenizer", default="byte", help="byte, or a Hugging Face tokenizer (default byte)")
-    ev.add_argument("--workers", type=_positive_int, default=1, help="scoring worker processes (default 1)")
+    _add_engine_options(ev)
+    ev.add_argument("--score-workers", type=_positive_int, default=1, help="scoring worker processes (default 1)")
     ev.add_argument("--timeout", type=_timeout, default=10.0, help="seconds allowed to score a response")
-    ev.add_argument("--output", type=Path, help="JSONL: every input row with its responses and rewards")
+    ev.add_argument("--output", type=Path, help="JSONL: every prompt's row with its responses and rewards, written "
+                    "as it goes; re-running the same command resumes after the last complete row")
 
 
 def _parse_env_arg(spec: str) -> tuple[str, object]:
@@ -209,12 +231,10 @@ def _cmd_example(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    if args.ray not in (None, "local"):
-        from rlvr.training.preflight import unreachable_ray
+    if args.ray is not None:
+        from rlvr.scoring.cluster import connect
 
-        why = unreachable_ray(args.ray)
-        if why:
-            raise UsageError(f"--ray {args.ray}: {why}")
+        connect(args.ray, args.workers)
     return _score_and_report(
         args.env, args.input, args.output, workers=args.workers, timeout=args.timeout,
         field_map=dict(args.field), env_kwargs=dict(args.env_arg), split=args.split,
@@ -223,14 +243,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _score_and_report(env: str, src: Path, out: Path, **kwargs) -> int:
-    from tqdm import tqdm
-
     from rlvr.scoring.job import score_file
 
-    def report(where: str, message: str) -> None:
-        tqdm.write(f"{where}: {message}", file=sys.stderr)
-
-    s = score_file(env, src, out, on_bad_row=report, **kwargs).as_dict()
+    s = score_file(env, src, out, on_bad_row=_report, **kwargs).as_dict()
     print(f"\nscored {s['new_rows']} rows into {out}"
           + (f" (resumed after {s['resumed_from']})" if s["resumed_from"] else "")
           + (f"; {s['retried']} failed rows scored again" if s["retried"] else ""), file=_summary_stream(out))
@@ -256,11 +271,42 @@ def _eval_ks(text: str, n: int) -> list[int]:
     return ks
 
 
+def _engine_spec(args: argparse.Namespace, model: Path, **base):
+    """The rollout engine of a generate/eval job: ``base`` (a run's settings) under the options given."""
+    import os
+
+    from rlvr.rollout.workers import EngineSpec
+
+    if not (Path(model) / "config.json").is_file():
+        raise UsageError(f"--model: {model} is not a checkpoint folder (no config.json)")
+    local = args.ray in (None, "local")
+    threads = args.threads or (max(1, (os.cpu_count() or 1) // args.workers) if local else 1)
+    spec = dict(tokenizer=args.tokenizer, max_batch=args.max_batch) | base
+    return EngineSpec(str(model), **spec | dict(threads=threads, backend=args.engine or spec.get("backend", "builtin")))
+
+
+def _sampling(args: argparse.Namespace, base=None):
+    """--temperature/--max-tokens/--stop as a SamplingConfig (with --run: its evaluation sampling,
+    sampled at T=1 when -n > 1 and no --temperature is given)."""
+    from rlvr.config import SamplingConfig
+
+    if base is not None:
+        if args.temperature is None and args.n == 1:
+            return base
+        return base.model_copy(update={"temperature": 1.0 if args.temperature is None else args.temperature})
+    temperature = args.temperature if args.temperature is not None else (0.0 if args.n == 1 else 1.0)
+    try:
+        return SamplingConfig(temperature=temperature, max_tokens=args.max_tokens, stop=args.stop)
+    except ValueError as err:
+        raise UsageError(f"--temperature/--max-tokens/--stop: {err}") from None
+
+
 def _eval_setup(args: argparse.Namespace):
-    """-> (model folder, prompts, sampling config, seed, engine spec) from --run or --input."""
-    from rlvr.config import DataSource, SamplingConfig, load_config
+    """-> (model folder, prompts, sampling config, seed, engine spec, job record) from --run or --input."""
     from rlvr.collect import eval_seed
+    from rlvr.config import DataSource, load_config
     from rlvr.data import load_rows, split_prompts, to_prompts
+    from rlvr.scoring.job import fingerprint
 
     if args.run is not None:
         path = args.run / "config.json"
@@ -270,13 +316,11 @@ def _eval_setup(args: argparse.Namespace):
         _, prompts = split_prompts(cfg)
         if not prompts:
             raise UsageError(f"--run: the run {args.run} has no held-out prompts (data.eval empty, data.holdout 0)")
-        rc = cfg.rollout
-        spec = dict(tokenizer=cfg.model.tokenizer, max_batch=rc.max_batch, max_model_len=rc.max_model_len,
-                    dtype=cfg.model.dtype, threads=rc.threads)
-        sampling = rc.eval_sampling  # the run's (greedy), unless sampled here: -n > 1 or --temperature
-        if args.temperature is not None or args.n > 1:
-            sampling = sampling.model_copy(update={"temperature": 1.0 if args.temperature is None else args.temperature})
-        return args.model or args.run / "final", prompts, sampling, eval_seed(cfg.seed), spec
+        rc, model = cfg.rollout, args.model or args.run / "final"
+        spec = _engine_spec(args, model, tokenizer=cfg.model.tokenizer, max_batch=rc.max_batch, backend=rc.engine,
+                            max_model_len=rc.max_model_len, dtype=cfg.model.dtype)
+        job = {"input": str(args.run.resolve()), "fingerprint": fingerprint(path)}
+        return model, prompts, _sampling(args, rc.eval_sampling), eval_seed(cfg.seed), spec, job
     if args.model is None or args.env is None or args.input is None:
         raise UsageError("give --run DIR, or --model, --env and --input")
     if not args.input.exists():
@@ -284,64 +328,77 @@ def _eval_setup(args: argparse.Namespace):
     src = DataSource(env=args.env, path=str(args.input), prompt_field=args.prompt_field, env_args=dict(args.env_arg),
                      fields=dict(args.field))
     prompts = to_prompts(load_rows(src, args.seed), src, args.template, "--input")
-    temperature = args.temperature if args.temperature is not None else (0.0 if args.n == 1 else 1.0)
-    sampling = SamplingConfig(temperature=temperature, max_tokens=args.max_tokens, stop=args.stop)
-    return args.model, prompts, sampling, args.seed, dict(tokenizer=args.tokenizer)
+    if args.by is not None:
+        if not any(args.by in p.task for p in prompts):
+            raise UsageError(f"--by: no row has a column {args.by!r} (columns: {', '.join(prompts[0].task)})")
+        prompts = [dataclasses.replace(p, source=str(p.task.get(args.by, "(none)"))) for p in prompts]
+    job = {"input": str(args.input.resolve()), "fingerprint": fingerprint(args.input), "env": args.env,
+           "template": args.template, "prompt_field": args.prompt_field, "fields": dict(args.field),
+           "env_args": dict(args.env_arg)}
+    return args.model, prompts, _sampling(args), args.seed, _engine_spec(args, args.model), job
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from rlvr.collect import Collector, LocalPool
+    from rlvr.collect import Collector, open_pool
     from rlvr.config import ConfigError
     from rlvr.evaluation import evaluate
-    from rlvr.rollout.workers import EngineSpec, build_engine
     from rlvr.scoring import open_scorer
 
     ks = _eval_ks(args.k, args.n)
     try:
-        model, prompts, sampling, seed, spec = _eval_setup(args)
+        model, prompts, sampling, seed, spec, job = _eval_setup(args)
     except ConfigError as err:
         raise UsageError(str(err)) from None
-    if not (Path(model) / "config.json").is_file():
-        raise UsageError(f"--model: {model} is not a checkpoint folder (no config.json)")
-    engine = build_engine(EngineSpec(str(model), **spec))
-    collector = Collector(LocalPool(engine), {p.scorer_key for p in prompts},
-                          lambda env, kw: open_scorer(env, workers=args.workers, timeout=args.timeout, env_kwargs=kw))
-    for i, prompt in enumerate(prompts):  # (an episode renders its own prompt and keeps to the context itself)
-        tokens = len(engine.tokenizer.encode(prompt.text))
-        if not collector.multi_turn[prompt.scorer_key] and tokens + sampling.max_tokens > engine.max_model_len:
-            collector.close()
-            raise UsageError(f"prompt {i} ({prompt.text[:40]!r}...): {tokens} tokens + --max-tokens "
-                             f"{sampling.max_tokens} exceed the model's context of {engine.max_model_len}")
+    job |= {"model": str(Path(model).resolve()), "n": args.n, "sampling": sampling.model_dump(), "seed": seed}
+    pool = open_pool(spec, args.workers, args.ray)
+    collector = Collector(pool, {p.scorer_key for p in prompts},
+                          lambda env, kw: open_scorer(env, workers=args.score_workers, timeout=args.timeout,
+                                                      env_kwargs=kw, ray_address=args.ray))
     try:
-        summary, rows = evaluate(collector, engine.tokenizer, prompts, sampling, seed, args.n, ks)
+        summary = evaluate(collector, pool, prompts, sampling, seed, args.n, ks, output=args.output, job=job,
+                           chunk_prompts=max(32, spec.max_batch * args.workers // args.n),
+                           progress=not args.no_progress, report=_report)
     finally:
         collector.close()
-    if args.output is not None:
-        args.output.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    print(f"evaluated {model} on {len(prompts)} prompts x {args.n} samples (temperature {sampling.temperature:g}):")
-    print("  " + ", ".join(f"pass@{k} {summary[f'pass@{k}']:.3f}" for k in ks) +
-          f", mean reward {summary['mean_reward']:.3f}, {summary['response_tokens_mean']:.1f} tokens per response")
-    print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in summary.items()}))
+        pool.shutdown()
+    print(f"evaluated {model} on {summary['problems']} prompts x {args.n} samples (temperature "
+          f"{sampling.temperature:g})" + (f"; {summary['skipped']} skipped" if summary["skipped"] else "") + ":")
+    for name, scores in [("all", summary), *[(g, s) for key in ("by_env", "by_source")
+                                             for g, s in summary.get(key, {}).items()]]:
+        print(f"  {name:>12s}: " + ", ".join(f"pass@{k} {scores[f'pass@{k}']:.3f}" for k in ks)
+              + f", mean reward {scores['mean_reward']:.3f} over {scores['problems']} prompts")
+    print(f"  {summary['response_tokens_mean']:.1f} tokens per response")
+    print(json.dumps(_rounded(summary)))
     return 0
 
 
-def _cmd_generate(args: argparse.Namespace) -> int:
-    from rlvr.config import SamplingConfig
-    from rlvr.generation import generate_file
-    from rlvr.rollout.workers import EngineSpec, build_engine
+def _rounded(value):
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return round(value, 6) if isinstance(value, float) else value
 
-    if not (args.model / "config.json").is_file():
-        raise UsageError(f"--model: {args.model} is not a checkpoint folder (no config.json)")
-    temperature = args.temperature if args.temperature is not None else (0.0 if args.n == 1 else 1.0)
+
+def _report(where: str, message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(f"{where}: {message}", file=sys.stderr)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from rlvr.collect import open_pool
+    from rlvr.generation import generate_file
+
+    spec = _engine_spec(args, args.model)
+    sampling = _sampling(args)
+    pool = open_pool(spec, args.workers, args.ray)
     try:
-        sampling = SamplingConfig(temperature=temperature, max_tokens=args.max_tokens, stop=args.stop)
-    except ValueError as err:
-        raise UsageError(f"--temperature/--max-tokens/--stop: {err}") from None
-    engine = build_engine(EngineSpec(str(args.model), tokenizer=args.tokenizer))
-    summary = generate_file(engine, args.input, args.output, model=args.model, n=args.n, sampling=sampling,
-                            seed=args.seed, prompt_field=args.prompt_field, template=args.template, split=args.split,
-                            progress=not args.no_progress,
-                            on_bad_row=lambda where, message: print(f"{where}: {message}", file=sys.stderr))
+        summary = generate_file(pool, args.input, args.output, model=args.model, n=args.n, sampling=sampling,
+                                seed=args.seed, prompt_field=args.prompt_field, template=args.template,
+                                split=args.split, ignore_eos=args.ignore_eos,
+                                chunk_rows=max(16, spec.max_batch * args.workers // args.n),
+                                progress=not args.no_progress, on_bad_row=_report)
+    finally:
+        pool.shutdown()
     done = summary.as_dict()
     print(f"generated for {done['generated']} rows into {args.output} ({done['errors']} reported, "
           f"{done['resumed_from']} already there); {done['tokens']} tokens, {done['tokens_per_s']} tokens/s")

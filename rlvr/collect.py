@@ -69,11 +69,12 @@ def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
 
 
 class LocalPool:
-    """One rollout engine in this process, with ``RolloutPool``'s ``generate`` and
-    ``run_episodes``: a pool of one worker, giving what such a pool gives."""
+    """One rollout engine in this process, with ``RolloutPool``'s ``generate``, ``run_episodes``,
+    ``tokenizer`` and ``max_model_len``: a pool of one worker, giving what such a pool gives."""
 
     def __init__(self, engine):
         self.engine = engine
+        self.tokenizer, self.max_model_len = engine.tokenizer, engine.max_model_len
 
     def generate(self, prompts: list, sampling: SamplingParams) -> list[Completion]:
         return self.engine.generate(prompts, sampling)
@@ -82,6 +83,24 @@ class LocalPool:
                      ) -> list[Episode]:
         kwargs = json.loads(env_args)
         return run_episodes(self.engine, lambda: make_environment(env, **kwargs), tasks, sampling)
+
+
+    def shutdown(self) -> None:
+        getattr(self.engine, "shutdown", lambda: None)()
+
+
+def open_pool(spec, workers: int = 1, ray_address: str | None = None):
+    """The rollout pool of an offline job (``rlvr generate``, ``rlvr eval``): one engine in this
+    process, or ``workers`` Ray actors (``RolloutPool``) when more than one is asked for or a
+    cluster is named (``local`` starts Ray here)."""
+    from rlvr.rollout.workers import RolloutPool, build_engine
+
+    if workers == 1 and ray_address is None:
+        return LocalPool(build_engine(spec))
+    from rlvr.scoring.cluster import connect
+
+    connect(ray_address or "local", workers)
+    return RolloutPool(spec, num_workers=workers, num_cpus=1)
 
 
 class Collector:

@@ -33,6 +33,7 @@ class Prompt:
     env: str
     task: dict[str, Any]  # what the environment's score() reads (e.g. {"answer": "579"})
     env_args: str = "{}"  # the environment's keyword arguments, as canonical JSON (hashable)
+    source: str = ""  # where it came from, for per-source breakdowns (``source_name``)
 
     @property
     def scorer_key(self) -> tuple[str, str]:
@@ -65,6 +66,11 @@ def load_rows(src: DataSource, seed: int) -> list[dict | BadRow]:
     return ds.to_list()
 
 
+def source_name(src: DataSource) -> str:
+    """A data source's short name: its generator, its file's stem, or its hub name."""
+    return src.generator or (Path(src.path).stem if src.path else src.hub)
+
+
 def to_prompts(rows: list[dict | BadRow], src: DataSource, template: str, where: str) -> list[Prompt]:
     """Rows -> prompts; a row that cannot be used is logged (``where`` row N: why) and skipped."""
     try:
@@ -91,7 +97,7 @@ def to_prompts(rows: list[dict | BadRow], src: DataSource, template: str, where:
             if bad <= 10:
                 log.warning("%s row %d skipped: %s", where, i, err)
             continue
-        prompts.append(Prompt(text, src.env, task, env_args))
+        prompts.append(Prompt(text, src.env, task, env_args, source_name(src)))
     if bad:
         log.warning("%s: %d of %d rows skipped", where, bad, len(rows))
     if not prompts:
@@ -102,8 +108,13 @@ def to_prompts(rows: list[dict | BadRow], src: DataSource, template: str, where:
 def load_prompts(sources: list[DataSource], template: str, seed: int, split: str) -> list[list[Prompt]]:
     """One list of prompts per source (``split`` is "train" or "eval", for messages and seeds)."""
     offset = 0 if split == "train" else 1_000_003  # generators: held-out rows differ from training rows
-    return [to_prompts(load_rows(src, seed + offset + i), src, template, f"data.{split}[{i}]")
-            for i, src in enumerate(sources)]
+    out = [to_prompts(load_rows(src, seed + offset + i), src, template, f"data.{split}[{i}]")
+           for i, src in enumerate(sources)]
+    names = [source_name(src) for src in sources]
+    for i, prompts in enumerate(out):
+        if names.count(names[i]) > 1:  # two sources of one name: told apart by their index
+            out[i] = [dataclasses.replace(p, source=f"{names[i]}[{i}]") for p in prompts]
+    return out
 
 
 def split_prompts(cfg: Config) -> tuple[list[list[Prompt]], list[Prompt]]:

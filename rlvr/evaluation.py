@@ -1,5 +1,5 @@
 """Evaluation metrics over sampled responses: pass@k (the unbiased estimator) and the summary an
-evaluation prints. Pure functions; generation and scoring happen elsewhere.
+evaluation prints (pure functions), and the evaluation job of ``rlvr eval`` (on ``rlvr.collect``).
 
 pass@k (Chen et al., 2021, "Evaluating Large Language Models Trained on Code"): with n samples of
 a problem of which c pass, the chance that at least one of k samples drawn without replacement
@@ -9,7 +9,17 @@ where "first c of k samples" would be biased. Computed as a product, stable for 
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import json
 from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from rlvr.generation import check_length
+from rlvr.rows import UsageError
+from rlvr.scoring.job import Output, OutputKind, Report
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -43,30 +53,89 @@ def summarize(rewards: Sequence[Sequence[float]], ks: Iterable[int], success: fl
     return out
 
 
+def breakdown(prompts: Sequence, rewards: Sequence[Sequence[float]], ks: Iterable[int]) -> dict:
+    """``summarize`` per environment (``by_env``) and per data source (``by_source``), each only
+    where the prompts have more than one."""
+    out = {}
+    for name, key in (("by_env", lambda p: p.env), ("by_source", lambda p: p.source)):
+        groups: dict[str, list] = {}
+        for prompt, r in zip(prompts, rewards):
+            groups.setdefault(key(prompt), []).append(r)
+        if len(groups) > 1:
+            out[name] = {group: summarize(mine, ks) for group, mine in sorted(groups.items())}
+    return out
+
+
 # ---------------------------------------------------------------- the evaluation job (`rlvr eval`)
 
-def evaluate(collector, tokenizer, prompts: list, sampling, seed: int, n: int, ks: Iterable[int]
-             ) -> tuple[dict, list[dict]]:
-    """``n`` samples of every prompt, scored -> (summary, one output row per prompt). The summary
-    holds pass@k for each k (a sample passes with reward 1), the mean reward ("accuracy", what
-    the trainer's held-out evaluation reports for n=1 greedy), the mean response length in
-    generated tokens, and the same per environment."""
+EVALUATED = OutputKind(tool="rlvr eval", record_key="rewards", noun="evaluation rows", row_noun="evaluated row")
+
+
+def evaluate(collector, pool, prompts: list, sampling, seed: int, n: int, ks: Iterable[int], *,
+             output: Path | None = None, job: dict | None = None, chunk_prompts: int = 64, progress: bool = False,
+             report: Report | None = None) -> dict:
+    """``n`` samples of every prompt, scored -> the summary: pass@k for each k (a sample passes
+    with reward 1), the mean reward ("accuracy", what the trainer's held-out evaluation reports
+    for n=1 greedy), the mean response length in generated tokens, per environment and per source.
+
+    A single-turn prompt too long for the model's context with ``max_tokens`` is reported and
+    skipped (counted in ``skipped``). With ``output``, one row per prompt (its task fields, the
+    prompt, ``responses``, ``rewards``, ``response_tokens``, ``finish_reasons``) is written a chunk
+    at a time; re-running the same ``job`` continues after the last complete row."""
+    report = report or (lambda where, message: None)
+    kept = []
+    for i, prompt in enumerate(prompts):  # (an episode renders its own prompt and keeps to the context itself)
+        try:
+            if not collector.multi_turn[prompt.scorer_key]:
+                check_length(pool, prompt.text, sampling.max_tokens)
+            kept.append(prompt)
+        except ValueError as err:
+            report(f"prompt {i} ({prompt.text[:40]!r}...)", f"{err}; skipped")
+    if not kept:
+        raise UsageError(f"none of the {len(prompts)} prompts fits the model's context with --max-tokens "
+                         f"{sampling.max_tokens}")
+    rewards, tokens = [], []
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(Output(output, job or {}, len(kept), EVALUATED)) if output is not None else None
+        if out is not None and out.done:
+            rewards, tokens = _read_back(output, out.done)
+        bar = stack.enter_context(tqdm(total=len(kept), initial=len(rewards), unit="prompt", disable=not progress,
+                                       dynamic_ncols=True))
+        for start in range(len(rewards), len(kept), chunk_prompts):
+            for row in _evaluate_chunk(collector, pool, kept[start:start + chunk_prompts], sampling, seed, n):
+                rewards.append(row["rewards"])
+                tokens.append(row["response_tokens"])
+                if out is not None:
+                    out.write(row, report)
+            if out is not None:
+                out.flush()
+            bar.update(min(chunk_prompts, len(kept) - start))
+    summary = summarize(rewards, ks)
+    flat = [t for per in tokens for t in per]
+    return {**summary, "accuracy": summary["mean_reward"], "samples_per_problem": n,
+            "response_tokens_mean": round(sum(flat) / len(flat), 2), "skipped": len(prompts) - len(kept),
+            **breakdown(kept, rewards, ks)}
+
+
+def _evaluate_chunk(collector, pool, prompts: list, sampling, seed: int, n: int) -> list[dict]:
     got = collector.collect(prompts, n, sampling, seed)
     rewards = got.rewards.view(len(prompts), n).tolist()
-    generated = [sum(m) for m in got.masks]
-    summary = {**summarize(rewards, ks), "samples_per_problem": n,
-               "response_tokens_mean": round(sum(generated) / len(generated), 2)}
-    summary["accuracy"] = summary["mean_reward"]
-    envs = sorted({p.env for p in prompts})
-    if len(envs) > 1:
-        for env in envs:
-            mine = [r for p, r in zip(prompts, rewards) if p.env == env]
-            summary.update({f"{env}/{k}": v for k, v in summarize(mine, ks).items()})
     rows = []
     for i, prompt in enumerate(prompts):
         samples = got.samples[i * n:(i + 1) * n]
-        responses = [s.text or tokenizer.decode(s.token_ids) for s in samples]  # an episode: its transcript
+        responses = [s.text or pool.tokenizer.decode(s.token_ids) for s in samples]  # an episode: its transcript
         rows.append({**prompt.task, "prompt": prompt.text, "responses": responses, "rewards": rewards[i],
-                     "response_tokens": generated[i * n:(i + 1) * n],
+                     "response_tokens": [sum(m) for m in got.masks[i * n:(i + 1) * n]],
                      "finish_reasons": [s.finish_reason for s in samples]})
-    return summary, rows
+    return rows
+
+
+def _read_back(path: Path, count: int) -> tuple[list, list]:
+    """The rewards and response lengths of the first ``count`` rows an earlier run wrote."""
+    rewards, tokens = [], []
+    with path.open(encoding="utf-8") as f:
+        for line in itertools.islice(f, count):
+            row = json.loads(line)
+            rewards.append(row["rewards"])
+            tokens.append(row["response_tokens"])
+    return rewards, tokens

@@ -63,6 +63,7 @@ class VLLMEngine:
         if spec.max_model_len is not None:  # else vLLM takes the model's max_position_embeddings
             kwargs["max_model_len"] = spec.max_model_len
         self.llm = LLM(model=spec.model_path, **(kwargs | dict(spec.vllm_kwargs)))
+        self.max_model_len = self.llm.model_config.max_model_len
         self.weights_version = 0
         self.weight_reloads = 0  # one per update, however many buckets it came in
         self._weight_map: dict[str, str] | None = None  # shard of each weight while an update is open

@@ -15,6 +15,7 @@ produced it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable, Iterable, Iterator
 
@@ -89,7 +90,7 @@ class RolloutWorker:
         self.engine.abort()
 
     def info(self) -> dict:
-        return {"weights_version": self.engine.weights_version,
+        return {"weights_version": self.engine.weights_version, "max_model_len": self.engine.max_model_len,
                 "weight_reloads": getattr(self.engine, "weight_reloads", None)}
 
     def ping(self) -> int:
@@ -193,6 +194,18 @@ class RolloutPool:
             return
         for bucket in buckets(_chain(first, items), self.bucket_bytes):
             yield ray.put(pack_bucket(bucket))
+
+    @functools.cached_property
+    def tokenizer(self):
+        """The workers' tokenizer, here in the driver (to measure prompts before sending them)."""
+        from rlvr.tokenizer import make_tokenizer
+
+        return make_tokenizer(self.spec.tokenizer)
+
+    @functools.cached_property
+    def max_model_len(self) -> int:
+        """Prompt + response tokens a worker's engine holds per sequence."""
+        return ray.get(self.workers[0].info.remote())["max_model_len"]
 
     def node_ids(self) -> list[str]:
         """The Ray node of each worker (where the placement put it)."""

@@ -1,4 +1,5 @@
-"""Scoring on a Ray cluster: ``rlvr score --ray ADDRESS`` (``--ray local`` starts one here).
+"""Scoring on a Ray cluster: ``rlvr score --ray ADDRESS`` (``--ray local`` starts one here), and
+``connect``, how every offline command (score, generate, eval) joins or starts Ray.
 
 Each ``ScoringActor`` owns a one-process ``DeadlinePool``, so the per-row wall-clock timeout holds
 on every node exactly as it does locally. Rows travel in batches to amortise Ray's per-call cost;
@@ -12,9 +13,26 @@ from collections.abc import Iterable, Iterator
 
 import ray
 
+from rlvr.rows import UsageError
 from rlvr.scoring.pool import DeadlinePool, Outcome
 
 BATCH_ROWS = 32
+
+
+def connect(address: str, workers: int) -> None:
+    """Join the Ray cluster at ``address`` (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``), or start
+    one in this process with ``workers`` CPUs (``local``); a user's mistyped address is a
+    ``UsageError`` naming ``--ray``. Nothing happens when Ray is already up."""
+    if ray.is_initialized():
+        return
+    if address != "local":
+        from rlvr.training.preflight import unreachable_ray
+
+        why = unreachable_ray(address)
+        if why:
+            raise UsageError(f"--ray {address}: {why}")
+    ray.init(address=address, num_cpus=workers if address == "local" else None,
+             include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
 @ray.remote(num_cpus=1)
@@ -32,9 +50,7 @@ class RayScorer:
     """Same interface as ``DeadlinePool``: ``map(payloads)`` yields ``Outcome``s in order."""
 
     def __init__(self, env_name: str, env_kwargs: dict, *, workers: int, timeout: float, address: str):
-        if not ray.is_initialized():
-            ray.init(address=address, num_cpus=None if address != "local" else workers,
-                     include_dashboard=False, log_to_driver=False, configure_logging=False)
+        connect(address, workers)
         self.spec = (env_name, env_kwargs, timeout)
         self.actors = [ScoringActor.remote(*self.spec) for _ in range(workers)]
 

@@ -346,13 +346,13 @@ def _take(rows: Iterator, n: int) -> Iterator:
 
 
 def write_rows(out: Output, rows: Iterator, total: int | None, progress: bool, summary, report: Report,
-               handle_chunk: Callable[[list], Iterable[dict]]) -> None:
-    """The input ``rows`` after those ``out`` already holds, a chunk at a time through
+               handle_chunk: Callable[[list], Iterable[dict]], chunk_rows: int = CHUNK_ROWS) -> None:
+    """The input ``rows`` after those ``out`` already holds, ``chunk_rows`` at a time through
     ``handle_chunk(chunk) -> records``, written in order under a progress bar (``summary.rows``
     counts them); each chunk is flushed, so an interruption loses at most the chunk in hand."""
     bar = _progress(total, out.done, progress)
     try:
-        for chunk in _chunks(enumerate(_skip(rows, out.done), start=out.done), CHUNK_ROWS):
+        for chunk in _chunks(enumerate(_skip(rows, out.done), start=out.done), chunk_rows):
             for record in handle_chunk(chunk):
                 out.write(record, report)
                 summary.rows += 1

@@ -1,11 +1,24 @@
-"""pass@k against hand-computed cases and the brute-force definition."""
+"""pass@k against hand-computed cases and the brute-force definition; the `rlvr eval` job:
+resuming, breakdowns, long prompts, Ray rollout workers."""
 
 import itertools
+import json
+import signal
+import subprocess
+import sys
+import time
 from math import comb
+from pathlib import Path
 
 import pytest
+import torch
 
-from rlvr.evaluation import pass_at_k, summarize
+import rlvr.model as M
+from rlvr.cli import main
+from rlvr.data import Prompt
+from rlvr.evaluation import breakdown, pass_at_k, summarize
+from rlvr.model.config import tiny
+from rlvr.tokenizer import ByteTokenizer
 
 
 @pytest.mark.parametrize("n, c, k, expected", [
@@ -42,3 +55,105 @@ def test_summary_and_bad_inputs():
         summarize([[1, 0]], ks=[1, 8])
     with pytest.raises(ValueError, match="1 <= k <= n"):
         pass_at_k(3, 1, 0)
+
+
+# ---------------------------------------------------------------- the job (`rlvr eval`) on a tiny model
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    tok = ByteTokenizer()
+    M.HybridLM(tiny(max_position_embeddings=64, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)).save(path)
+    return path
+
+
+def _problems(path, count, long=()):
+    rows = [{"question": ("9+" * 40 if i in long else f"{i}+{i}=") , "answer": str(2 * i), "level": f"L{i % 3}"}
+            for i in range(count)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _eval(model, src, *extra):
+    return ["eval", "--model", str(model), "--env", "math", "--input", str(src), "--prompt-field", "question",
+            "--max-tokens", "6", "--no-progress", *extra]
+
+
+def _summary(capsys):
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_an_interrupted_eval_resumes_to_the_whole_runs_rows_and_summary(model, tmp_path, capsys):
+    src = _problems(tmp_path / "in.jsonl", 70)
+    whole, cut = tmp_path / "whole.jsonl", tmp_path / "cut.jsonl"
+    args = _eval(model, src, "-n", "2", "-k", "1,2")
+    assert main([*args, "--output", str(whole)]) == 0
+    expected = _summary(capsys)
+    lines = whole.read_text().splitlines(keepends=True)
+    assert len(lines) == 70 and all(len(json.loads(x)["rewards"]) == 2 for x in lines)
+    cut.write_text("".join(lines[:33]) + lines[33][:20])  # a kill mid-chunk, mid-line
+    (tmp_path / "cut.jsonl.rlvr.json").write_text((tmp_path / "whole.jsonl.rlvr.json").read_text())
+    assert main([*args, "--output", str(cut)]) == 0
+    assert _summary(capsys) == expected  # the rows read back count as if evaluated now
+    assert cut.read_text() == whole.read_text()
+    assert main([*_eval(model, src, "-n", "3", "-k", "1,2"), "--output", str(cut)]) == 2  # another job: refused
+    assert "holds the evaluation rows of another job (n differs)" in capsys.readouterr().err
+    assert cut.read_text() == whole.read_text()
+
+
+def test_sigint_keeps_the_rows_written_and_the_rerun_finishes(model, tmp_path):
+    src = _problems(tmp_path / "in.jsonl", 400)
+    out = tmp_path / "out.jsonl"
+    cmd = [str(Path(sys.executable).parent / "rlvr"), *_eval(model, src, "-n", "4", "--max-tokens", "40",
+                                                             "--output", str(out))]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out.exists() and out.stat().st_size):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "re-run the same command to resume" in err and "Traceback" not in err, err
+    kept = len(out.read_text().splitlines())
+    assert 0 < kept < 400
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(out.read_text().splitlines()) == 400
+    assert json.loads(done.stdout.strip().splitlines()[-1])["problems"] == 400
+
+
+def test_breakdown_by_a_column_and_long_prompts_skipped(model, tmp_path, capsys):
+    src = _problems(tmp_path / "in.jsonl", 9, long={4})
+    assert main(_eval(model, src, "--by", "level")) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary["problems"] == 8 and summary["skipped"] == 1
+    assert "prompt 4 " in captured.err and "exceed the model's context of 64" in captured.err
+    assert {g: s["problems"] for g, s in summary["by_source"].items()} == {"L0": 3, "L1": 2, "L2": 3}
+    assert "by_env" not in summary  # one environment: no breakdown
+    assert main(_eval(model, src, "--by", "levle")) == 2
+    assert "--by: no row has a column 'levle'" in capsys.readouterr().err
+    _problems(src, 2, long={0, 1})
+    assert main(_eval(model, src)) == 2
+    assert "none of the 2 prompts fits the model's context" in capsys.readouterr().err
+
+
+def test_breakdown_groups_by_environment_and_source():
+    prompts = [Prompt("a", "math", {}, source="gsm8k"), Prompt("b", "math", {}, source="aime"),
+               Prompt("c", "code", {}, source="mbpp")]
+    out = breakdown(prompts, [[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]], ks=[1, 2])
+    assert out["by_env"]["math"] == {"pass@1": 0.25, "pass@2": 0.5, "mean_reward": 0.25, "problems": 2}
+    assert out["by_source"]["mbpp"]["pass@2"] == 1.0 and set(out["by_source"]) == {"gsm8k", "aime", "mbpp"}
+    assert breakdown(prompts[:1], [[1.0]], ks=[1]) == {}
+
+
+@pytest.mark.slow
+def test_ray_rollout_workers_give_what_the_engine_here_gives(model, tmp_path, capsys):
+    src = _problems(tmp_path / "in.jsonl", 12)
+    here, ray_rows = tmp_path / "here.jsonl", tmp_path / "ray.jsonl"
+    assert main([*_eval(model, src, "-n", "3", "-k", "1,3"), "--output", str(here)]) == 0
+    alone = _summary(capsys)
+    assert main([*_eval(model, src, "-n", "3", "-k", "1,3", "--workers", "2"), "--output", str(ray_rows)]) == 0
+    assert _summary(capsys) == alone
+    # sampling is per request: which worker ran it does not matter
+    assert here.read_text() == ray_rows.read_text()

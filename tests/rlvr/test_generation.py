@@ -1,6 +1,9 @@
 """`rlvr generate`: rows in, rows with responses out, bad rows reported, resumable, jobs not mixed."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,3 +72,28 @@ def test_several_samples_per_prompt(model, tmp_path):
     row = _read(out)[0]
     assert len(row["responses"]) == len(row["response_tokens"]) == len(row["finish_reasons"]) == 3
     assert row["answer"] == "7" and "response" not in row
+
+
+@pytest.mark.slow
+def test_ray_rollout_workers_write_what_the_engine_here_writes(model, tmp_path, capsys):
+    src = _rows(tmp_path / "in.jsonl", [{"prompt": f"{i}*{i}="} for i in range(40)] + [{"prompt": "9" * 80}])
+    here, ray_out = tmp_path / "here.jsonl", tmp_path / "ray.jsonl"
+    args = ["generate", "--model", str(model), "--input", str(src), "-n", "2", "--max-tokens", "6", "--no-progress"]
+    assert main([*args, "--output", str(here)]) == 0
+    assert main([*args, "--workers", "2", "--output", str(ray_out)]) == 0
+    assert here.read_text() == ray_out.read_text()  # the too-long row measured against the workers' context too
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["errors"] == 1
+
+
+def test_ignore_eos_generates_max_tokens_and_a_bad_cluster_address_is_named(model, tmp_path, capsys):
+    src = _rows(tmp_path / "in.jsonl", [{"prompt": "1+1="}])
+    out = tmp_path / "out.jsonl"
+    base = ["generate", "--model", str(model), "--input", str(src), "--max-tokens", "7", "--no-progress"]
+    assert main([*base, "--ignore-eos", "--output", str(out)]) == 0
+    assert _read(out)[0]["response_tokens"] == [7] and _read(out)[0]["finish_reasons"] == ["length"]
+    rlvr = str(Path(sys.executable).parent / "rlvr")  # (a fresh process: Ray may be up in this one)
+    done = subprocess.run([rlvr, *base, "--ray", "nohost:1", "--output", str(tmp_path / "o2.jsonl")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--ray nohost:1: nothing answers" in done.stderr and "Traceback" not in done.stderr
+    assert main([*base, "--model", str(tmp_path), "--output", str(tmp_path / "o3.jsonl")]) == 2
+    assert "--model" in capsys.readouterr().err
