@@ -85,6 +85,16 @@ def _timeout(text: str) -> float:
     return value
 
 
+def _temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0: greedy), got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -141,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
     """The options of a job that generates with a checkpoint (rlvr generate, rlvr eval)."""
     p.add_argument("-n", type=_positive_int, default=1, help="samples per prompt (default 1)")
-    p.add_argument("--temperature", type=float, help="default: 0 (greedy) for n=1, else 1")
+    p.add_argument("--temperature", type=_temperature, help="default: 0 (greedy) for n=1, else 1")
     p.add_argument("--max-tokens", type=_positive_int, default=256, help="per response (default 256)")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
@@ -277,8 +287,13 @@ def _engine_spec(args: argparse.Namespace, model: Path, **base):
 
     from rlvr.rollout.workers import EngineSpec
 
+    import importlib.util
+
     if not (Path(model) / "config.json").is_file():
         raise UsageError(f"--model: {model} is not a checkpoint folder (no config.json)")
+    if (args.engine or base.get("backend")) == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise UsageError("--engine vllm: vLLM is not installed here (`make setup-vllm`, then .venv-vllm/bin/rlvr); "
+                         "--engine builtin runs anywhere")
     local = args.ray in (None, "local")
     threads = args.threads or (max(1, (os.cpu_count() or 1) // args.workers) if local else 1)
     spec = dict(tokenizer=args.tokenizer, max_batch=args.max_batch) | base
@@ -309,6 +324,11 @@ def _eval_setup(args: argparse.Namespace):
     from rlvr.scoring.job import fingerprint
 
     if args.run is not None:
+        given = [option for option, value in (("--input", args.input), ("--env", args.env), ("--by", args.by))
+                 if value is not None]
+        if given:
+            raise UsageError(f"--run takes the run's held-out prompts and environments: leave out {', '.join(given)} "
+                             "(or leave out --run and give --model)")
         path = args.run / "config.json"
         if not path.is_file():
             raise UsageError(f"--run: {args.run} holds no config.json (not an rlvr-train run folder)")

@@ -78,7 +78,7 @@ def to_prompts(rows: list[dict | BadRow], src: DataSource, template: str, where:
     except UsageError as err:
         raise ConfigError(str(err)) from None
     env_args = json.dumps(src.env_args, sort_keys=True)
-    prompts, bad = [], 0
+    prompts, bad, first = [], 0, None
     for i, row in enumerate(rows):
         try:
             if isinstance(row, BadRow):
@@ -88,12 +88,15 @@ def to_prompts(rows: list[dict | BadRow], src: DataSource, template: str, where:
                 if column not in row:
                     raise TaskError(f"missing column {column!r} (mapped to field {name!r})")
                 task[name] = row[column]
-            if not isinstance(row.get(src.prompt_field), str):
+            if src.prompt_field not in row:
+                raise TaskError(f"no column {src.prompt_field!r} for the prompt (its columns: {', '.join(map(str, row))})")
+            if not isinstance(row[src.prompt_field], str):
                 raise TaskError(f"field {src.prompt_field!r} must be a string")
             env.check_task(task)
             text = template.format(**(row | {"prompt": row[src.prompt_field]}))
         except (TaskError, KeyError, IndexError) as err:
             bad += 1
+            first = first or f"row {i}: {err}"
             if bad <= 10:
                 log.warning("%s row %d skipped: %s", where, i, err)
             continue
@@ -101,7 +104,7 @@ def to_prompts(rows: list[dict | BadRow], src: DataSource, template: str, where:
     if bad:
         log.warning("%s: %d of %d rows skipped", where, bad, len(rows))
     if not prompts:
-        raise ConfigError(f"{where}: none of its {len(rows)} rows is usable (see the warnings above)")
+        raise ConfigError(f"{where}: none of its {len(rows)} rows is usable ({first or 'no rows'})")
     return prompts
 
 

@@ -1,6 +1,7 @@
 """pass@k against hand-computed cases and the brute-force definition; the `rlvr eval` job:
 resuming, breakdowns, long prompts, Ray rollout workers."""
 
+import importlib.util
 import itertools
 import json
 import signal
@@ -157,3 +158,20 @@ def test_ray_rollout_workers_give_what_the_engine_here_gives(model, tmp_path, ca
     assert _summary(capsys) == alone
     # sampling is per request: which worker ran it does not matter
     assert here.read_text() == ray_rows.read_text()
+
+
+def test_mistyped_options_are_one_line_errors(model, tmp_path, capsys):
+    src = _problems(tmp_path / "in.jsonl", 3)
+    cases = [(["eval", "--run", str(tmp_path), "--input", str(src), "--env", "math"], "leave out --input, --env"),
+             (_eval(model, src, "--prompt-field", "prompt"), "no column 'prompt' for the prompt (its columns: question"),
+             (_eval(model, src, "--field", "answer=gold"), "missing column 'gold' (mapped to field 'answer')"),
+             (_eval(tmp_path, src), "--model: " + str(tmp_path) + " is not a checkpoint folder")]
+    if importlib.util.find_spec("vllm") is None:
+        cases.append((_eval(model, src, "--engine", "vllm"), "--engine vllm: vLLM is not installed here"))
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    with pytest.raises(SystemExit):  # argparse: exit 2 with the option named
+        main(_eval(model, src, "--temperature", "-1"))
+    assert "argument --temperature: must be >= 0" in capsys.readouterr().err

@@ -86,3 +86,24 @@ def test_multi_bucket_push_through_the_pool_lands_with_one_reload(tmp_path):
     finally:
         pool.shutdown()
         ray.shutdown()
+
+
+def test_rlvr_generate_on_vllm_writes_the_builtin_engines_greedy_rows(tmp_path):
+    import json
+
+    from rlvr.cli import main
+    from rlvr.tokenizer import ByteTokenizer
+
+    tok = ByteTokenizer()
+    torch.manual_seed(0)
+    M.HybridLM(tiny(**NO_MOE, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)).save(tmp_path / "ckpt")
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"prompt": f"{i}+{i}="}) + "\n" for i in range(12)))
+    outputs = {}
+    for engine in ("vllm", "builtin"):
+        outputs[engine] = tmp_path / f"{engine}.jsonl"
+        assert main(["generate", "--model", str(tmp_path / "ckpt"), "--input", str(src), "--output",
+                     str(outputs[engine]), "--max-tokens", "8", "--engine", engine, "--no-progress"]) == 0
+    rows = {engine: [json.loads(line) for line in path.read_text().splitlines()] for engine, path in outputs.items()}
+    assert len(rows["vllm"]) == 12 and all(r["response_tokens"][0] >= 1 for r in rows["vllm"])
+    assert [r["response"] for r in rows["vllm"]] == [r["response"] for r in rows["builtin"]]
