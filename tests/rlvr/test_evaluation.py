@@ -12,14 +12,10 @@ from math import comb
 from pathlib import Path
 
 import pytest
-import torch
 
-import rlvr.model as M
 from rlvr.cli import main
 from rlvr.data import Prompt
 from rlvr.evaluation import breakdown, pass_at_k, summarize
-from rlvr.model.config import tiny
-from rlvr.tokenizer import ByteTokenizer
 
 
 @pytest.mark.parametrize("n, c, k, expected", [
@@ -60,13 +56,9 @@ def test_summary_and_bad_inputs():
 
 # ---------------------------------------------------------------- the job (`rlvr eval`) on a tiny model
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    tok = ByteTokenizer()
-    M.HybridLM(tiny(max_position_embeddings=64, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)).save(path)
-    return path
+@pytest.fixture
+def model(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def _problems(path, count, long=()):

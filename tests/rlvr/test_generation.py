@@ -6,21 +6,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-import rlvr.model as M
 from rlvr.cli import main
-from rlvr.model.config import tiny
-from rlvr.tokenizer import ByteTokenizer
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    tok = ByteTokenizer()
-    M.HybridLM(tiny(max_position_embeddings=64, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)).save(path)
-    return path
+@pytest.fixture
+def model(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def _rows(path, rows):
