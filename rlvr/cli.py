@@ -36,7 +36,9 @@ environments play episodes), and print pass@k (unbiased estimator), the mean rew
 response length, overall, per environment and per data source (--by COLUMN for a file); the last
 line is the summary as JSON. --output keeps every prompt's row with its responses and rewards, and
 makes the run resumable: re-running the same command continues after the last complete row. A
-prompt too long for the model's context is reported and skipped.
+prompt too long for the model's context is reported and skipped. With --run, the run's evaluation
+sampling (max tokens, stop strings), tokenizer, engine and batch are used: -n and --temperature
+change the sampling, --model the checkpoint, --workers/--ray/--threads where it runs.
 
   rlvr eval --run outputs/default                 # the run's held-out prompts, greedy: its accuracy
   rlvr eval --run outputs/default -n 8 -k 1,8 --model outputs/default/sft
