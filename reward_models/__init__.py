@@ -1,1 +1,1 @@
-"""GenRM-style generative reward models (judges). Empty until the judge issue lands."""
+"""Reward models: GenRM-style generative judges (``reward_models.genrm``)."""

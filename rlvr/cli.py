@@ -264,6 +264,9 @@ def _score_and_report(env: str, src: Path, out: Path, **kwargs) -> int:
     print(f"  mean reward {s['mean_reward']:.4f} over {s['scored']} scored rows;"
           f" errors {s['errors']}, timeouts {s['timeouts']};"
           f" {s['seconds']:.1f} s, {s['rows_per_s'] or 0:.1f} rows/s", file=_summary_stream(out))
+    if "agreement" in s:
+        print(f"  agreement with the rows' preference labels: {s['agreement']:.4f} over {s['labelled']} labelled pairs",
+              file=_summary_stream(out))
     print(json.dumps(s), file=_summary_stream(out))
     return 0
 

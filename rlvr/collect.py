@@ -13,13 +13,15 @@ import dataclasses
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 from rlvr.data import Prompt
-from rlvr.env import MultiTurnEnvironment, get_environment_class, make_environment
+from rlvr.env import MultiTurnEnvironment, get_environment_class, make_environment, scores_groups
 from rlvr.rollout.engine import Completion, SamplingParams
 from rlvr.rollout.multiturn import Episode, run_episodes
+from rlvr.scoring.scorer import map_groups
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,14 @@ def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
     return out
 
 
+def _value(outcome, take):
+    """``take(outcome.value)``, or None (logged) for a failed or timed-out scoring."""
+    if outcome.status == "ok":
+        return take(outcome.value)
+    log.debug("scoring failed (%s): %s", outcome.status, outcome.error)
+    return None
+
+
 class LocalPool:
     """One rollout engine in this process, with ``RolloutPool``'s ``generate``, ``run_episodes``,
     ``tokenizer`` and ``max_model_len``: a pool of one worker, giving what such a pool gives."""
@@ -113,6 +123,7 @@ class Collector:
         # completions are scored by scorer processes.
         self.multi_turn = {key: issubclass(get_environment_class(key[0]), MultiTurnEnvironment) for key in keys}
         self.scorers = {key: open_scorer(key[0], json.loads(key[1])) for key in keys if not self.multi_turn[key]}
+        self.groups = {key: scores_groups(get_environment_class(key[0])) for key in self.scorers}
 
     def collect(self, prompts: list[Prompt], n: int, sampling, seed: int) -> Collected:
         """``n`` samples of each prompt with ``sampling`` (a SamplingConfig) and ``seed``."""
@@ -143,20 +154,36 @@ class Collector:
 
     def _score(self, prompts: list[Prompt], completions: list[Completion], n: int) -> tuple[torch.Tensor, int]:
         """Reward of each completion (0 for one whose scoring failed or timed out), and the
-        number of such failures."""
+        number of such failures. Each environment's completions go to its own scorer, all of them
+        at once (threads), so a slow environment (a judge) holds up none of the others."""
         rewards, failures = torch.zeros(len(completions)), 0
         by_scorer: dict[tuple[str, str], list[int]] = {}
         for i in range(len(completions)):
             by_scorer.setdefault(prompts[i // n].scorer_key, []).append(i)
-        for key, idx in by_scorer.items():
-            payloads = [(prompts[i // n].task, completions[i].text) for i in idx]
-            for i, outcome in zip(idx, self.scorers[key].map(payloads)):
-                if outcome.status == "ok":
-                    rewards[i] = outcome.value[0]
-                else:
-                    failures += 1
-                    log.debug("scoring failed (%s): %s", outcome.status, outcome.error)
+        with ThreadPoolExecutor(max_workers=max(1, len(by_scorer))) as threads:
+            jobs = [threads.submit(self._score_with, key, idx, prompts, completions, n) for key, idx in by_scorer.items()]
+            for job in jobs:
+                for i, value in job.result():
+                    if value is None:
+                        failures += 1
+                    else:
+                        rewards[i] = value
         return rewards, failures
+
+    def _score_with(self, key, idx: list[int], prompts, completions, n: int) -> list[tuple[int, float | None]]:
+        """(completion index, reward or None where scoring failed) for the completions ``idx``,
+        whole groups of ``n`` when the environment scores groups together."""
+        scorer = self.scorers[key]
+        if not self.groups[key]:
+            outcomes = scorer.map([(prompts[i // n].task, completions[i].text) for i in idx])
+            return [(i, _value(outcome, lambda v: v[0])) for i, outcome in zip(idx, outcomes)]
+        groups = [idx[k:k + n] for k in range(0, len(idx), n)]
+        outcomes = map_groups(scorer, [(prompts[g[0] // n].task, [completions[i].text for i in g]) for g in groups])
+        out = []
+        for group, outcome in zip(groups, outcomes):
+            values = _value(outcome, lambda v: [r for r, _ in v]) or [None] * len(group)
+            out += list(zip(group, values))
+        return out
 
     def close(self) -> None:
         for scorer in self.scorers.values():

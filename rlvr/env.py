@@ -11,7 +11,9 @@ register through that same group in ``pyproject.toml``, so a third-party package
     [project.entry-points."rlvr.environments"]
     my_env = "my_package.module:MyEnvironment"
 
-Training and offline scoring (``rlvr score``) call the very same ``score`` method.
+Training and offline scoring (``rlvr score``) call the very same ``score`` method. An environment
+whose reward compares the responses to one prompt (a pairwise judge) also implements
+``score_group(task, responses) -> [Reward]``, which training calls with the whole GRPO group.
 
 Task generators (synthetic data sets, for ``data.train[i].generator`` and ``rlvr example``) are
 found the same way, in the group ``rlvr.generators``: a function ``f(n, seed, **args) -> rows``::
@@ -23,7 +25,7 @@ found the same way, in the group ``rlvr.generators``: a function ``f(n, seed, **
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from typing import Any, ClassVar
 
@@ -81,6 +83,16 @@ class Environment:
     def score(self, task: Mapping[str, Any], response: str) -> Reward:
         raise NotImplementedError(f"{type(self).__name__} must implement score(task, response)")
 
+    def score_group(self, task: Mapping[str, Any], responses: Sequence[str]) -> list[Reward]:
+        """Rewards of the responses to one task (a GRPO group), in order. By default each is
+        scored alone; an environment whose reward compares responses (a pairwise judge)
+        overrides it, and its groups are then scored whole (``scores_groups``)."""
+        return [self.score(task, r) for r in responses]
+
+    def score_groups(self, groups: Sequence[tuple[Mapping[str, Any], Sequence[str]]]) -> list[list[Reward]]:
+        """``score_group`` of several groups; override to overlap slow work (a judge's requests)."""
+        return [self.score_group(task, responses) for task, responses in groups]
+
     def check_task(self, task: Mapping[str, Any]) -> None:
         """Raise ``TaskError`` naming the first missing or mistyped field of ``task``."""
         for field, kind in self.task_fields.items():
@@ -89,6 +101,13 @@ class Environment:
             if not isinstance(task[field], kind):
                 want = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
                 raise TaskError(f"field {field!r} must be {want}, got {type(task[field]).__name__}")
+
+
+def scores_groups(cls: type[Environment]) -> bool:
+    """Whether the environment scores a group of responses together (overrides ``score_group``
+    or ``score_groups``): its responses are then sent to a scorer a group at a time, where the
+    others' are sent one by one, each under its own deadline."""
+    return cls.score_group is not Environment.score_group or cls.score_groups is not Environment.score_groups
 
 
 class MultiTurnEnvironment(Environment):

@@ -42,8 +42,8 @@ class ScoringActor:
 
         self.pool = DeadlinePool(make_scorer, (env_name, env_kwargs), workers=1, timeout=timeout)
 
-    def score(self, payloads: list) -> list[Outcome]:
-        return list(self.pool.map(payloads))
+    def score(self, payloads: list, timeout: float | None = None) -> list[Outcome]:
+        return list(self.pool.map(payloads, timeout))
 
 
 class RayScorer:
@@ -51,7 +51,7 @@ class RayScorer:
 
     def __init__(self, env_name: str, env_kwargs: dict, *, workers: int, timeout: float, address: str):
         connect(address, workers)
-        self.spec = (env_name, env_kwargs, timeout)
+        self.spec, self.timeout = (env_name, env_kwargs, timeout), timeout
         self.actors = [ScoringActor.remote(*self.spec) for _ in range(workers)]
 
     def __enter__(self) -> RayScorer:
@@ -61,8 +61,9 @@ class RayScorer:
         for actor in self.actors:
             ray.kill(actor)
 
-    def map(self, payloads: Iterable) -> Iterator[Outcome]:
+    def map(self, payloads: Iterable, timeout: float | None = None) -> Iterator[Outcome]:
         payloads = list(payloads)
+        self._timeout = timeout
         batches = deque((start, payloads[start:start + BATCH_ROWS])
                         for start in range(0, len(payloads), BATCH_ROWS))
         in_flight: dict = {}  # object ref -> (actor index, batch start, batch)
@@ -92,5 +93,5 @@ class RayScorer:
             load = sum(1 for s, _, _ in in_flight.values() if s == slot)
             while batches and load < 2:
                 start, batch = batches.popleft()
-                in_flight[actor.score.remote(batch)] = (slot, start, batch)
+                in_flight[actor.score.remote(batch, self._timeout)] = (slot, start, batch)
                 load += 1

@@ -33,11 +33,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from rlvr.env import Environment, TaskError
+from rlvr.env import Environment, TaskError, scores_groups
 from rlvr.scoring.pool import Outcome
 from rlvr.rows import BadRow, UsageError, count_rows, first_row, numbered_rows
 from rlvr.scoring import open_scorer
-from rlvr.scoring.scorer import build_task, make_environment_checked
+from rlvr.scoring.scorer import build_group_task, build_task, make_environment_checked, map_groups
 
 CHUNK_ROWS = 2048  # rows read, scored and written per round: bounded memory on big inputs
 Report = Callable[[str, str], None]  # (where: "row 3 (line 5)", message)
@@ -54,6 +54,8 @@ class Summary:
     errors: int = 0
     timeouts: int = 0
     seconds: float = 0.0
+    labelled: int = 0  # pairs with a human preference (a judge's job)
+    agreement_sum: float = 0.0
 
     @property
     def mean_reward(self) -> float:
@@ -68,6 +70,8 @@ class Summary:
             "errors": self.errors, "timeouts": self.timeouts,
             "seconds": round(self.seconds, 2),
             "rows_per_s": round(new_rows / self.seconds, 1) if self.seconds > 0 else None,
+            **({"agreement": round(self.agreement_sum / self.labelled, 4), "labelled": self.labelled}
+               if self.labelled else {}),
         }
 
 
@@ -284,16 +288,18 @@ def _jsonable(value: Any) -> Any:
 def _score_chunk(chunk: list, field_map: Mapping[str, str], env: Environment, scorer, summary: Summary,
                  report: Report) -> Iterator[dict]:
     """The output record of each row of ``chunk`` ((number, (line, row)) pairs), in order."""
+    grouped = scores_groups(type(env))  # a row is a group of responses (a judge compares them)
     prepared, payloads = [], []
     for number, (line, row) in chunk:
         try:
             if isinstance(row, BadRow):
                 raise TaskError(row.error)
-            payloads.append(build_task(row, field_map, env))
+            payloads.append((build_group_task if grouped else build_task)(row, field_map, env))
             prepared.append((number, line, row, None))
         except TaskError as exc:
             prepared.append((number, line, row, str(exc)))
-    outcomes = scorer.map(payloads)
+    outcomes = map_groups(scorer, payloads) if grouped else scorer.map(payloads)
+    tasks = iter(payloads)
     for number, line, row, error in prepared:
         record = dict(row) if isinstance(row, dict) else {}
         where = f"row {number}" + (f" (line {line})" if line is not None else "")
@@ -301,6 +307,8 @@ def _score_chunk(chunk: list, field_map: Mapping[str, str], env: Environment, sc
             report(where, error)
             record.update(reward=0.0, reward_info={"error": error, "row": number})
             summary.errors += 1
+        elif grouped:
+            record.update(_group_fields(next(outcomes), next(tasks)[0], number, summary, where, report))
         else:
             record.update(_record_fields(next(outcomes), number, summary, where, report))
         yield record
@@ -319,6 +327,25 @@ def _record_fields(outcome: Outcome, number: int, summary: Summary, where: str, 
         summary.errors += 1
         report(where, f"the environment raised {outcome.error}")
     return {"reward": 0.0, "reward_info": {outcome.status: outcome.error, "row": number}}
+
+
+def _group_fields(outcome: Outcome, task: dict, number: int, summary: Summary, where: str, report: Report) -> dict:
+    """A scored group's record: ``rewards`` (one per response), ``reward`` (their mean) and
+    ``reward_info.responses`` (each response's info). A pair with a human ``preference`` (1 or
+    2) counts towards the agreement: 1 where the judge rewarded that response more, 0.5 on a tie."""
+    if outcome.status != "ok":
+        return {**_record_fields(outcome, number, summary, where, report), "rewards": []}
+    rewards = [value for value, _ in outcome.value]
+    mean = sum(rewards) / len(rewards)
+    summary.scored += 1
+    summary.reward_sum += mean
+    label = str(task.get("preference", "")).strip()
+    if len(rewards) == 2 and label in ("1", "2"):
+        picked = 0.5 if rewards[0] == rewards[1] else (1.0 if rewards[0] > rewards[1] else 2.0)
+        summary.labelled += 1
+        summary.agreement_sum += 0.5 if picked == 0.5 else float(picked == float(label))
+    return {"reward": mean, "rewards": rewards,
+            "reward_info": {"responses": [info for _, info in outcome.value], "row": number}}
 
 
 def _retry(out: Output, input_path: Path, split: str | None, field_map, env, scorer, report: Report) -> int:

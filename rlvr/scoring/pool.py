@@ -86,7 +86,7 @@ class DeadlinePool:
         if timeout <= 0:
             raise ValueError("timeout must be > 0 seconds")
         self.factory, self.factory_args = factory, factory_args
-        self.timeout = timeout
+        self.timeout = self._call_timeout = timeout
         self.workers = [_Worker(factory, factory_args) for _ in range(workers)]
         self.restarts = 0
 
@@ -114,7 +114,10 @@ class DeadlinePool:
         self.workers[self.workers.index(worker)] = _Worker(self.factory, self.factory_args)
         self.restarts += 1
 
-    def map(self, payloads: Iterable[Any]) -> Iterator[Outcome]:
+    def map(self, payloads: Iterable[Any], timeout: float | None = None) -> Iterator[Outcome]:
+        """``timeout``: this call's deadline per payload, when not the pool's (a payload of many
+        responses, scored together, gets a deadline sized for them)."""
+        self._call_timeout = timeout or self.timeout
         pending = iter(enumerate(payloads))
         done: dict[int, Outcome] = {}
         next_out = 0
@@ -142,7 +145,7 @@ class DeadlinePool:
         for w in self.workers:
             if queued and w.ready and w.task is None:
                 index, payload = queued.popleft()
-                w.task = (index, time.monotonic() + self.timeout)
+                w.task = (index, time.monotonic() + self._call_timeout)
                 w.started = time.monotonic()
                 w.conn.send(payload)
 
@@ -156,7 +159,7 @@ class DeadlinePool:
                 outcomes.extend(self._receive(w))
             elif w.task is not None and time.monotonic() >= w.task[1]:
                 index = w.task[0]
-                outcomes.append(Outcome(index, "timeout", error=f"killed after {self.timeout:g} s",
+                outcomes.append(Outcome(index, "timeout", error=f"killed after {self._call_timeout:g} s",
                                         seconds=time.monotonic() - w.started))
                 self._replace(w)
         return outcomes

@@ -5,13 +5,15 @@ environment rewards through the same ``Environment.score`` that training calls.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from rlvr.env import Environment, TaskError, get_environment_class
 from rlvr.rows import UsageError
+from rlvr.scoring.pool import Outcome
 
 RESPONSE_FIELD = "response"
+GROUPS_PER_PAYLOAD = 64  # groups sent together to an environment that scores groups
 
 
 # ---------------------------------------------------------------- turning rows into tasks
@@ -30,6 +32,47 @@ def build_task(row: Mapping[str, Any], field_map: Mapping[str, str], env: Enviro
         raise TaskError(f"field {RESPONSE_FIELD!r} must be str, got {type(task[RESPONSE_FIELD]).__name__}")
     env.check_task(task)
     return task, task[RESPONSE_FIELD]
+
+
+def build_group_task(row: Mapping[str, Any], field_map: Mapping[str, str], env: Environment) -> tuple[dict, list[str]]:
+    """For an environment that scores groups: the task and its responses, from ``responses`` (a
+    list), ``response_1`` and ``response_2`` (a pair), or ``response`` (alone)."""
+    task = dict(row)
+    for name, column in field_map.items():
+        if column not in row:
+            raise TaskError(f"missing column {column!r} (mapped to field {name!r})")
+        task[name] = row[column]
+    if task.get("responses") is not None:
+        responses = task["responses"]
+        if not (isinstance(responses, list) and responses and all(isinstance(r, str) for r in responses)):
+            raise TaskError("field 'responses' must be a non-empty list of strings")
+    elif task.get("response_1") is not None or task.get("response_2") is not None:
+        responses = [task.get("response_1"), task.get("response_2")]
+        if not all(isinstance(r, str) for r in responses):
+            raise TaskError("fields 'response_1' and 'response_2' must both be strings")
+    elif isinstance(task.get(RESPONSE_FIELD), str):
+        responses = [task[RESPONSE_FIELD]]
+    else:
+        raise TaskError("missing field 'responses' (a list), 'response_1'/'response_2' or 'response'")
+    env.check_task(task)
+    return task, list(responses)
+
+
+def map_groups(scorer, groups: list[tuple[dict, list[str]]]) -> Iterator[Outcome]:
+    """Score (task, responses) groups with ``scorer``, ``GROUPS_PER_PAYLOAD`` to a payload (so
+    one process overlaps their slow work), each payload under a deadline of the scorer's timeout
+    per response it holds -> an ``Outcome`` per group, in order (value: [(reward, info)] per
+    response); a failed payload fails each of its groups."""
+    batches = [groups[k:k + GROUPS_PER_PAYLOAD] for k in range(0, len(groups), GROUPS_PER_PAYLOAD)]
+    if not batches:
+        return
+    deadline = scorer.timeout * max(sum(len(r) for _, r in batch) for batch in batches)
+    start = 0
+    for batch, outcome in zip(batches, scorer.map(batches, deadline)):
+        for k in range(len(batch)):
+            value = outcome.value[k] if outcome.status == "ok" else None
+            yield Outcome(start + k, outcome.status, value, outcome.error, outcome.seconds)
+        start += len(batch)
 
 
 def make_environment_checked(env_name: str, env_kwargs: dict, option: str = "--env-arg ") -> Environment:
@@ -65,12 +108,16 @@ def json_type(value: Any) -> str:
 
 
 class _Scorer:
-    """What a pool worker runs: one environment instance, many ``score`` calls."""
+    """What a pool worker runs: one environment instance, many calls. A payload is a (task,
+    response) pair -> (reward, info), or a list of (task, responses) groups (an environment that
+    ``scores_groups``) -> per group, a (reward, info) per response."""
 
     def __init__(self, env_name: str, env_kwargs: dict):
         self.env = get_environment_class(env_name)(**env_kwargs)
 
-    def __call__(self, payload: tuple[dict, str]) -> tuple[float, dict]:
+    def __call__(self, payload: tuple[dict, str] | list[tuple[dict, list[str]]]):
+        if isinstance(payload, list):
+            return [[(float(r.value), dict(r.info)) for r in rewards] for rewards in self.env.score_groups(payload)]
         task, response = payload
         reward = self.env.score(task, response)
         return float(reward.value), dict(reward.info)
