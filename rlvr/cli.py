@@ -243,15 +243,22 @@ def _cmd_example(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    if args.ray is not None:
+    connected = False
+    if args.ray is not None:  # (Ray is imported only then: plain scoring starts faster without it)
         from rlvr.scoring.cluster import connect
 
-        connect(args.ray, args.workers)
-    return _score_and_report(
-        args.env, args.input, args.output, workers=args.workers, timeout=args.timeout,
-        field_map=dict(args.field), env_kwargs=dict(args.env_arg), split=args.split,
-        ray_address=args.ray, progress=not args.no_progress, retry_failed=args.retry_failed,
-    )
+        connected = connect(args.ray, args.workers)
+    try:
+        return _score_and_report(
+            args.env, args.input, args.output, workers=args.workers, timeout=args.timeout,
+            field_map=dict(args.field), env_kwargs=dict(args.env_arg), split=args.split,
+            ray_address=args.ray, progress=not args.no_progress, retry_failed=args.retry_failed,
+        )
+    finally:
+        if connected:
+            import ray
+
+            ray.shutdown()
 
 
 def _score_and_report(env: str, src: Path, out: Path, **kwargs) -> int:

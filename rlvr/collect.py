@@ -109,8 +109,8 @@ def open_pool(spec, workers: int = 1, ray_address: str | None = None):
         return LocalPool(build_engine(spec))
     from rlvr.scoring.cluster import connect
 
-    connect(ray_address or "local", workers)
-    return RolloutPool(spec, num_workers=workers, num_cpus=1)
+    connected = connect(ray_address or "local", workers)
+    return RolloutPool(spec, num_workers=workers, num_cpus=1, owns_ray=connected)
 
 
 class Collector:

@@ -108,13 +108,14 @@ def _chain(first, rest: Iterator) -> Iterator:
 class RolloutPool:
     def __init__(self, spec: EngineSpec, num_workers: int = 1, num_cpus: float = 1, num_gpus: float = 0,
                  resources: dict[str, float] | None = None, weights_source: Callable[[], Iterable] | None = None,
-                 bucket_bytes: int = 64 * 1024**2):
+                 bucket_bytes: int = 64 * 1024**2, owns_ray: bool = False):
         """``resources``: custom Ray resources each worker needs (e.g. a node label);
         ``weights_source``: the current weights (as for ``update_weights``), to re-sync a
-        replacement worker."""
+        replacement worker; ``owns_ray``: ``shutdown`` also disconnects from Ray (an offline job
+        that connected for this pool)."""
         if num_workers < 1:
             raise ValueError("num_workers must be >= 1")
-        self.spec, self.bucket_bytes = spec, bucket_bytes
+        self.spec, self.bucket_bytes, self.owns_ray = spec, bucket_bytes, owns_ray
         self.options = dict(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or None)
         self.weights_source = weights_source  # how to re-sync a replaced worker
         self.version = 0
@@ -215,3 +216,5 @@ class RolloutPool:
         for w in self.workers:
             ray.kill(w, no_restart=True)
         self.workers = []
+        if self.owns_ray:
+            ray.shutdown()

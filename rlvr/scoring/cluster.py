@@ -19,12 +19,13 @@ from rlvr.scoring.pool import DeadlinePool, Outcome
 BATCH_ROWS = 32
 
 
-def connect(address: str, workers: int) -> None:
+def connect(address: str, workers: int) -> bool:
     """Join the Ray cluster at ``address`` (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``), or start
     one in this process with ``workers`` CPUs (``local``); a user's mistyped address is a
-    ``UsageError`` naming ``--ray``. Nothing happens when Ray is already up."""
+    ``UsageError`` naming ``--ray``. Returns whether it connected (False: Ray was already up),
+    so that the caller who connected is the one who calls ``ray.shutdown``."""
     if ray.is_initialized():
-        return
+        return False
     if address != "local":
         from rlvr.training.preflight import unreachable_ray
 
@@ -33,6 +34,7 @@ def connect(address: str, workers: int) -> None:
             raise UsageError(f"--ray {address}: {why}")
     ray.init(address=address, num_cpus=workers if address == "local" else None,
              include_dashboard=False, log_to_driver=False, configure_logging=False)
+    return True
 
 
 @ray.remote(num_cpus=1)

@@ -13,7 +13,7 @@ from rlvr.rows import UsageError
 from rlvr.scoring.pool import Outcome
 
 RESPONSE_FIELD = "response"
-GROUPS_PER_PAYLOAD = 64  # groups sent together to an environment that scores groups
+GROUPS_PER_PAYLOAD = 256  # groups sent together to an environment that scores groups (its requests overlap)
 
 
 # ---------------------------------------------------------------- turning rows into tasks
