@@ -47,6 +47,7 @@ class Collected:
     rollout_seconds: float = 0.0
     reward_seconds: float = 0.0
     scoring_failures: int = 0
+    info_metrics: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # "<env>/<key>" -> values
 
 
 def as_completion(episode: Episode, index: int) -> Completion:
@@ -137,9 +138,11 @@ class Collector:
                 completions = self.pool.generate([prompts[i].text for i in idx], sampling.params(n=n, seed=seed))
                 out.rollout_seconds += time.monotonic() - before
                 before = time.monotonic()
-                scored, failures = self._score([prompts[i] for i in idx], completions, n)
+                scored, failures, infos = self._score([prompts[i] for i in idx], completions, n)
                 out.reward_seconds += time.monotonic() - before
                 out.scoring_failures += failures
+                for name, values in infos.items():
+                    out.info_metrics.setdefault(name, []).extend(values)
                 found = [(c, [1] * len(c.token_ids), float(r)) for c, r in zip(completions, scored)]
             else:
                 tasks = [prompts[i].task for i in idx for _ in range(n)]
@@ -152,37 +155,43 @@ class Collector:
                 out.samples[at], out.masks[at], out.rewards[at] = sample, mask, reward
         return out
 
-    def _score(self, prompts: list[Prompt], completions: list[Completion], n: int) -> tuple[torch.Tensor, int]:
-        """Reward of each completion (0 for one whose scoring failed or timed out), and the
-        number of such failures. Each environment's completions go to its own scorer, all of them
-        at once (threads), so a slow environment (a judge) holds up none of the others."""
-        rewards, failures = torch.zeros(len(completions)), 0
+    def _score(self, prompts: list[Prompt], completions: list[Completion], n: int
+               ) -> tuple[torch.Tensor, int, dict[str, list[float]]]:
+        """Reward of each completion (0 for one whose scoring failed or timed out), the number of
+        such failures, and the environments' ``info_metrics`` ("<env>/<key>" -> values). Each
+        environment's completions go to its own scorer, all of them at once (threads), so a slow
+        environment (a judge) holds up none of the others."""
+        rewards, failures, infos = torch.zeros(len(completions)), 0, {}
         by_scorer: dict[tuple[str, str], list[int]] = {}
         for i in range(len(completions)):
             by_scorer.setdefault(prompts[i // n].scorer_key, []).append(i)
         with ThreadPoolExecutor(max_workers=max(1, len(by_scorer))) as threads:
-            jobs = [threads.submit(self._score_with, key, idx, prompts, completions, n) for key, idx in by_scorer.items()]
-            for job in jobs:
-                for i, value in job.result():
-                    if value is None:
+            jobs = {key: threads.submit(self._score_with, key, idx, prompts, completions, n)
+                    for key, idx in by_scorer.items()}
+            for key, job in jobs.items():
+                wanted = get_environment_class(key[0]).info_metrics
+                for i, found in job.result():
+                    if found is None:
                         failures += 1
-                    else:
-                        rewards[i] = value
-        return rewards, failures
+                        continue
+                    rewards[i] = found[0]
+                    for name in wanted:
+                        if isinstance(found[1].get(name), (int, float)):
+                            infos.setdefault(f"{key[0]}/{name}", []).append(float(found[1][name]))
+        return rewards, failures, infos
 
-    def _score_with(self, key, idx: list[int], prompts, completions, n: int) -> list[tuple[int, float | None]]:
-        """(completion index, reward or None where scoring failed) for the completions ``idx``,
-        whole groups of ``n`` when the environment scores groups together."""
+    def _score_with(self, key, idx: list[int], prompts, completions, n: int) -> list[tuple[int, tuple | None]]:
+        """(completion index, (reward, info), or None where scoring failed) for the completions
+        ``idx``, whole groups of ``n`` when the environment scores groups together."""
         scorer = self.scorers[key]
         if not self.groups[key]:
             outcomes = scorer.map([(prompts[i // n].task, completions[i].text) for i in idx])
-            return [(i, _value(outcome, lambda v: v[0])) for i, outcome in zip(idx, outcomes)]
+            return [(i, _value(outcome, tuple)) for i, outcome in zip(idx, outcomes)]
         groups = [idx[k:k + n] for k in range(0, len(idx), n)]
         outcomes = map_groups(scorer, [(prompts[g[0] // n].task, [completions[i].text for i in g]) for g in groups])
         out = []
         for group, outcome in zip(groups, outcomes):
-            values = _value(outcome, lambda v: [r for r, _ in v]) or [None] * len(group)
-            out += list(zip(group, values))
+            out += list(zip(group, _value(outcome, lambda v: [tuple(x) for x in v]) or [None] * len(group)))
         return out
 
     def close(self) -> None:

@@ -79,6 +79,9 @@ class Environment:
 
     name: ClassVar[str] = ""
     task_fields: ClassVar[Mapping[str, type | tuple[type, ...]]] = {}
+    # Numeric keys of a reward's info that training averages into the metric reward/<env>/<key>
+    # (e.g. a judge's share of unparsable verdicts).
+    info_metrics: ClassVar[tuple[str, ...]] = ()
 
     def score(self, task: Mapping[str, Any], response: str) -> Reward:
         raise NotImplementedError(f"{type(self).__name__} must implement score(task, response)")

@@ -28,6 +28,7 @@ class JudgeEnvironment(Environment):
     """Open-ended tasks scored by a GenRM-style pairwise judge (HTTP endpoint or local checkpoint)."""
 
     name = "judge"
+    info_metrics = ("fallback_share",)  # training logs reward/judge/fallback_share
 
     def __init__(self, base_url: str | None = None, model: str = "genrm", checkpoint: str | None = None,
                  tokenizer: str = "byte", engine: str = "builtin", api_key_env: str = "OPENAI_API_KEY",
@@ -37,7 +38,8 @@ class JudgeEnvironment(Environment):
                  length_penalty: float = 0.0, principle: str | None = None):
         if (base_url is None) == (checkpoint is None):
             raise ValueError("give exactly one of base_url (an OpenAI-compatible endpoint) and checkpoint "
-                             "(a judge model run here)")
+                             "(a judge model run here); experiment=mixture reads them from RLVR_JUDGE_URL and "
+                             "RLVR_JUDGE_CHECKPOINT")
         comparison_pairs(2, comparisons)  # a mistyped mode fails here, not at the first group
         self.mode, self.both_orders = comparisons, both_orders
         self.ranking_weight, self.length_penalty, self.principle = ranking_weight, length_penalty, principle
@@ -97,13 +99,14 @@ class JudgeEnvironment(Environment):
             if not judged:
                 return [Reward(0.0, {"skipped": "a lone response and no reference answer to judge it against"})]
             sides = [(1 if i == 0 else 2, v) for (i, _), v in judged]
-            info = {"verdicts": [_shown(pair, v) for pair, v in judged], "against": "reference"}
+            info = {**_shown(judged), "against": "reference"}
             return [Reward(reference_reward(sides, self.ranking_weight), info)]
         values = group_rewards(len(responses), judged, self.ranking_weight, self.length_penalty,
                                [len(r) for r in responses])
-        return [Reward(value, {"verdicts": [_shown(pair, v) for pair, v in judged if k in pair]})
-                for k, value in enumerate(values)]
+        return [Reward(value, _shown([(pair, v) for pair, v in judged if k in pair])) for k, value in enumerate(values)]
 
 
-def _shown(pair: tuple[int, int], verdict) -> dict:
-    return {"response_1": pair[0], "response_2": pair[1], **verdict.as_dict()}
+def _shown(judged: list) -> dict:
+    """A response's info: the verdicts of its comparisons, and the share of them that fell back."""
+    return {"verdicts": [{"response_1": i, "response_2": j, **v.as_dict()} for (i, j), v in judged],
+            "fallback_share": sum(v.fallback for _, v in judged) / len(judged)}

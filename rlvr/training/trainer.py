@@ -289,6 +289,8 @@ class Trainer:
             samples, masks, rewards = got.samples, got.masks, got.rewards
             for key in ("rollout_seconds", "reward_seconds", "scoring_failures"):
                 stats[key] += getattr(got, key)
+            for name, values in got.info_metrics.items():
+                stats.setdefault("info", {}).setdefault(name, []).extend(values)
             episodes += got.episodes
             stats["rounds"] += 1
             informative = grpo.informative_groups(rewards, G) if cfg.algorithm.dynamic_sampling else None
@@ -319,6 +321,7 @@ class Trainer:
         for env in sorted({p.env for p in prompts}):
             rows = torch.tensor([p.env == env for p in prompts]).repeat_interleave(G)
             m[f"reward/{env}/mean"] = float(rewards[rows].mean())
+        m.update({f"reward/{name}": sum(values) / len(values) for name, values in stats.get("info", {}).items()})
         m.update({f"train/{k}": v for k, v in learner_metrics.items()})
         m.update({f"time/{k}": v for k, v in t.items() if k != "start"})
         return m
