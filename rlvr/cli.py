@@ -55,6 +55,10 @@ Input formats: .jsonl, .json (a list of objects), .parquet, or a folder written 
 datasets' save_to_disk. For the math environment a row needs "response" (model output) and
 "answer" (gold); --field maps other column names onto those fields.
 
+An environment that compares responses (`judge`) scores a row's `responses` (a list) or
+`response_1`/`response_2` together: the row gets "rewards" (one per response) and "reward" (their
+mean); with a human preference (`--field preference=COLUMN`, 1 or 2) the agreement is printed.
+
 A bad row (missing field, wrong type, malformed JSON, not UTF-8) is reported on stderr with its
 row and line number and written with reward 0.0 and reward_info.error; every other row is still
 scored. A row that takes longer than --timeout seconds is killed (its worker process is replaced),

