@@ -22,7 +22,7 @@ from typing import Any
 from rlvr.config import Config, ConfigError, DataSource
 from rlvr.env import TaskError, get_generator
 from rlvr.rows import BadRow, UsageError, read_rows
-from rlvr.scoring.scorer import make_environment_checked
+from rlvr.scoring.scorer import make_environment_checked, mapped
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +83,7 @@ def to_prompts(rows: list[dict | BadRow], src: DataSource, template: str, where:
         try:
             if isinstance(row, BadRow):
                 raise TaskError(row.error)
-            task = dict(row)
-            for name, column in src.fields.items():
-                if column not in row:
-                    raise TaskError(f"missing column {column!r} (mapped to field {name!r})")
-                task[name] = row[column]
+            task = mapped(row, src.fields)
             if src.prompt_field not in row:
                 raise TaskError(f"no column {src.prompt_field!r} for the prompt (its columns: {', '.join(map(str, row))})")
             if not isinstance(row[src.prompt_field], str):

@@ -18,14 +18,21 @@ GROUPS_PER_PAYLOAD = 256  # groups sent together to an environment that scores g
 
 # ---------------------------------------------------------------- turning rows into tasks
 
-def build_task(row: Mapping[str, Any], field_map: Mapping[str, str], env: Environment) -> tuple[dict, str]:
-    """The environment's view of ``row``: fields renamed by ``field_map`` (env name -> column),
-    validated; returns (task, response). Raises ``TaskError`` naming the field."""
+def mapped(row: Mapping[str, Any], field_map: Mapping[str, str]) -> dict:
+    """The row with environment fields added from the columns ``field_map`` names (env name ->
+    column); ``TaskError`` naming a missing column."""
     task = dict(row)
     for name, column in field_map.items():
         if column not in row:
             raise TaskError(f"missing column {column!r} (mapped to field {name!r})")
         task[name] = row[column]
+    return task
+
+
+def build_task(row: Mapping[str, Any], field_map: Mapping[str, str], env: Environment) -> tuple[dict, str]:
+    """The environment's view of ``row``: fields renamed by ``field_map`` (env name -> column),
+    validated; returns (task, response). Raises ``TaskError`` naming the field."""
+    task = mapped(row, field_map)
     if RESPONSE_FIELD not in task or task[RESPONSE_FIELD] is None:
         raise TaskError(f"missing field {RESPONSE_FIELD!r}")
     if not isinstance(task[RESPONSE_FIELD], str):
@@ -37,11 +44,7 @@ def build_task(row: Mapping[str, Any], field_map: Mapping[str, str], env: Enviro
 def build_group_task(row: Mapping[str, Any], field_map: Mapping[str, str], env: Environment) -> tuple[dict, list[str]]:
     """For an environment that scores groups: the task and its responses, from ``responses`` (a
     list), ``response_1`` and ``response_2`` (a pair), or ``response`` (alone)."""
-    task = dict(row)
-    for name, column in field_map.items():
-        if column not in row:
-            raise TaskError(f"missing column {column!r} (mapped to field {name!r})")
-        task[name] = row[column]
+    task = mapped(row, field_map)
     if task.get("responses") is not None:
         responses = task["responses"]
         if not (isinstance(responses, list) and responses and all(isinstance(r, str) for r in responses)):
