@@ -94,7 +94,7 @@ def evaluate(collector, pool, prompts: list, sampling, seed: int, n: int, ks: It
     if not kept:
         raise UsageError(f"none of the {len(prompts)} prompts fits the model's context with --max-tokens "
                          f"{sampling.max_tokens}")
-    rewards, tokens = [], []
+    rewards, tokens, infos = [], [], {}
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(Output(output, job or {}, len(kept), EVALUATED)) if output is not None else None
         if out is not None and out.done:
@@ -102,7 +102,10 @@ def evaluate(collector, pool, prompts: list, sampling, seed: int, n: int, ks: It
         bar = stack.enter_context(tqdm(total=len(kept), initial=len(rewards), unit="prompt", disable=not progress,
                                        dynamic_ncols=True))
         for start in range(len(rewards), len(kept), chunk_prompts):
-            for row in _evaluate_chunk(collector, pool, kept[start:start + chunk_prompts], sampling, seed, n):
+            rows, found = _evaluate_chunk(collector, pool, kept[start:start + chunk_prompts], sampling, seed, n)
+            for name, values in found.items():
+                infos.setdefault(name, []).extend(values)
+            for row in rows:
                 rewards.append(row["rewards"])
                 tokens.append(row["response_tokens"])
                 if out is not None:
@@ -114,10 +117,13 @@ def evaluate(collector, pool, prompts: list, sampling, seed: int, n: int, ks: It
     flat = [t for per in tokens for t in per]
     return {**summary, "accuracy": summary["mean_reward"], "samples_per_problem": n,
             "response_tokens_mean": round(sum(flat) / len(flat), 2), "skipped": len(prompts) - len(kept),
-            **breakdown(kept, rewards, ks)}
+            **breakdown(kept, rewards, ks),
+            # the environments' info metrics (e.g. judge/fallback_share), over the responses scored in this run
+            **({"info": {name: sum(v) / len(v) for name, v in infos.items()}} if infos else {})}
 
 
-def _evaluate_chunk(collector, pool, prompts: list, sampling, seed: int, n: int) -> list[dict]:
+def _evaluate_chunk(collector, pool, prompts: list, sampling, seed: int, n: int) -> tuple[list[dict], dict]:
+    """Rows of one chunk of prompts, and the environments' info metrics of their responses."""
     got = collector.collect(prompts, n, sampling, seed)
     rewards = got.rewards.view(len(prompts), n).tolist()
     rows = []
@@ -127,7 +133,7 @@ def _evaluate_chunk(collector, pool, prompts: list, sampling, seed: int, n: int)
         rows.append({**prompt.task, "prompt": prompt.text, "responses": responses, "rewards": rewards[i],
                      "response_tokens": [sum(m) for m in got.masks[i * n:(i + 1) * n]],
                      "finish_reasons": [s.finish_reason for s in samples]})
-    return rows
+    return rows, got.info_metrics
 
 
 def _read_back(path: Path, count: int) -> tuple[list, list]:

@@ -28,7 +28,8 @@ class JudgeEnvironment(Environment):
     """Open-ended tasks scored by a GenRM-style pairwise judge (HTTP endpoint or local checkpoint)."""
 
     name = "judge"
-    info_metrics = ("fallback_share",)  # training logs reward/judge/fallback_share
+    # training logs reward/judge/<key>: the share of verdicts that fell back, of lone responses skipped
+    info_metrics = ("fallback_share", "skipped")
 
     def __init__(self, base_url: str | None = None, model: str = "genrm", checkpoint: str | None = None,
                  tokenizer: str = "byte", engine: str = "builtin", api_key_env: str = "OPENAI_API_KEY",
@@ -66,7 +67,7 @@ class JudgeEnvironment(Environment):
 
     def score(self, task: Mapping[str, Any], response: str) -> Reward:
         """A lone response: judged against the row's ``reference``, else skipped (reward 0,
-        ``info["skipped"]``)."""
+        ``info["skipped"]`` 1, counted)."""
         return self.score_group(task, [response])[0]
 
     def score_group(self, task: Mapping[str, Any], responses: Sequence[str]) -> list[Reward]:
@@ -97,7 +98,7 @@ class JudgeEnvironment(Environment):
     def _rewards(self, task, responses, judged) -> list[Reward]:
         if len(responses) == 1:
             if not judged:
-                return [Reward(0.0, {"skipped": "a lone response and no reference answer to judge it against"})]
+                return [Reward(0.0, {"skipped": 1, "why": "a lone response and no reference answer to judge it against"})]
             sides = [(1 if i == 0 else 2, v) for (i, _), v in judged]
             info = {**_shown(judged), "against": "reference"}
             return [Reward(reference_reward(sides, self.ranking_weight), info)]
@@ -109,4 +110,4 @@ class JudgeEnvironment(Environment):
 def _shown(judged: list) -> dict:
     """A response's info: the verdicts of its comparisons, and the share of them that fell back."""
     return {"verdicts": [{"response_1": i, "response_2": j, **v.as_dict()} for (i, j), v in judged],
-            "fallback_share": sum(v.fallback for _, v in judged) / len(judged)}
+            "fallback_share": sum(v.fallback for _, v in judged) / len(judged), "skipped": 0}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import os
 import random
 import threading
@@ -159,16 +160,26 @@ def _content(reply: dict) -> str:
 
 
 class LocalJudge(Judge):
-    """A judge checkpoint on a rollout engine in this process."""
+    """A judge checkpoint on a rollout engine in this process, loaded at the first comparison (an
+    environment made only to check a config's rows never loads it)."""
 
     def __init__(self, checkpoint: str, *, tokenizer: str = "byte", engine: str = "builtin", parse_retries: int = 2,
                  temperature: float = 0.0, max_tokens: int = 256, native_roles: bool = False, seed: int = 0):
-        from rlvr.rollout.workers import EngineSpec, build_engine
+        from pathlib import Path
 
-        self.engine = build_engine(EngineSpec(checkpoint, backend=engine, tokenizer=tokenizer))
+        if not (Path(checkpoint) / "config.json").is_file():
+            raise ValueError(f"checkpoint {checkpoint} is not a checkpoint folder (no config.json)")
+        self.spec = (checkpoint, engine, tokenizer)
         self.parse_retries = parse_retries if temperature > 0 else 0
         self.temperature, self.max_tokens, self.native_roles, self.seed = temperature, max_tokens, native_roles, seed
         self.stats = JudgeStats()
+
+    @functools.cached_property
+    def engine(self):
+        from rlvr.rollout.workers import EngineSpec, build_engine
+
+        checkpoint, backend, tokenizer = self.spec
+        return build_engine(EngineSpec(checkpoint, backend=backend, tokenizer=tokenizer))
 
     def compare_many(self, items: Sequence[Comparison]) -> list[Verdict]:
         from rlvr.chat import render

@@ -335,6 +335,7 @@ class Trainer:
         rewards = got.rewards
         out = {"eval/accuracy": float(rewards.mean())}
         out.update({f"eval/{k}": v for k, v in episode_metrics(got.episodes).items()})
+        out.update({f"eval/{name}": sum(values) / len(values) for name, values in got.info_metrics.items()})
         for env in sorted({p.env for p in self.eval_prompts}):
             rows = torch.tensor([p.env == env for p in self.eval_prompts])
             out[f"eval/{env}/accuracy"] = float(rewards[rows].mean())

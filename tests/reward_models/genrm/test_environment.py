@@ -43,7 +43,8 @@ def test_a_lone_response_against_the_reference_or_skipped(endpoint):
     judged = env.score({"prompt": "Greet Ada.", "reference": "Hi"}, "Hello Ada, welcome!")
     assert judged.value == pytest.approx(0.75 + 0.1 * 0.6) and judged.info["against"] == "reference"
     skipped = env.score({"prompt": "Greet Ada."}, "Hello")
-    assert skipped.value == 0.0 and "no reference" in skipped.info["skipped"]
+    assert skipped.value == 0.0 and skipped.info["skipped"] == 1 and "no reference" in skipped.info["why"]
+    assert judged.info["skipped"] == 0
 
 
 def test_tasks_are_checked(endpoint):
@@ -80,3 +81,14 @@ def test_rlvr_score_judges_pairs_and_reports_agreement(endpoint, tmp_path, capsy
     summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary["labelled"] == 3 and summary["agreement"] == pytest.approx(2 / 3, abs=1e-4)
     assert "agreement with the rows' preference labels: 0.6667 over 3 labelled pairs" in captured.out
+
+
+def test_rlvr_eval_with_the_judge_counts_lone_responses_skipped(endpoint, tiny_checkpoint, tmp_path, capsys):
+    src = tmp_path / "tasks.jsonl"
+    src.write_text(json.dumps({"prompt": "Greet Ada.", "reference": "Hi Ada"}) + "\n"
+                   + json.dumps({"prompt": "Greet Bo."}) + "\n")
+    assert main(["eval", "--model", str(tiny_checkpoint), "--env", "judge", "--input", str(src), "--max-tokens", "4",
+                 "--env-arg", f'base_url="{endpoint.base_url}"', "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["info"] == {"judge/fallback_share": 0.0, "judge/skipped": 0.5}
+    assert summary["problems"] == 2 and endpoint.stats["requests"] == 1  # only the row with a reference was judged
