@@ -1,9 +1,10 @@
 """Mamba-2 kernels and the one place that chooses between them.
 
-    torch  plain torch (``mamba.py`` + ``ssd.py``): the reference, and the only path with autograd
+    torch  plain torch (``mamba.py`` + ``ssd.py``): the reference
     cpu    fused C loops (``cpu.py``, ``csrc/``) for CPU inference: prefill, decode, logprob
            forwards without gradients; Mamba mixer, routed MoE experts, causal GQA attention,
-           RMSNorm, sampling and its counter-based random numbers
+           RMSNorm, sampling and its counter-based random numbers; and for CPU training
+           (``cpu_train.py``): the Mamba mixer's conv + SiLU and gated norm, forward and backward
 
 ``RLVR_KERNELS=torch`` (read at import) or ``set_backend("torch")`` forces the reference
 everywhere (debugging, A/B timing); the default ``auto`` takes the fastest path that supports the
@@ -16,7 +17,7 @@ import os
 
 import torch
 
-from rlvr.kernels import cpu
+from rlvr.kernels import cpu, cpu_train
 from rlvr.kernels.cpu import frozen_weights
 from rlvr.kernels.attention import attention_ref
 from rlvr.kernels.mamba import MambaDims, MambaWeights, mamba_chunk_ref, mamba_step_ref
@@ -52,10 +53,20 @@ def _use_cpu(*tensors: torch.Tensor | None) -> bool:
     return cpu.available()
 
 
+def _train_on_cpu(*tensors: torch.Tensor | None) -> bool:
+    """A call that needs gradients, on CPU tensors: the C training kernels (``cpu_train.py``)."""
+    if _backend == "torch" or tensors[0].device.type != "cpu" or not torch.is_grad_enabled():
+        return False
+    return any(t is not None and t.requires_grad for t in tensors) and cpu.available()
+
+
 def mamba_chunk(zxbcdt, w: MambaWeights, dims: MambaDims, conv_prev=None, initial_state=None,
                 seq_idx=None, lengths=None):
     """The mixer over a sequence (see ``mamba_chunk_ref``), on the fastest path available."""
-    fn = cpu.mamba_chunk_cpu if _use_cpu(zxbcdt, *w) else mamba_chunk_ref
+    if _use_cpu(zxbcdt, *w):
+        fn = cpu.mamba_chunk_cpu
+    else:
+        fn = cpu_train.mamba_chunk_train if _train_on_cpu(zxbcdt, *w) else mamba_chunk_ref
     return fn(zxbcdt, w, dims, conv_prev, initial_state, seq_idx, lengths)
 
 

@@ -46,7 +46,7 @@ from rlvr.kernels.mamba import MambaDims, MambaWeights
 from rlvr.kernels.moe import MoEDims, MoEWeights
 
 SOURCES = [Path(__file__).parent / "csrc" / name for name in ("mamba_cpu.c", "moe_cpu.c", "attention_cpu.c", "norm_cpu.c",
-                                                               "sample_cpu.c")]
+                                                               "sample_cpu.c", "train_cpu.c")]
 HEADERS = [Path(__file__).parent / "csrc" / "simd.h"]
 # Not -ffast-math: with -shared, gcc < 13 links crtfastmath.o, which would switch the whole
 # process to flush-denormals-to-zero on load. These flags allow the same vectorised reductions,
@@ -121,6 +121,10 @@ def _library() -> ctypes.CDLL | None:
     lib.rms_norm_f32.argtypes = [i64, i64, p, p, ctypes.c_float, p, i32]
     lib.sample_f32.argtypes = [i64, i64, p, ctypes.c_float, p, p, p, i32]
     lib.counter_uniform_f32.argtypes = [i64, p, p, p]
+    lib.conv_silu_fwd_f32.argtypes = [i64, i64, i64, i64] + [p] * 5 + [i32]
+    lib.conv_silu_bwd_f32.argtypes = [i64, i64, i64, i64] + [p] * 8 + [i32]
+    lib.gated_norm_fwd_f32.argtypes = [i64, i64, i64, p, p, p, ctypes.c_float, p, i32]
+    lib.gated_norm_bwd_f32.argtypes = [i64, i64, i64, p, p, p, ctypes.c_float, p, p, p, p, i32]
     return lib
 
 

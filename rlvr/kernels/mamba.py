@@ -95,6 +95,20 @@ def _xBC_sizes(dims: MambaDims) -> list[int]:
     return [dims.d_inner, dims.ngroups * dims.dstate, dims.ngroups * dims.dstate]
 
 
+def conv_silu_ref(xBC: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  conv_prev: torch.Tensor | None = None, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+    """silu(causal conv) of xBC (batch, seqlen, conv_dim) -> (batch, seqlen, conv_dim); weight
+    (conv_dim, kernel); ``conv_prev`` (batch, kernel - 1, conv_dim): the inputs before t = 0."""
+    L = xBC.shape[1]
+    xBC = xBC.transpose(1, 2)  # (b, conv_dim, L)
+    if conv_prev is not None:
+        window = torch.cat([conv_prev.to(xBC.dtype).transpose(1, 2), xBC], dim=-1)
+        conv = causal_conv1d(window, weight, bias)[..., -L:]
+    else:
+        conv = causal_conv1d(xBC, weight, bias, seq_idx)
+    return F.silu(conv).transpose(1, 2)
+
+
 def mamba_chunk_ref(
     zxbcdt: torch.Tensor,  # (batch, seqlen, d_inner + conv_dim + nheads)
     w: MambaWeights,
@@ -103,19 +117,15 @@ def mamba_chunk_ref(
     initial_state: torch.Tensor | None = None,  # (batch, nheads, headdim, dstate)
     seq_idx: torch.Tensor | None = None,  # (batch, seqlen) document of each packed token
     lengths: torch.Tensor | None = None,  # (batch,) real tokens of each right-padded row
+    conv_silu=conv_silu_ref,  # the two elementwise stages: a fused training path passes its own
+    gated_norm=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (gated, normed y (batch, seqlen, d_inner) fp32, final SSM state fp32). Padding after
     a row's length gets dt = 0, so it neither decays nor feeds the state: the final state is the
     one after each row's last real token."""
     b, L, _ = zxbcdt.shape
     z, xBC, dt = split_zxbcdt(zxbcdt, dims)
-    xBC = xBC.transpose(1, 2)  # (b, conv_dim, L)
-    if conv_prev is not None:
-        window = torch.cat([conv_prev.to(xBC.dtype).transpose(1, 2), xBC], dim=-1)
-        conv = causal_conv1d(window, w.conv_weight[:, 0], w.conv_bias)[..., -L:]
-    else:
-        conv = causal_conv1d(xBC, w.conv_weight[:, 0], w.conv_bias, seq_idx)
-    x, B, C = F.silu(conv).transpose(1, 2).split(_xBC_sizes(dims), dim=-1)
+    x, B, C = conv_silu(xBC, w.conv_weight[:, 0], w.conv_bias, conv_prev, seq_idx).split(_xBC_sizes(dims), dim=-1)
     dt = softplus_dt(dt, w.dt_bias, dims)
     if lengths is not None:
         dt = dt * (torch.arange(L, device=dt.device) < lengths[:, None])[..., None]
@@ -124,7 +134,8 @@ def mamba_chunk_ref(
         B.reshape(b, L, dims.ngroups, dims.dstate), C.reshape(b, L, dims.ngroups, dims.dstate),
         w.D, dims.chunk_size, initial_state=initial_state, seq_idx=seq_idx,
     )
-    return gated_rms_norm(y.reshape(b, L, dims.d_inner), z, w.norm_weight, dims.group_size, dims.eps), final_state
+    return (gated_norm or gated_rms_norm)(y.reshape(b, L, dims.d_inner), z, w.norm_weight, dims.group_size,
+                                          dims.eps), final_state
 
 
 def mamba_step_ref(

@@ -1,0 +1,95 @@
+"""The CPU training path: autograd Functions whose forward and backward are C loops
+(``csrc/train_cpu.c``), with the exact arguments of their torch references in ``mamba.py``
+(``conv_silu_ref``, ``gated_rms_norm``), and the Mamba mixer built from them
+(``mamba_chunk_train``: the reference's flow with those two stages fused; the SSD scan between
+them is still the torch reference, with its autograd).
+
+Each backward recomputes what it needs from the saved inputs (the conv's pre-activation, the
+gated norm's h and 1/rms) rather than saving intermediates: less memory, and a recompute under
+gradient checkpointing gives identical results. fp32 in the kernels; inputs of another dtype are
+converted, and gradients are returned in the inputs' dtypes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlvr.kernels.cpu import _f32, _i64, _lib, _ptr
+from rlvr.kernels.mamba import MambaDims, MambaWeights, conv_silu_ref, gated_rms_norm, mamba_chunk_ref
+
+
+class ConvSiLU(torch.autograd.Function):
+    """silu(causal depthwise conv1d) over (batch, seqlen, channels), documents of packed rows kept
+    apart by ``seq_idx``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, seq_idx):
+        xf, wf, bf, sf = _f32(x), _f32(weight), _f32(bias), _i64(seq_idx)
+        b, L, ch = xf.shape
+        out = torch.empty_like(xf)
+        _lib().conv_silu_fwd_f32(b, L, ch, wf.shape[-1], xf.data_ptr(), wf.data_ptr(), _ptr(bf), _ptr(sf),
+                                 out.data_ptr(), torch.get_num_threads())
+        ctx.save_for_backward(xf, wf, bf, sf)
+        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        xf, wf, bf, sf = ctx.saved_tensors
+        b, L, ch = xf.shape
+        go = _f32(grad_out)
+        gx, gw = torch.empty_like(xf), torch.empty_like(wf)
+        gb = None if bf is None else torch.empty_like(bf)
+        _lib().conv_silu_bwd_f32(b, L, ch, wf.shape[-1], xf.data_ptr(), wf.data_ptr(), _ptr(bf), _ptr(sf),
+                                 go.data_ptr(), gx.data_ptr(), gw.data_ptr(), _ptr(gb), torch.get_num_threads())
+        dx, dw, db = ctx.dtypes
+        return gx.to(dx), gw.to(dw), None if gb is None else gb.to(db), None
+
+
+class GatedNorm(torch.autograd.Function):
+    """RMSNorm of y * silu(z) per group of channels, times the weight (see ``gated_rms_norm``)."""
+
+    @staticmethod
+    def forward(ctx, y, z, weight, group_size, eps):
+        yf, zf, wf = _f32(y), _f32(z), _f32(weight)
+        out = torch.empty_like(yf)
+        rows, dim = yf.numel() // yf.shape[-1], yf.shape[-1]
+        _lib().gated_norm_fwd_f32(rows, dim, group_size, yf.data_ptr(), zf.data_ptr(), wf.data_ptr(), eps,
+                                  out.data_ptr(), torch.get_num_threads())
+        ctx.save_for_backward(yf, zf, wf)
+        ctx.args = (group_size, eps, y.dtype, z.dtype, weight.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        yf, zf, wf = ctx.saved_tensors
+        group_size, eps, dy, dz, dw = ctx.args
+        go = _f32(grad_out)
+        gy, gz, gw = torch.empty_like(yf), torch.empty_like(zf), torch.empty_like(wf)
+        rows, dim = yf.numel() // yf.shape[-1], yf.shape[-1]
+        _lib().gated_norm_bwd_f32(rows, dim, group_size, yf.data_ptr(), zf.data_ptr(), wf.data_ptr(), eps,
+                                  go.data_ptr(), gy.data_ptr(), gz.data_ptr(), gw.data_ptr(), torch.get_num_threads())
+        return gy.to(dy), gz.to(dz), gw.to(dw), None, None
+
+
+def conv_silu_cpu(xBC, weight, bias, conv_prev=None, seq_idx=None):
+    """``conv_silu_ref`` with a C forward and backward (a continuation from ``conv_prev`` takes the
+    reference: training never passes one)."""
+    if conv_prev is not None:
+        return conv_silu_ref(xBC, weight, bias, conv_prev, seq_idx)
+    return ConvSiLU.apply(xBC, weight, bias, seq_idx)
+
+
+def gated_norm_cpu(y, z, weight, group_size: int, eps: float):
+    """``gated_rms_norm`` with a C forward and backward."""
+    return GatedNorm.apply(y, z, weight, group_size, eps)
+
+
+def mamba_chunk_train(zxbcdt, w: MambaWeights, dims: MambaDims, conv_prev=None, initial_state=None, seq_idx=None,
+                      lengths=None):
+    """``mamba_chunk_ref`` for calls that need gradients, its conv and gated norm fused."""
+    return mamba_chunk_ref(zxbcdt, w, dims, conv_prev, initial_state, seq_idx, lengths,
+                           conv_silu=conv_silu_cpu, gated_norm=gated_norm_cpu)
+
+
+__all__ = ["ConvSiLU", "GatedNorm", "conv_silu_cpu", "gated_norm_cpu", "gated_rms_norm", "mamba_chunk_train"]
