@@ -1,8 +1,12 @@
 """The CPU training path: autograd Functions whose forward and backward are C loops
-(``csrc/train_cpu.c``), with the exact arguments of their torch references in ``mamba.py``
-(``conv_silu_ref``, ``gated_rms_norm``), and the Mamba mixer built from them
-(``mamba_chunk_train``: the reference's flow with those two stages fused; the SSD scan between
-them is still the torch reference, with its autograd).
+(``csrc/train_cpu.c``), with the exact arguments of their torch references (``conv_silu_ref``
+and ``gated_rms_norm`` in ``mamba.py``, ``ssd_chunk_scan`` in ``ssd.py``), and the Mamba mixer
+built from them (``mamba_chunk_train``: the reference's flow with those stages in C).
+
+The SSD scan runs the recurrence token by token (its specification, ``ssd_scan_ref``): on a CPU
+the chunked algorithm's quadratic in-chunk "attention", its masks and their gradients cost more
+than the O(L) recurrence they replace on a GPU. Its backward recomputes the states of each
+segment of 64 tokens from the state kept at the segment's start, then runs the adjoint back.
 
 Each backward recomputes what it needs from the saved inputs (the conv's pre-activation, the
 gated norm's h and 1/rms) rather than saving intermediates: less memory, and a recompute under
@@ -16,6 +20,8 @@ import torch
 
 from rlvr.kernels.cpu import _f32, _i64, _lib, _ptr
 from rlvr.kernels.mamba import MambaDims, MambaWeights, conv_silu_ref, gated_rms_norm, mamba_chunk_ref
+
+SEGMENT = 64  # tokens between the states the SSD forward keeps for its backward (SEG in train_cpu.c)
 
 
 class ConvSiLU(torch.autograd.Function):
@@ -72,6 +78,49 @@ class GatedNorm(torch.autograd.Function):
         return gy.to(dy), gz.to(dz), gw.to(dw), None, None
 
 
+class SSDScan(torch.autograd.Function):
+    """The SSD recurrence (see ``ssd_scan_ref``), token by token in C: O(L) work per state entry,
+    no quadratic chunk "attention" to build and differentiate."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, initial_state, seq_idx):
+        xf, dtf, Af, Bf, Cf, Df = (_f32(t) for t in (x, dt, A, B, C, D))
+        init, sf = _f32(initial_state), _i64(seq_idx)
+        b, L, h, p = xf.shape
+        g, n = Bf.shape[2], Bf.shape[3]
+        y, final = torch.empty_like(xf), xf.new_empty(b, h, p, n)
+        chk = xf.new_empty(b, h, -(-L // SEGMENT), p, n)
+        _lib().ssd_scan_fwd_f32(b, L, h, p, g, n, *map(_ptr, (xf, dtf, Af, Bf, Cf, Df, init, sf, y, final, chk)),
+                                torch.get_num_threads())
+        ctx.save_for_backward(xf, dtf, Af, Bf, Cf, Df, sf, chk)
+        ctx.meta = (initial_state is not None, [t.dtype for t in (x, dt, A, B, C, D)],
+                    None if initial_state is None else initial_state.dtype)
+        return y, final
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_final):
+        xf, dtf, Af, Bf, Cf, Df, sf, chk = ctx.saved_tensors
+        has_init, dtypes, init_dtype = ctx.meta
+        b, L, h, p = xf.shape
+        g, n = Bf.shape[2], Bf.shape[3]
+        gy = _f32(grad_y) if grad_y is not None else torch.zeros_like(xf)
+        gfinal = _f32(grad_final)
+        gx, gdt = torch.empty_like(xf), torch.empty_like(dtf)
+        gA, gD = xf.new_empty(b, h), xf.new_empty(b, h)
+        gB, gC = xf.new_empty(b, L, h, n), xf.new_empty(b, L, h, n)
+        ginit = xf.new_empty(b, h, p, n) if has_init else None
+        _lib().ssd_scan_bwd_f32(b, L, h, p, g, n, *map(_ptr, (xf, dtf, Af, Bf, Cf, Df, sf, chk, gy, gfinal, gx, gdt, gA,
+                                                              gB, gC, gD, ginit)), torch.get_num_threads())
+        per_group = (b, L, g, h // g, n)  # B and C are shared by the heads of a group
+        grads = (gx, gdt, gA.sum(0), gB.view(per_group).sum(3), gC.view(per_group).sum(3), gD.sum(0))
+        return (*(t.to(d) for t, d in zip(grads, dtypes)), None if ginit is None else ginit.to(init_dtype), None)
+
+
+def ssd_scan_cpu(x, dt, A, B, C, D, chunk_size=None, initial_state=None, seq_idx=None):
+    """``ssd_chunk_scan``'s arguments and results (chunk_size unused), C forward and backward."""
+    return SSDScan.apply(x, dt, A, B, C, D, initial_state, seq_idx)
+
+
 def conv_silu_cpu(xBC, weight, bias, conv_prev=None, seq_idx=None):
     """``conv_silu_ref`` with a C forward and backward (a continuation from ``conv_prev`` takes the
     reference: training never passes one)."""
@@ -87,9 +136,10 @@ def gated_norm_cpu(y, z, weight, group_size: int, eps: float):
 
 def mamba_chunk_train(zxbcdt, w: MambaWeights, dims: MambaDims, conv_prev=None, initial_state=None, seq_idx=None,
                       lengths=None):
-    """``mamba_chunk_ref`` for calls that need gradients, its conv and gated norm fused."""
+    """``mamba_chunk_ref`` for calls that need gradients: its conv, SSD scan and gated norm in C
+    (dt's softplus, a few elementwise ops on (batch, seqlen, nheads), stays in torch)."""
     return mamba_chunk_ref(zxbcdt, w, dims, conv_prev, initial_state, seq_idx, lengths,
-                           conv_silu=conv_silu_cpu, gated_norm=gated_norm_cpu)
+                           conv_silu=conv_silu_cpu, ssd=ssd_scan_cpu, gated_norm=gated_norm_cpu)
 
 
-__all__ = ["ConvSiLU", "GatedNorm", "conv_silu_cpu", "gated_norm_cpu", "gated_rms_norm", "mamba_chunk_train"]
+__all__ = ["ConvSiLU", "GatedNorm", "SSDScan", "conv_silu_cpu", "gated_norm_cpu", "mamba_chunk_train", "ssd_scan_cpu"]

@@ -117,7 +117,8 @@ def mamba_chunk_ref(
     initial_state: torch.Tensor | None = None,  # (batch, nheads, headdim, dstate)
     seq_idx: torch.Tensor | None = None,  # (batch, seqlen) document of each packed token
     lengths: torch.Tensor | None = None,  # (batch,) real tokens of each right-padded row
-    conv_silu=conv_silu_ref,  # the two elementwise stages: a fused training path passes its own
+    conv_silu=conv_silu_ref,  # the stages a fused training path replaces with its own
+    ssd=ssd_chunk_scan,
     gated_norm=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (gated, normed y (batch, seqlen, d_inner) fp32, final SSM state fp32). Padding after
@@ -129,7 +130,7 @@ def mamba_chunk_ref(
     dt = softplus_dt(dt, w.dt_bias, dims)
     if lengths is not None:
         dt = dt * (torch.arange(L, device=dt.device) < lengths[:, None])[..., None]
-    y, final_state = ssd_chunk_scan(
+    y, final_state = ssd(
         x.reshape(b, L, dims.nheads, dims.headdim), dt, -torch.exp(w.A_log.float()),
         B.reshape(b, L, dims.ngroups, dims.dstate), C.reshape(b, L, dims.ngroups, dims.dstate),
         w.D, dims.chunk_size, initial_state=initial_state, seq_idx=seq_idx,

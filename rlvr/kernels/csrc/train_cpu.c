@@ -158,3 +158,118 @@ void gated_norm_bwd_f32(int64_t rows, int64_t dim, int64_t group, const float *y
     }
     free(partial);
 }
+
+/* The SSD recurrence, token by token, forward and backward (reference: ssd.py, ssd_scan_ref and
+ * the chunked ssd_chunk_scan it specifies):
+ *     h_t = exp(dt_t A) h_{t-1} + dt_t x_t (x) B_t,   y_t = h_t C_t + D x_t
+ * per (batch row, head), the state (headdim, dstate) in fp32; a change of seq_idx resets the state
+ * before the token. Layouts: x, y (b, L, h, p); dt (b, L, h); B, C (b, L, g, n); init, final
+ * (b, h, p, n). The forward keeps the state at the start of every SEG tokens (chk: (b, h, nseg,
+ * p, n)); the backward recomputes each segment's states from there and runs the adjoint back
+ * through it. B and C are shared by the heads of a group: their gradients come out per head
+ * (b, L, h, n) and are summed by the caller. */
+#define SEG 64
+
+static inline int boundary(const int64_t *seqb, int64_t t) { return seqb && t > 0 && seqb[t] != seqb[t - 1]; }
+
+void ssd_scan_fwd_f32(int64_t batch, int64_t L, int64_t H, int64_t P, int64_t G, int64_t N, const float *x,
+                      const float *dt, const float *A, const float *B, const float *C, const float *D,
+                      const float *init, const int64_t *seq_idx, float *y, float *final, float *chk, int nthreads) {
+    const int64_t nseg = (L + SEG - 1) / SEG, q = H / G;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(nthreads)
+    for (int64_t b = 0; b < batch; b++) {
+        for (int64_t h = 0; h < H; h++) {
+            const int64_t *seqb = seq_idx ? seq_idx + b * L : NULL;
+            float *state = final + (b * H + h) * P * N;
+            if (init) memcpy(state, init + (b * H + h) * P * N, sizeof(float) * P * N);
+            else memset(state, 0, sizeof(float) * P * N);
+            for (int64_t t = 0; t < L; t++) {
+                if (boundary(seqb, t)) memset(state, 0, sizeof(float) * P * N);
+                if (t % SEG == 0) memcpy(chk + ((b * H + h) * nseg + t / SEG) * P * N, state, sizeof(float) * P * N);
+                const float d = dt[(b * L + t) * H + h], da = expf(d * A[h]);
+                const float *xt = x + ((b * L + t) * H + h) * P;
+                const float *Bt = B + ((b * L + t) * G + h / q) * N, *Ct = C + ((b * L + t) * G + h / q) * N;
+                float *yt = y + ((b * L + t) * H + h) * P;
+                for (int64_t p = 0; p < P; p++) {
+                    float *s = state + p * N, acc = 0.0f, dx = d * xt[p];
+                    for (int64_t n = 0; n < N; n++) {
+                        s[n] = da * s[n] + dx * Bt[n];
+                        acc += s[n] * Ct[n];
+                    }
+                    yt[p] = acc + D[h] * xt[p];
+                }
+            }
+        }
+    }
+}
+
+/* grad_final may be NULL (zeros). Per-head outputs: gB, gC (b, L, h, n); gA, gD (b, h). */
+void ssd_scan_bwd_f32(int64_t batch, int64_t L, int64_t H, int64_t P, int64_t G, int64_t N, const float *x,
+                      const float *dt, const float *A, const float *B, const float *C, const float *D,
+                      const int64_t *seq_idx, const float *chk, const float *gy, const float *gfinal, float *gx,
+                      float *gdt, float *gA, float *gB, float *gC, float *gD, float *ginit, int nthreads) {
+    const int64_t nseg = (L + SEG - 1) / SEG, q = H / G, PN = P * N;
+#pragma omp parallel num_threads(nthreads)
+    {
+        float *hs = malloc(sizeof(float) * (SEG + 1) * PN);  /* hs[0]: the state before the segment */
+        float *adj = malloc(sizeof(float) * PN);
+#pragma omp for collapse(2) schedule(static)
+        for (int64_t b = 0; b < batch; b++) {
+            for (int64_t h = 0; h < H; h++) {
+                const int64_t *seqb = seq_idx ? seq_idx + b * L : NULL;
+                float sumA = 0.0f, sumD = 0.0f;
+                if (gfinal) memcpy(adj, gfinal + (b * H + h) * PN, sizeof(float) * PN);
+                else memset(adj, 0, sizeof(float) * PN);
+                for (int64_t sgi = nseg - 1; sgi >= 0; sgi--) {
+                    const int64_t t0 = sgi * SEG, t1 = t0 + SEG < L ? t0 + SEG : L;
+                    /* recompute: hs[k + 1] = the state after token t0 + k */
+                    memcpy(hs, chk + ((b * H + h) * nseg + sgi) * PN, sizeof(float) * PN);
+                    for (int64_t t = t0; t < t1; t++) {
+                        float *prev = hs + (t - t0) * PN, *cur = prev + PN;
+                        const int reset = boundary(seqb, t) && t != t0;  /* (the checkpoint is taken after a reset) */
+                        const float d = dt[(b * L + t) * H + h], da = expf(d * A[h]);
+                        const float *xt = x + ((b * L + t) * H + h) * P, *Bt = B + ((b * L + t) * G + h / q) * N;
+                        for (int64_t p = 0; p < P; p++)
+                            for (int64_t n = 0; n < N; n++)
+                                cur[p * N + n] = (reset ? 0.0f : da * prev[p * N + n]) + d * xt[p] * Bt[n];
+                    }
+                    for (int64_t t = t1 - 1; t >= t0; t--) {
+                        const float *prev = hs + (t - t0) * PN, *cur = prev + PN;
+                        const int reset = boundary(seqb, t);
+                        const float d = dt[(b * L + t) * H + h], da = expf(d * A[h]);
+                        const float *xt = x + ((b * L + t) * H + h) * P;
+                        const float *Bt = B + ((b * L + t) * G + h / q) * N, *Ct = C + ((b * L + t) * G + h / q) * N;
+                        const float *dy = gy + ((b * L + t) * H + h) * P;
+                        float *dx = gx + ((b * L + t) * H + h) * P;
+                        float *dB = gB + ((b * L + t) * H + h) * N, *dC = gC + ((b * L + t) * H + h) * N;
+                        float ddt = 0.0f, dAacc = 0.0f;
+                        for (int64_t n = 0; n < N; n++) dB[n] = dC[n] = 0.0f;
+                        for (int64_t p = 0; p < P; p++) {
+                            float *a = adj + p * N, acc = 0.0f;
+                            sumD += dy[p] * xt[p];
+                            for (int64_t n = 0; n < N; n++) {
+                                a[n] += dy[p] * Ct[n];               /* adjoint of h_t */
+                                dC[n] += cur[p * N + n] * dy[p];
+                                acc += a[n] * Bt[n];
+                                dB[n] += a[n] * xt[p];
+                                const float pv = reset ? 0.0f : prev[p * N + n];
+                                ddt += a[n] * (A[h] * da * pv + xt[p] * Bt[n]);
+                                dAacc += a[n] * pv;
+                                a[n] = reset ? 0.0f : da * a[n];     /* adjoint of h_{t-1} */
+                            }
+                            dx[p] = d * acc + D[h] * dy[p];
+                        }
+                        for (int64_t n = 0; n < N; n++) dB[n] *= d;
+                        gdt[(b * L + t) * H + h] = ddt;
+                        sumA += d * da * dAacc;
+                    }
+                }
+                gA[b * H + h] = sumA;
+                gD[b * H + h] = sumD;
+                if (ginit) memcpy(ginit + (b * H + h) * PN, adj, sizeof(float) * PN);
+            }
+        }
+        free(adj);
+        free(hs);
+    }
+}
