@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from rlvr.kernels.cpu import _f32, _i64, _lib, _ptr
-from rlvr.kernels.mamba import MambaDims, MambaWeights, conv_silu_ref, gated_rms_norm, mamba_chunk_ref
+from rlvr.kernels.mamba import MambaDims, MambaWeights, conv_silu_ref, mamba_chunk_ref
 
 SEGMENT = 64  # tokens between the states the SSD forward keeps for its backward (SEG in train_cpu.c)
 
