@@ -7,9 +7,9 @@ Cases: (a) ``tiny``: the default job's policy (configs/model/arith_cpu.yaml) on 
 steps': 512 sequences of 12 tokens; (b) ``small``: the ``small-100m`` preset, 4 x 1024 tokens.
 Each backend runs ``--repeats`` times, interleaved, after a warm-up; the best time is reported,
 the median too, and the peak resident memory above the state before the step (polled every
-2 ms). ``--profile``: the torch path of each case under ``torch.profiler``: time in matrix
-multiplies (mm, bmm, addmm, matmul's kernels) vs everything else, the ten most expensive ops, and
-the forward time per layer kind (Mamba, attention, MoE, MLP; measured with hooks). Torch threads
+2 ms). ``--profile``: each path of each case under ``torch.profiler``: time in matrix multiplies (mm,
+bmm, addmm) vs everything else (the C kernels count there, as the ops that call them), the ten
+most expensive ops, and the forward time per layer kind (Mamba, attention, MoE, MLP; hooks). Torch threads
 reported. Prints one JSON object.
 """
 
@@ -93,13 +93,13 @@ def compare(case: str, repeats: int) -> dict:
     return out
 
 
-def profile(case: str) -> dict:
-    """The torch path's step under torch.profiler, and forward time per layer kind."""
+def profile(case: str, backend: str) -> dict:
+    """One path's step under torch.profiler, and forward time per layer kind."""
     build, rows, length = CASES[case]
     torch.manual_seed(0)
     model = build().train()
     step = make_step(model, rows, length)
-    K.set_backend("torch")
+    K.set_backend(backend)
     step()
     kinds: dict[str, float] = {}
     hooks = []
@@ -134,7 +134,8 @@ def main() -> None:
     for case in args.cases:
         result[case] = compare(case, args.repeats)
         if args.profile:
-            result[case]["profile_torch_path"] = profile(case)
+            result[case]["profile_torch_path"] = profile(case, "torch")
+            result[case]["profile_fused_path"] = profile(case, "auto")
     print(json.dumps(result, indent=1))
 
 

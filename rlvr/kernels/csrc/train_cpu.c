@@ -225,39 +225,45 @@ void ssd_scan_bwd_f32(int64_t batch, int64_t L, int64_t H, int64_t P, int64_t G,
                     /* recompute: hs[k + 1] = the state after token t0 + k */
                     memcpy(hs, chk + ((b * H + h) * nseg + sgi) * PN, sizeof(float) * PN);
                     for (int64_t t = t0; t < t1; t++) {
-                        float *prev = hs + (t - t0) * PN, *cur = prev + PN;
+                        const float *prev = hs + (t - t0) * PN;
+                        float *restrict cur = hs + (t - t0 + 1) * PN;
                         const int reset = boundary(seqb, t) && t != t0;  /* (the checkpoint is taken after a reset) */
-                        const float d = dt[(b * L + t) * H + h], da = expf(d * A[h]);
+                        const float d = dt[(b * L + t) * H + h], keep = reset ? 0.0f : expf(d * A[h]);
                         const float *xt = x + ((b * L + t) * H + h) * P, *Bt = B + ((b * L + t) * G + h / q) * N;
-                        for (int64_t p = 0; p < P; p++)
-                            for (int64_t n = 0; n < N; n++)
-                                cur[p * N + n] = (reset ? 0.0f : da * prev[p * N + n]) + d * xt[p] * Bt[n];
+                        for (int64_t p = 0; p < P; p++) {
+                            const float dx = d * xt[p];
+                            for (int64_t n = 0; n < N; n++) cur[p * N + n] = keep * prev[p * N + n] + dx * Bt[n];
+                        }
                     }
                     for (int64_t t = t1 - 1; t >= t0; t--) {
                         const float *prev = hs + (t - t0) * PN, *cur = prev + PN;
                         const int reset = boundary(seqb, t);
                         const float d = dt[(b * L + t) * H + h], da = expf(d * A[h]);
+                        const float keep = reset ? 0.0f : 1.0f;  /* a reset: h_{t-1} is zero, nothing flows back */
                         const float *xt = x + ((b * L + t) * H + h) * P;
                         const float *Bt = B + ((b * L + t) * G + h / q) * N, *Ct = C + ((b * L + t) * G + h / q) * N;
                         const float *dy = gy + ((b * L + t) * H + h) * P;
-                        float *dx = gx + ((b * L + t) * H + h) * P;
-                        float *dB = gB + ((b * L + t) * H + h) * N, *dC = gC + ((b * L + t) * H + h) * N;
+                        float *restrict dx = gx + ((b * L + t) * H + h) * P;
+                        float *restrict dB = gB + ((b * L + t) * H + h) * N, *restrict dC = gC + ((b * L + t) * H + h) * N;
                         float ddt = 0.0f, dAacc = 0.0f;
                         for (int64_t n = 0; n < N; n++) dB[n] = dC[n] = 0.0f;
                         for (int64_t p = 0; p < P; p++) {
-                            float *a = adj + p * N, acc = 0.0f;
-                            sumD += dy[p] * xt[p];
+                            float *restrict a = adj + p * N;
+                            const float *pv = prev + p * N, *cv = cur + p * N, dyp = dy[p], xp = xt[p];
+                            float aB = 0.0f, aP = 0.0f;
                             for (int64_t n = 0; n < N; n++) {
-                                a[n] += dy[p] * Ct[n];               /* adjoint of h_t */
-                                dC[n] += cur[p * N + n] * dy[p];
-                                acc += a[n] * Bt[n];
-                                dB[n] += a[n] * xt[p];
-                                const float pv = reset ? 0.0f : prev[p * N + n];
-                                ddt += a[n] * (A[h] * da * pv + xt[p] * Bt[n]);
-                                dAacc += a[n] * pv;
-                                a[n] = reset ? 0.0f : da * a[n];     /* adjoint of h_{t-1} */
+                                const float an = a[n] + dyp * Ct[n];  /* adjoint of h_t */
+                                dC[n] += cv[n] * dyp;
+                                dB[n] += an * xp;
+                                aB += an * Bt[n];
+                                aP += an * pv[n];
+                                a[n] = keep * da * an;               /* adjoint of h_{t-1} */
                             }
-                            dx[p] = d * acc + D[h] * dy[p];
+                            sumD += dyp * xp;
+                            dx[p] = d * aB + D[h] * dyp;
+                            /* d h_t / d dt = A da h_{t-1} + x (x) B;  d h_t / d A = dt da h_{t-1} */
+                            ddt += A[h] * da * keep * aP + xp * aB;
+                            dAacc += keep * aP;
                         }
                         for (int64_t n = 0; n < N; n++) dB[n] *= d;
                         gdt[(b * L + t) * H + h] = ddt;
