@@ -43,8 +43,7 @@ def make_step(model: torch.nn.Module, rows: int, length: int):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
 
     def step() -> None:
-        logits = model(ids[:, :-1])
-        logp = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None])[..., 0]
+        logp, _ = K.token_logprobs(model(ids[:, :-1]), ids)  # the learner's log-probs (and entropy)
         loss = -(logp * advantages).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -4,7 +4,8 @@
     cpu    fused C loops (``cpu.py``, ``csrc/``) for CPU inference: prefill, decode, logprob
            forwards without gradients; Mamba mixer, routed MoE experts, causal GQA attention,
            RMSNorm, sampling and its counter-based random numbers; and for CPU training
-           (``cpu_train.py``): the Mamba mixer's conv + SiLU and gated norm, forward and backward
+           (``cpu_train.py``): the Mamba mixer's conv + SiLU, SSD scan and gated norm, and the
+           learner's target log-probabilities, forward and backward
 
 ``RLVR_KERNELS=torch`` (read at import) or ``set_backend("torch")`` forces the reference
 everywhere (debugging, A/B timing); the default ``auto`` takes the fastest path that supports the
@@ -22,6 +23,7 @@ from rlvr.kernels.cpu import frozen_weights
 from rlvr.kernels.attention import attention_ref
 from rlvr.kernels.mamba import MambaDims, MambaWeights, mamba_chunk_ref, mamba_step_ref
 from rlvr.kernels.moe import MoEDims, MoEWeights, moe_routed_ref
+from rlvr.kernels.logprob import token_logprobs_ref
 from rlvr.kernels.norm import rms_norm_ref
 from rlvr.kernels.sampling import counter_uniform_ref, sample_ref
 
@@ -76,6 +78,14 @@ def mamba_step(zxbcdt, w: MambaWeights, dims: MambaDims, conv_state, ssm_state):
     return fn(zxbcdt, w, dims, conv_state, ssm_state)
 
 
+def token_logprobs(logits, input_ids):
+    """Target log-probabilities and entropies from logits (see ``token_logprobs_ref``), on the
+    fastest path available (the C kernel needs the logits on the CPU; with or without gradients)."""
+    if _backend != "torch" and logits.device.type == "cpu" and cpu.available():
+        return cpu_train.token_logprobs_cpu(logits, input_ids)
+    return token_logprobs_ref(logits, input_ids)
+
+
 def moe_routed(x_router, x, w: MoEWeights, dims: MoEDims):
     """Router + routed experts (see ``moe_routed_ref``), on the fastest path available."""
     fn = cpu.moe_routed_cpu if dims.n_group == 1 and _use_cpu(x, x_router, *w) else moe_routed_ref
@@ -110,4 +120,4 @@ def counter_uniform(keys, positions):
 
 
 __all__ = ["BACKENDS", "counter_uniform", "MambaDims", "MambaWeights", "MoEDims", "MoEWeights", "attention", "backend", "frozen_weights",
-           "mamba_chunk", "mamba_step", "moe_routed", "rms_norm", "sample", "set_backend"]
+           "mamba_chunk", "mamba_step", "moe_routed", "rms_norm", "sample", "set_backend", "token_logprobs"]

@@ -127,6 +127,8 @@ def _library() -> ctypes.CDLL | None:
     lib.gated_norm_bwd_f32.argtypes = [i64, i64, i64, p, p, p, ctypes.c_float, p, p, p, p, i32]
     lib.ssd_scan_fwd_f32.argtypes = [i64] * 6 + [p] * 11 + [i32]
     lib.ssd_scan_bwd_f32.argtypes = [i64] * 6 + [p] * 17 + [i32]
+    lib.logprob_fwd_f32.argtypes = [i64, i64] + [p] * 5 + [i32]
+    lib.logprob_bwd_f32.argtypes = [i64, i64] + [p] * 5 + [i32]
     return lib
 
 

@@ -116,6 +116,35 @@ class SSDScan(torch.autograd.Function):
         return (*(t.to(d) for t, d in zip(grads, dtypes)), None if ginit is None else ginit.to(init_dtype), None)
 
 
+class TokenLogprob(torch.autograd.Function):
+    """log p(target) of each row of logits, and its entropy (no gradient: a metric), in one pass;
+    the backward is one pass more (softmax recomputed from the saved log-sum-exp)."""
+
+    @staticmethod
+    def forward(ctx, logits, targets):
+        lf, tf = _f32(logits), _i64(targets)
+        rows, V = tf.numel(), lf.shape[-1]
+        logp, entropy, lse = (lf.new_empty(tf.shape) for _ in range(3))
+        _lib().logprob_fwd_f32(rows, V, *map(_ptr, (lf, tf, logp, entropy, lse)), torch.get_num_threads())
+        ctx.save_for_backward(lf, tf, lse)
+        ctx.mark_non_differentiable(entropy)
+        ctx.dtype = logits.dtype
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_entropy):
+        lf, tf, lse = ctx.saved_tensors
+        grad = torch.empty_like(lf)
+        _lib().logprob_bwd_f32(tf.numel(), lf.shape[-1], *map(_ptr, (lf, tf, lse, _f32(grad_logp), grad)),
+                               torch.get_num_threads())
+        return grad.to(ctx.dtype), None
+
+
+def token_logprobs_cpu(logits, input_ids):
+    """``token_logprobs_ref`` with a C forward and backward."""
+    return TokenLogprob.apply(logits, input_ids[:, 1:])
+
+
 def ssd_scan_cpu(x, dt, A, B, C, D, chunk_size=None, initial_state=None, seq_idx=None):
     """``ssd_chunk_scan``'s arguments and results (chunk_size unused), C forward and backward."""
     return SSDScan.apply(x, dt, A, B, C, D, initial_state, seq_idx)
@@ -142,4 +171,5 @@ def mamba_chunk_train(zxbcdt, w: MambaWeights, dims: MambaDims, conv_prev=None, 
                            conv_silu=conv_silu_cpu, ssd=ssd_scan_cpu, gated_norm=gated_norm_cpu)
 
 
-__all__ = ["ConvSiLU", "GatedNorm", "SSDScan", "conv_silu_cpu", "gated_norm_cpu", "mamba_chunk_train", "ssd_scan_cpu"]
+__all__ = ["ConvSiLU", "GatedNorm", "SSDScan", "TokenLogprob", "conv_silu_cpu", "gated_norm_cpu", "mamba_chunk_train",
+           "ssd_scan_cpu", "token_logprobs_cpu"]

@@ -31,7 +31,7 @@ import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from rlvr import grpo
+from rlvr import grpo, kernels
 from rlvr.training import packing
 from rlvr.config import Config
 from rlvr.training.packing import MicroBatch
@@ -47,15 +47,6 @@ class TrainBatch:
     advantages: torch.Tensor  # (B,)
     engine_logp: torch.Tensor  # (B, L - 1): the sampling engine's log-probabilities
     lengths: torch.Tensor  # (B,) real tokens of each sequence (the rest is padding)
-
-
-def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p(input_ids[:, t+1] | ...) and the entropy of each next-token distribution, fp32.
-    logits (B, L - 1, V) -> two (B, L - 1) tensors."""
-    logp_all = torch.log_softmax(logits.float(), dim=-1)
-    logp = logp_all.gather(-1, input_ids[:, 1:, None])[..., 0]
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, entropy
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):
@@ -158,7 +149,7 @@ class LearnerRank:
     def reference_logprobs(self, micros: list[MicroBatch]) -> list[torch.Tensor]:
         """Per-token log-probabilities under the reference policy (for KL in the reward)."""
         with torch.no_grad():
-            return [token_logprobs(self._forward(self.reference, m), m.input_ids)[0].cpu()
+            return [kernels.token_logprobs(self._forward(self.reference, m), m.input_ids)[0].cpu()
                     for m in (m.to(self.engine.device) for m in micros)]
 
     # -- training
@@ -194,17 +185,17 @@ class LearnerRank:
     def _old_logprobs(self, micros: list[MicroBatch]) -> list[torch.Tensor]:
         self.engine.eval()
         with torch.no_grad():
-            parts = [token_logprobs(self._forward(self.engine, m), m.input_ids)[0] for m in micros]
+            parts = [kernels.token_logprobs(self._forward(self.engine, m), m.input_ids)[0] for m in micros]
         self.engine.train()
         return parts
 
     def _micro_step(self, micro: MicroBatch, old_logp: torch.Tensor | None) -> dict[str, float]:
-        logp, entropy = token_logprobs(self._forward(self.engine, micro), micro.input_ids)
+        logp, entropy = kernels.token_logprobs(self._forward(self.engine, micro), micro.input_ids)
         t = micro.tokens
         ref_logp = None
         if self.loss_config.kl_coef:
             with torch.no_grad():
-                ref_logp = token_logprobs(self._forward(self.reference, micro), micro.input_ids)[0]
+                ref_logp = kernels.token_logprobs(self._forward(self.reference, micro), micro.input_ids)[0]
         # One pass on fresh samples: the "old" policy is the current one (ratio 1, gradient of
         # the plain policy gradient); more epochs compare against the pre-update log-probs.
         old = logp.detach() if old_logp is None else old_logp

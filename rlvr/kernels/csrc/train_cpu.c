@@ -7,6 +7,8 @@
  *               silu(causal_conv1d(...)); the backward recomputes the pre-activation from x.
  *   gated_norm: out = w * h / rms_g(h), h = y * silu(z), RMS over groups of channels, reference
  *               gated_rms_norm; the backward recomputes h and 1/rms.
+ *   logprob:    log p(target) and the entropy of each row of logits in one pass, reference
+ *               token_logprobs_ref (rlvr/kernels/logprob.py); the backward is one more pass.
  *
  * Layouts: x, out (batch, seqlen, channels) channel-contiguous; w (channels, K); seq_idx
  * (batch, seqlen) int64 or NULL. */
@@ -16,7 +18,9 @@
 #include <string.h>
 #include <omp.h>
 
-static inline float sigmoidf(float a) { return 1.0f / (1.0f + expf(-a)); }
+#include "simd.h"
+
+static inline float sigmoidf(float a) { return 1.0f / (1.0f + fast_expf(-a)); }
 
 /* The pre-activation of row b at token t, channel range [c0, c1), into pre[c0..c1). */
 static inline void conv_pre(int64_t L, int64_t ch, int64_t K, const float *xb, const float *w, const float *bias,
@@ -277,5 +281,40 @@ void ssd_scan_bwd_f32(int64_t batch, int64_t L, int64_t H, int64_t P, int64_t G,
         }
         free(adj);
         free(hs);
+    }
+}
+
+/* Per row of logits (V entries): lse = log sum exp, logp = l[target] - lse, entropy = lse -
+ * sum softmax * l, in one pass with a running maximum (online softmax). */
+void logprob_fwd_f32(int64_t rows, int64_t V, const float *logits, const int64_t *target, float *logp,
+                     float *entropy, float *lse, int nthreads) {
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *l = logits + r * V;
+        float m = l[0];
+        for (int64_t i = 1; i < V; i++) m = l[i] > m ? l[i] : m;
+        float s = 0.0f, sl = 0.0f;
+        for (int64_t i = 0; i < V; i++) {
+            const float e = fast_expf(l[i] - m);
+            s += e;
+            sl += e * l[i];
+        }
+        const float z = m + logf(s);
+        lse[r] = z;
+        logp[r] = l[target[r]] - z;
+        entropy[r] = z - sl / s;
+    }
+}
+
+/* d logp / d l_i = [i = target] - softmax_i, times the row's incoming gradient. */
+void logprob_bwd_f32(int64_t rows, int64_t V, const float *logits, const int64_t *target, const float *lse,
+                     const float *grad_logp, float *grad_logits, int nthreads) {
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *l = logits + r * V;
+        float *g = grad_logits + r * V;
+        const float gr = grad_logp[r], z = lse[r];
+        for (int64_t i = 0; i < V; i++) g[i] = -gr * fast_expf(l[i] - z);
+        g[target[r]] += gr;
     }
 }

@@ -155,3 +155,19 @@ def test_a_model_trains_alike_on_both_paths_and_under_checkpointing():
     (g1,) = torch.autograd.grad(y1.sum(), zxbcdt)
     (g2,) = torch.autograd.grad(mamba_chunk_train(zxbcdt, w, dims)[0].sum(), zxbcdt)
     assert torch.equal(g1, g2)
+
+
+@pytest.mark.parametrize("shape, vocab", [((3, 7), 256), ((2, 5), 1000), ((1, 1), 3)])
+def test_token_logprobs(shape, vocab):
+    from rlvr.kernels.cpu_train import token_logprobs_cpu
+    from rlvr.kernels.logprob import token_logprobs_ref
+
+    g = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(*shape, vocab, generator=g).mul_(4).requires_grad_()
+    ids = torch.randint(0, vocab, (shape[0], shape[1] + 1), generator=g)
+    go = torch.randn(*shape, generator=g)
+    (rl, re), (fl, fe) = token_logprobs_ref(logits, ids), token_logprobs_cpu(logits, ids)
+    print(f"entropy {vocab}: {float((re - fe).detach().abs().max()):.2e}")
+    assert torch.allclose(re.detach(), fe, atol=TOL) and not fe.requires_grad
+    _check(f"token_logprobs {shape} vocab {vocab}", (rl, torch.autograd.grad(rl, logits, go)),
+           (fl, torch.autograd.grad(fl, logits, go)))

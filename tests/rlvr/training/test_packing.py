@@ -6,7 +6,7 @@ import torch
 import rlvr.model as M
 from rlvr import grpo
 from rlvr.training import packing
-from rlvr.training.learner import token_logprobs
+from rlvr.kernels import token_logprobs
 from rlvr.model.config import tiny
 
 
