@@ -285,7 +285,7 @@ void ssd_scan_bwd_f32(int64_t batch, int64_t L, int64_t H, int64_t P, int64_t G,
 }
 
 /* Per row of logits (V entries): lse = log sum exp, logp = l[target] - lse, entropy = lse -
- * sum softmax * l, in one pass with a running maximum (online softmax). */
+ * sum softmax * l: the row maximum, then one pass for both sums. */
 void logprob_fwd_f32(int64_t rows, int64_t V, const float *logits, const int64_t *target, float *logp,
                      float *entropy, float *lse, int nthreads) {
 #pragma omp parallel for schedule(static) num_threads(nthreads)

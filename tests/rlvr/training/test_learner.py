@@ -6,7 +6,8 @@ import torch
 
 import rlvr.model as M
 from rlvr.config import load_config
-from rlvr.training.learner import LearnerGroup, TrainBatch, lr_lambda, token_logprobs
+from rlvr.kernels import token_logprobs
+from rlvr.training.learner import LearnerGroup, TrainBatch, lr_lambda
 from rlvr.model.config import tiny
 from rlvr.rollout.weights import unpack_bucket
 
