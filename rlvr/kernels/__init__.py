@@ -7,6 +7,9 @@
            (``cpu_train.py``): the Mamba mixer's conv + SiLU, SSD scan and gated norm, and the
            learner's target log-probabilities, forward and backward
 
+    triton Triton kernels for CUDA tensors (``triton_ssd.py``): so far the decode step (conv
+           state update, selective state update); with ``auto``, chosen on CUDA when installed
+
 ``RLVR_KERNELS=torch`` (read at import) or ``set_backend("torch")`` forces the reference
 everywhere (debugging, A/B timing); the default ``auto`` takes the fastest path that supports the
 call.
@@ -14,6 +17,8 @@ call.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 
 import torch
@@ -27,7 +32,7 @@ from rlvr.kernels.logprob import token_logprobs_ref
 from rlvr.kernels.norm import rms_norm_ref
 from rlvr.kernels.sampling import counter_uniform_ref, sample_ref
 
-BACKENDS = ("auto", "torch", "cpu")
+BACKENDS = ("auto", "torch", "cpu", "triton")
 
 
 _backend = os.environ.get("RLVR_KERNELS", "auto")
@@ -72,8 +77,22 @@ def mamba_chunk(zxbcdt, w: MambaWeights, dims: MambaDims, conv_prev=None, initia
     return fn(zxbcdt, w, dims, conv_prev, initial_state, seq_idx, lengths)
 
 
+@functools.lru_cache(maxsize=1)
+def _triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _use_triton(*tensors: torch.Tensor | None) -> bool:
+    """The Triton kernels serve CUDA tensors (so far: the decode step) when triton is installed."""
+    return _backend in ("auto", "triton") and tensors[0].device.type == "cuda" and _triton_available()
+
+
 def mamba_step(zxbcdt, w: MambaWeights, dims: MambaDims, conv_state, ssm_state):
     """One decode token (see ``mamba_step_ref``), on the fastest path available."""
+    if _use_triton(zxbcdt):
+        from rlvr.kernels.triton_ssd import mamba_step_triton  # (imported on a GPU only: see its tests)
+
+        return mamba_step_triton(zxbcdt, w, dims, conv_state, ssm_state)
     fn = cpu.mamba_step_cpu if _use_cpu(zxbcdt, *w) else mamba_step_ref
     return fn(zxbcdt, w, dims, conv_state, ssm_state)
 
