@@ -8,7 +8,8 @@
            learner's target log-probabilities, forward and backward
 
     triton Triton kernels for CUDA tensors (``triton_ssd.py``): so far the decode step (conv
-           state update, selective state update); with ``auto``, chosen on CUDA when installed
+           state update, selective state update) and the sequence conv + SiLU of calls without
+           gradients; with ``auto``, chosen on CUDA when installed
 
 ``RLVR_KERNELS=torch`` (read at import) or ``set_backend("torch")`` forces the reference
 everywhere (debugging, A/B timing); the default ``auto`` takes the fastest path that supports the
@@ -70,6 +71,11 @@ def _train_on_cpu(*tensors: torch.Tensor | None) -> bool:
 def mamba_chunk(zxbcdt, w: MambaWeights, dims: MambaDims, conv_prev=None, initial_state=None,
                 seq_idx=None, lengths=None):
     """The mixer over a sequence (see ``mamba_chunk_ref``), on the fastest path available."""
+    if _use_triton(zxbcdt) and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                                     for t in (zxbcdt, *w))):
+        from rlvr.kernels.triton_ssd import conv_silu_triton  # (no backward yet: calls without gradients)
+
+        return mamba_chunk_ref(zxbcdt, w, dims, conv_prev, initial_state, seq_idx, lengths, conv_silu=conv_silu_triton)
     if _use_cpu(zxbcdt, *w):
         fn = cpu.mamba_chunk_cpu
     else:
@@ -83,7 +89,7 @@ def _triton_available() -> bool:
 
 
 def _use_triton(*tensors: torch.Tensor | None) -> bool:
-    """The Triton kernels serve CUDA tensors (so far: the decode step) when triton is installed."""
+    """The Triton kernels serve CUDA tensors when triton is installed."""
     return _backend in ("auto", "triton") and tensors[0].device.type == "cuda" and _triton_available()
 
 

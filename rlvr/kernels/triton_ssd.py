@@ -1,6 +1,7 @@
-"""Triton kernels for the Mamba-2 mixer on GPUs (the ``triton`` backend). So far the decode step:
-the causal-conv state update (+ SiLU) and the selective state update of the SSD recurrence;
-the chunked scan's forward and backward are still to come.
+"""Triton kernels for the Mamba-2 mixer on GPUs (the ``triton`` backend). So far the decode step
+(the causal-conv state update (+ SiLU) and the selective state update of the SSD recurrence) and
+the causal conv (+ SiLU) over a sequence, forward; the chunked scan's forward and backward, and
+the conv's backward, are still to come.
 
 References: ``mamba_step_ref`` (``mamba.py``) and ``ssd_step`` (``ssd.py``). Inputs may be bf16
 or fp32; everything inside a kernel is fp32 and the states stay fp32, as in the reference.
@@ -62,6 +63,52 @@ def _state_update_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y
     tl.store(state_ptr + offs, h, mask=mask)
     y = tl.sum(h * Cv[None, :], axis=1) + tl.load(D_ptr + head).to(tl.float32) * x
     tl.store(y_ptr + bh * headdim + p, y, mask=mp)
+
+
+@triton.jit
+def _conv_silu_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, out_ptr, L, channels, stride_b, stride_t,
+                      K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, BLOCK_T: tl.constexpr,
+                      BLOCK_C: tl.constexpr):
+    """silu(causal depthwise conv) for a (tokens, channels) tile of one row; inputs from another
+    document of a packed row (``seq_idx``) are left out of each window."""
+    row = tl.program_id(0)
+    t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mt, mc = t < L, c < channels
+    acc = tl.zeros((BLOCK_T, BLOCK_C), dtype=tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + c, mask=mc, other=0.0).to(tl.float32)[None, :]
+    if HAS_SEQ:
+        doc = tl.load(seq_ptr + row * L + t, mask=mt, other=-1)
+    for k in tl.static_range(K):
+        s = t - (K - 1) + k
+        ok = mt & (s >= 0)
+        if HAS_SEQ:
+            ok = ok & (tl.load(seq_ptr + row * L + s, mask=ok, other=-2) == doc)
+        xs = tl.load(x_ptr + row * stride_b + s[:, None] * stride_t + c[None, :], mask=ok[:, None] & mc[None, :],
+                     other=0.0).to(tl.float32)
+        acc += xs * tl.load(w_ptr + c * K + k, mask=mc, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + (row * L + t[:, None]) * channels + c[None, :], acc / (1.0 + tl.exp(-acc)),
+             mask=mt[:, None] & mc[None, :])
+
+
+def conv_silu_triton(xBC: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv_prev=None,
+                     seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+    """``conv_silu_ref`` (no gradient; a continuation from ``conv_prev`` takes the reference) ->
+    (batch, seqlen, channels) fp32. ``xBC`` may be a strided slice (channels contiguous)."""
+    from rlvr.kernels.mamba import conv_silu_ref
+
+    if conv_prev is not None or xBC.stride(-1) != 1:
+        return conv_silu_ref(xBC, weight, bias, conv_prev, seq_idx)
+    b, L, channels = xBC.shape
+    out = torch.empty(b, L, channels, dtype=torch.float32, device=xBC.device)
+    seq = seq_idx.contiguous() if seq_idx is not None else out
+    block_t, block_c = 16, 64
+    _conv_silu_kernel[(b, triton.cdiv(L, block_t), triton.cdiv(channels, block_c))](
+        xBC, weight.contiguous(), bias if bias is not None else weight, seq, out, L, channels, xBC.stride(0),
+        xBC.stride(1), K=weight.shape[-1], HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None,
+        BLOCK_T=block_t, BLOCK_C=block_c)
+    return out
 
 
 def conv_update_triton(conv_state: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,

@@ -66,3 +66,25 @@ def test_a_decode_step_is_mamba_step_ref(kernels, bias):
                    float((ssm_state - ssm_ref).abs().max()))
         print(f"decode step {step} (bias={bias}): {diff:.2e}")
         assert diff <= TOL
+
+
+@pytest.mark.parametrize("b, L, ch, docs, bias", [(2, 37, 40, 1, True), (1, 50, 24, 3, False), (3, 5, 8, 2, True)])
+def test_the_sequence_conv_is_conv_silu_ref(kernels, b, L, ch, docs, bias):
+    from rlvr.kernels.mamba import conv_silu_ref
+
+    g = torch.Generator().manual_seed(L)
+    wide = torch.randn(b, L, ch + 7, generator=g)  # a strided slice, as the mixer passes it
+    x = wide[..., 3:3 + ch]
+    w = torch.randn(ch, 4, generator=g)
+    bias_t = torch.randn(ch, generator=g) if bias else None
+    seq_idx = None
+    if docs > 1:
+        row = torch.zeros(L, dtype=torch.long)
+        for cut in sorted(torch.randperm(L - 1, generator=g)[:docs - 1].add(1).tolist()):
+            row[cut:] += 1
+        seq_idx = row.expand(b, L).contiguous()
+    ref = conv_silu_ref(x, w, bias_t, None, seq_idx)
+    got = kernels.conv_silu_triton(x, w, bias_t, None, seq_idx)
+    diff = float((ref - got).abs().max())
+    print(f"sequence conv b={b} L={L} ch={ch} docs={docs} bias={bias}: {diff:.2e}")
+    assert diff <= TOL
