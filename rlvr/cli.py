@@ -299,11 +299,10 @@ def _eval_ks(text: str, n: int) -> list[int]:
 
 def _engine_spec(args: argparse.Namespace, model: Path, **base):
     """The rollout engine of a generate/eval job: ``base`` (a run's settings) under the options given."""
+    import importlib.util
     import os
 
     from rlvr.rollout.workers import EngineSpec
-
-    import importlib.util
 
     if not (Path(model) / "config.json").is_file():
         raise UsageError(f"--model: {model} is not a checkpoint folder (no config.json)")

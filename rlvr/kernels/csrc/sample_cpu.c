@@ -13,8 +13,7 @@ void sample_f32(int64_t rows, int64_t vocab, const float *logits, float inv_temp
 #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t r = 0; r < rows; r++) {
         const float *l = logits + r * vocab;
-        float m = l[0];
-        for (int64_t i = 1; i < vocab; i++) m = l[i] > m ? l[i] : m;
+        const float m = row_max(l, vocab);
         /* No per-row buffer of probabilities (a stack array of vocab floats overflowed above
          * ~2M tokens): the draw recomputes the exponentials it walks over, in the same order. */
         float raw = 0.0f, total = 0.0f;

@@ -33,6 +33,13 @@ static inline float fast_expf(float v) {
 
 static inline float silu(float v) { return v / (1.0f + fast_expf(-v)); }
 
+/* The largest of x[0:n] (n >= 1): the shift that keeps a row's exponentials finite. */
+static inline float row_max(const float *x, int64_t n) {
+    float m = x[0];
+    for (int64_t i = 1; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
 /* log(1 + u) for u in [0, 1], vectorisable: 2 atanh(s) with s = u / (2 + u) <= 1/3, its odd
  * series to s^15 (truncation < 1e-8). */
 static inline float log1p_unit(float u) {

@@ -291,8 +291,7 @@ void logprob_fwd_f32(int64_t rows, int64_t V, const float *logits, const int64_t
 #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t r = 0; r < rows; r++) {
         const float *l = logits + r * V;
-        float m = l[0];
-        for (int64_t i = 1; i < V; i++) m = l[i] > m ? l[i] : m;
+        const float m = row_max(l, V);
         float s = 0.0f, sl = 0.0f;
         for (int64_t i = 0; i < V; i++) {
             const float e = fast_expf(l[i] - m);
