@@ -7,9 +7,9 @@
            (``cpu_train.py``): the Mamba mixer's conv + SiLU, SSD scan and gated norm, and the
            learner's target log-probabilities, forward and backward
 
-    triton Triton kernels for CUDA tensors (``triton_ssd.py``): so far the decode step (conv
-           state update, selective state update) and the sequence conv + SiLU of calls without
-           gradients; with ``auto``, chosen on CUDA when installed
+    triton Triton kernels for CUDA tensors, with and without gradients: the Mamba mixer's
+           conv + SiLU, gated norm and decode step (``triton_ssd.py``) and the chunked SSD scan
+           (``triton_scan.py``), forward and backward; with ``auto``, chosen on CUDA when installed
 
 ``RLVR_KERNELS=torch`` (read at import) or ``set_backend("torch")`` forces the reference
 everywhere (debugging, A/B timing); the default ``auto`` takes the fastest path that supports the
@@ -71,11 +71,10 @@ def _train_on_cpu(*tensors: torch.Tensor | None) -> bool:
 def mamba_chunk(zxbcdt, w: MambaWeights, dims: MambaDims, conv_prev=None, initial_state=None,
                 seq_idx=None, lengths=None):
     """The mixer over a sequence (see ``mamba_chunk_ref``), on the fastest path available."""
-    if _use_triton(zxbcdt) and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                                                     for t in (zxbcdt, *w))):
-        from rlvr.kernels.triton_ssd import conv_silu_triton  # (no backward yet: calls without gradients)
+    if _use_triton(zxbcdt):
+        from rlvr.kernels.triton_ssd import mamba_chunk_triton  # (imported on a GPU only: see its tests)
 
-        return mamba_chunk_ref(zxbcdt, w, dims, conv_prev, initial_state, seq_idx, lengths, conv_silu=conv_silu_triton)
+        return mamba_chunk_triton(zxbcdt, w, dims, conv_prev, initial_state, seq_idx, lengths)
     if _use_cpu(zxbcdt, *w):
         fn = cpu.mamba_chunk_cpu
     else:
