@@ -43,7 +43,7 @@ def make_step(model: torch.nn.Module, rows: int, length: int):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
 
     def step() -> None:
-        logp, _ = K.token_logprobs(model(ids[:, :-1]), ids)  # the learner's log-probs (and entropy)
+        logp, _ = K.token_logprobs(model(ids[:, :-1]), ids, consume_logits=True)  # as the learner calls it
         loss = -(logp * advantages).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

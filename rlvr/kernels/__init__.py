@@ -4,7 +4,7 @@
     cpu    fused C loops (``cpu.py``, ``csrc/``) for CPU inference: prefill, decode, logprob
            forwards without gradients; Mamba mixer, routed MoE experts, causal GQA attention,
            RMSNorm, sampling and its counter-based random numbers; and for CPU training
-           (``cpu_train.py``): the Mamba mixer's conv + SiLU, SSD scan and gated norm, and the
+           (``cpu_train.py``): the Mamba mixer (conv + SiLU, SSD scan, gated norm), RMSNorm, relu², and the
            learner's target log-probabilities, forward and backward
 
     triton Triton kernels for CUDA tensors, with and without gradients: the Mamba mixer's
@@ -28,7 +28,7 @@ from rlvr.kernels import cpu, cpu_train
 from rlvr.kernels.cpu import frozen_weights
 from rlvr.kernels.attention import attention_ref
 from rlvr.kernels.mamba import MambaDims, MambaWeights, mamba_chunk_ref, mamba_step_ref
-from rlvr.kernels.moe import MoEDims, MoEWeights, moe_routed_ref
+from rlvr.kernels.moe import MoEDims, MoEWeights, moe_routed_ref, relu2 as relu2_ref
 from rlvr.kernels.logprob import token_logprobs_ref
 from rlvr.kernels.norm import rms_norm_ref
 from rlvr.kernels.sampling import counter_uniform_ref, sample_ref
@@ -102,18 +102,27 @@ def mamba_step(zxbcdt, w: MambaWeights, dims: MambaDims, conv_state, ssm_state):
     return fn(zxbcdt, w, dims, conv_state, ssm_state)
 
 
-def token_logprobs(logits, input_ids):
+def token_logprobs(logits, input_ids, consume_logits: bool = False):
     """Target log-probabilities and entropies from logits (see ``token_logprobs_ref``), on the
-    fastest path available (the C kernel needs the logits on the CPU; with or without gradients)."""
+    fastest path available (the C kernel needs the logits on the CPU; with or without gradients).
+    ``consume_logits``: the caller will not read the logits again, so the C backward may write
+    their gradient over them (the learner's case; the torch path ignores it)."""
     if _backend != "torch" and logits.device.type == "cpu" and cpu.available():
-        return cpu_train.token_logprobs_cpu(logits, input_ids)
+        return cpu_train.token_logprobs_cpu(logits, input_ids, consume_logits)
     return token_logprobs_ref(logits, input_ids)
 
 
 def moe_routed(x_router, x, w: MoEWeights, dims: MoEDims):
     """Router + routed experts (see ``moe_routed_ref``), on the fastest path available."""
-    fn = cpu.moe_routed_cpu if dims.n_group == 1 and _use_cpu(x, x_router, *w) else moe_routed_ref
-    return fn(x_router, x, w, dims)
+    if dims.n_group == 1 and _use_cpu(x, x_router, *w):
+        return cpu.moe_routed_cpu(x_router, x, w, dims)
+    return moe_routed_ref(x_router, x, w, dims, activation=relu2)
+
+
+def relu2(x):
+    """relu(x)², the MLP's and the experts' activation (see ``moe.relu2``), on the fastest path
+    available."""
+    return cpu_train.relu2_train(x) if _train_on_cpu(x) else relu2_ref(x)
 
 
 def attention(q, k, v, past=None, seq_idx=None):
@@ -124,8 +133,9 @@ def attention(q, k, v, past=None, seq_idx=None):
 
 def rms_norm(x, weight, eps: float):
     """RMSNorm (see ``rms_norm_ref``), on the fastest path available."""
-    fn = cpu.rms_norm_cpu if _use_cpu(x, weight) else rms_norm_ref
-    return fn(x, weight, eps)
+    if _use_cpu(x, weight):
+        return cpu.rms_norm_cpu(x, weight, eps)
+    return (cpu_train.rms_norm_train if _train_on_cpu(x, weight) else rms_norm_ref)(x, weight, eps)
 
 
 def sample(logits, temperature: float, uniform, top_k: int = 0, top_p: float = 1.0):
@@ -144,4 +154,4 @@ def counter_uniform(keys, positions):
 
 
 __all__ = ["BACKENDS", "counter_uniform", "MambaDims", "MambaWeights", "MoEDims", "MoEWeights", "attention", "backend", "frozen_weights",
-           "mamba_chunk", "mamba_step", "moe_routed", "rms_norm", "sample", "set_backend", "token_logprobs"]
+           "mamba_chunk", "mamba_step", "moe_routed", "relu2", "rms_norm", "sample", "set_backend", "token_logprobs"]

@@ -1,6 +1,7 @@
 """The CPU training path: autograd Functions whose forward and backward are C loops
-(``csrc/train_cpu.c``), with the exact arguments of their torch references (``conv_silu_ref``
-and ``gated_rms_norm`` in ``mamba.py``, ``ssd_chunk_scan`` in ``ssd.py``), and the Mamba mixer
+(``csrc/train_cpu.c``, ``csrc/norm_cpu.c``), with the exact arguments of their torch references
+(``conv_silu_ref`` and ``gated_rms_norm`` in ``mamba.py``, ``ssd_chunk_scan`` in ``ssd.py``,
+``rms_norm_ref`` in ``norm.py``, ``relu2`` in ``moe.py``, ``token_logprobs_ref`` in ``logprob.py``), and the Mamba mixer
 built from them (``mamba_chunk_train``: the reference's flow with those stages in C).
 
 The SSD scan runs the recurrence token by token (its specification, ``ssd_scan_ref``): on a CPU
@@ -17,39 +18,12 @@ converted, and gradients are returned in the inputs' dtypes.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from rlvr.kernels.cpu import _f32, _i64, _lib, _ptr
-from rlvr.kernels.mamba import MambaDims, MambaWeights, conv_silu_ref, mamba_chunk_ref
+from rlvr.kernels.cpu import _f32, _i64, _lib, _ptr, huge_empty
+from rlvr.kernels.mamba import MambaDims, MambaWeights, mamba_chunk_ref
 
 SEGMENT = 64  # tokens between the states the SSD forward keeps for its backward (SEG in train_cpu.c)
-
-
-class ConvSiLU(torch.autograd.Function):
-    """silu(causal depthwise conv1d) over (batch, seqlen, channels), documents of packed rows kept
-    apart by ``seq_idx``."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, seq_idx):
-        xf, wf, bf, sf = _f32(x), _f32(weight), _f32(bias), _i64(seq_idx)
-        b, L, ch = xf.shape
-        out = torch.empty_like(xf)
-        _lib().conv_silu_fwd_f32(b, L, ch, wf.shape[-1], xf.data_ptr(), wf.data_ptr(), _ptr(bf), _ptr(sf),
-                                 out.data_ptr(), torch.get_num_threads())
-        ctx.save_for_backward(xf, wf, bf, sf)
-        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        xf, wf, bf, sf = ctx.saved_tensors
-        b, L, ch = xf.shape
-        go = _f32(grad_out)
-        gx, gw = torch.empty_like(xf), torch.empty_like(wf)
-        gb = None if bf is None else torch.empty_like(bf)
-        _lib().conv_silu_bwd_f32(b, L, ch, wf.shape[-1], xf.data_ptr(), wf.data_ptr(), _ptr(bf), _ptr(sf),
-                                 go.data_ptr(), gx.data_ptr(), gw.data_ptr(), _ptr(gb), torch.get_num_threads())
-        dx, dw, db = ctx.dtypes
-        return gx.to(dx), gw.to(dw), None if gb is None else gb.to(db), None
 
 
 class GatedNorm(torch.autograd.Function):
@@ -60,7 +34,7 @@ class GatedNorm(torch.autograd.Function):
         yf, zf, wf = _f32(y), _f32(z), _f32(weight)
         out = torch.empty_like(yf)
         rows, dim = yf.numel() // yf.shape[-1], yf.shape[-1]
-        _lib().gated_norm_fwd_f32(rows, dim, group_size, yf.data_ptr(), zf.data_ptr(), wf.data_ptr(), eps,
+        _lib().gated_norm_fwd_f32(rows, dim, group_size, dim, yf.data_ptr(), zf.data_ptr(), wf.data_ptr(), eps,
                                   out.data_ptr(), torch.get_num_threads())
         ctx.save_for_backward(yf, zf, wf)
         ctx.args = (group_size, eps, y.dtype, z.dtype, weight.dtype)
@@ -73,7 +47,7 @@ class GatedNorm(torch.autograd.Function):
         go = _f32(grad_out)
         gy, gz, gw = torch.empty_like(yf), torch.empty_like(zf), torch.empty_like(wf)
         rows, dim = yf.numel() // yf.shape[-1], yf.shape[-1]
-        _lib().gated_norm_bwd_f32(rows, dim, group_size, yf.data_ptr(), zf.data_ptr(), wf.data_ptr(), eps,
+        _lib().gated_norm_bwd_f32(rows, dim, group_size, dim, yf.data_ptr(), zf.data_ptr(), wf.data_ptr(), eps,
                                   go.data_ptr(), gy.data_ptr(), gz.data_ptr(), gw.data_ptr(), torch.get_num_threads())
         return gy.to(dy), gz.to(dz), gw.to(dw), None, None
 
@@ -90,7 +64,7 @@ class SSDScan(torch.autograd.Function):
         g, n = Bf.shape[2], Bf.shape[3]
         y, final = torch.empty_like(xf), xf.new_empty(b, h, p, n)
         chk = xf.new_empty(b, h, -(-L // SEGMENT), p, n)
-        _lib().ssd_scan_fwd_f32(b, L, h, p, g, n, *map(_ptr, (xf, dtf, Af, Bf, Cf, Df, init, sf, y, final, chk)),
+        _lib().ssd_scan_fwd_f32(b, L, h, p, g, n, h * p, g * n, *map(_ptr, (xf, dtf, Af, Bf, Cf, Df, init, sf, y, final, chk)),
                                 torch.get_num_threads())
         ctx.save_for_backward(xf, dtf, Af, Bf, Cf, Df, sf, chk)
         ctx.meta = (initial_state is not None, [t.dtype for t in (x, dt, A, B, C, D)],
@@ -107,42 +81,101 @@ class SSDScan(torch.autograd.Function):
         gfinal = _f32(grad_final)
         gx, gdt = torch.empty_like(xf), torch.empty_like(dtf)
         gA, gD = xf.new_empty(b, h), xf.new_empty(b, h)
-        gB, gC = xf.new_empty(b, L, h, n), xf.new_empty(b, L, h, n)
+        gB, gC = xf.new_empty(b, L, g, n), xf.new_empty(b, L, g, n)
         ginit = xf.new_empty(b, h, p, n) if has_init else None
-        _lib().ssd_scan_bwd_f32(b, L, h, p, g, n, *map(_ptr, (xf, dtf, Af, Bf, Cf, Df, sf, chk, gy, gfinal, gx, gdt, gA,
+        _lib().ssd_scan_bwd_f32(b, L, h, p, g, n, h * p, g * n, h * p, g * n, *map(_ptr, (xf, dtf, Af, Bf, Cf, Df, sf, chk, gy, gfinal, gx, gdt, gA,
                                                               gB, gC, gD, ginit)), torch.get_num_threads())
-        per_group = (b, L, g, h // g, n)  # B and C are shared by the heads of a group
-        grads = (gx, gdt, gA.sum(0), gB.view(per_group).sum(3), gC.view(per_group).sum(3), gD.sum(0))
+        grads = (gx, gdt, gA.sum(0), gB, gC, gD.sum(0))
         return (*(t.to(d) for t, d in zip(grads, dtypes)), None if ginit is None else ginit.to(init_dtype), None)
 
 
 class TokenLogprob(torch.autograd.Function):
     """log p(target) of each row of logits, and its entropy (no gradient: a metric), in one pass;
-    the backward is one pass more (softmax recomputed from the saved log-sum-exp)."""
+    the backward is one pass more (softmax recomputed from the saved log-sum-exp). With
+    ``consume``, the gradient is written over the logits themselves (each entry read, then
+    overwritten): a caller that drops the logits after this call (the learner) saves a buffer of
+    their size (0.27 GB for 4096 tokens x 16K vocabulary) and the page faults of filling it."""
 
     @staticmethod
-    def forward(ctx, logits, targets):
+    def forward(ctx, logits, targets, consume):
         lf, tf = _f32(logits), _i64(targets)
         rows, V = tf.numel(), lf.shape[-1]
         logp, entropy, lse = (lf.new_empty(tf.shape) for _ in range(3))
         _lib().logprob_fwd_f32(rows, V, *map(_ptr, (lf, tf, logp, entropy, lse)), torch.get_num_threads())
         ctx.save_for_backward(lf, tf, lse)
         ctx.mark_non_differentiable(entropy)
-        ctx.dtype = logits.dtype
+        ctx.args = (logits.dtype, consume)
         return logp, entropy
 
     @staticmethod
     def backward(ctx, grad_logp, grad_entropy):
         lf, tf, lse = ctx.saved_tensors
-        grad = torch.empty_like(lf)
-        _lib().logprob_bwd_f32(tf.numel(), lf.shape[-1], *map(_ptr, (lf, tf, lse, _f32(grad_logp), grad)),
+        dtype, consume = ctx.args
+        grad, gl = (lf if consume else huge_empty(*lf.shape)), _f32(grad_logp)
+        _lib().logprob_bwd_f32(tf.numel(), lf.shape[-1], *map(_ptr, (lf, tf, lse, gl, grad)),
                                torch.get_num_threads())
-        return grad.to(ctx.dtype), None
+        return grad.to(dtype), None, None
 
 
-def token_logprobs_cpu(logits, input_ids):
-    """``token_logprobs_ref`` with a C forward and backward."""
-    return TokenLogprob.apply(logits, input_ids[:, 1:])
+class RMSNorm(torch.autograd.Function):
+    """weight * x / rms(x) over the last dimension (see ``rms_norm_ref``): the inference kernel
+    forward, a C backward that recomputes 1/rms from the saved input."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        xf, wf = _f32(x), _f32(weight)
+        out = huge_empty(*xf.shape)
+        rows, dim = xf.numel() // xf.shape[-1], xf.shape[-1]
+        _lib().rms_norm_f32(rows, dim, xf.data_ptr(), wf.data_ptr(), eps, out.data_ptr(), torch.get_num_threads())
+        ctx.save_for_backward(xf, wf)
+        ctx.args = (eps, x.dtype, weight.dtype)
+        return out.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        xf, wf = ctx.saved_tensors
+        eps, dx, dw = ctx.args
+        go = _f32(grad_out)
+        gx, gw = huge_empty(*xf.shape), torch.empty_like(wf)
+        rows, dim = xf.numel() // xf.shape[-1], xf.shape[-1]
+        _lib().rms_norm_bwd_f32(rows, dim, xf.data_ptr(), wf.data_ptr(), eps, go.data_ptr(), gx.data_ptr(),
+                                gw.data_ptr(), torch.get_num_threads())
+        return gx.to(dx), gw.to(dw), None
+
+
+class ReLU2(torch.autograd.Function):
+    """relu(x)² (see ``relu2``), one C pass each way."""
+
+    @staticmethod
+    def forward(ctx, x):
+        xf = _f32(x)
+        out = huge_empty(*xf.shape)
+        _lib().relu2_fwd_f32(xf.numel(), xf.data_ptr(), out.data_ptr(), torch.get_num_threads())
+        ctx.save_for_backward(xf)
+        ctx.dtype = x.dtype
+        return out.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (xf,) = ctx.saved_tensors
+        go, gx = _f32(grad_out), huge_empty(*xf.shape)
+        _lib().relu2_bwd_f32(xf.numel(), xf.data_ptr(), go.data_ptr(), gx.data_ptr(), torch.get_num_threads())
+        return gx.to(ctx.dtype)
+
+
+def relu2_train(x):
+    """``relu2`` with a C forward and backward."""
+    return ReLU2.apply(x)
+
+
+def rms_norm_train(x, weight, eps: float):
+    """``rms_norm_ref`` with a C forward and backward."""
+    return RMSNorm.apply(x, weight, eps)
+
+
+def token_logprobs_cpu(logits, input_ids, consume_logits: bool = False):
+    """``token_logprobs_ref`` with a C forward and backward (``consume_logits``: see ``TokenLogprob``)."""
+    return TokenLogprob.apply(logits, input_ids[:, 1:], consume_logits)
 
 
 def ssd_scan_cpu(x, dt, A, B, C, D, chunk_size=None, initial_state=None, seq_idx=None):
@@ -150,26 +183,87 @@ def ssd_scan_cpu(x, dt, A, B, C, D, chunk_size=None, initial_state=None, seq_idx
     return SSDScan.apply(x, dt, A, B, C, D, initial_state, seq_idx)
 
 
-def conv_silu_cpu(xBC, weight, bias, conv_prev=None, seq_idx=None):
-    """``conv_silu_ref`` with a C forward and backward (a continuation from ``conv_prev`` takes the
-    reference: training never passes one)."""
-    if conv_prev is not None:
-        return conv_silu_ref(xBC, weight, bias, conv_prev, seq_idx)
-    return ConvSiLU.apply(xBC, weight, bias, seq_idx)
-
-
 def gated_norm_cpu(y, z, weight, group_size: int, eps: float):
     """``gated_rms_norm`` with a C forward and backward."""
     return GatedNorm.apply(y, z, weight, group_size, eps)
 
 
+class MambaMixer(torch.autograd.Function):
+    """The whole mixer after in_proj (see ``mamba_chunk_ref``) as one Function: conv + SiLU, dt,
+    the SSD scan and the gated norm in C, reading the conv's input, z and dt as column slices of
+    in_proj's output and writing their gradients into one tensor of its shape. The stage-by-stage
+    composition costs, per layer, a copy of each slice a kernel wants contiguous and a
+    concatenation of the slices' gradients in autograd's backward of ``split`` (a tenth of a
+    ``small-100m`` step); none of those happen here."""
+
+    @staticmethod
+    def forward(ctx, zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, initial_state, dims, seq_idx,
+                lengths):
+        zx, sf = _f32(zxbcdt), _i64(seq_idx)
+        b, L, W = zx.shape
+        di, cd, h, p, g, n = dims.d_inner, dims.conv_dim, dims.nheads, dims.headdim, dims.ngroups, dims.dstate
+        wf, bf, Df, nwf, init = (_f32(t) for t in (conv_weight.view(cd, -1), conv_bias, D, norm_weight, initial_state))
+        pre = zx[..., di + cd:] + dt_bias.float()  # dt before softplus: (b, L, h)
+        dt = F.softplus(pre).clamp(min=dims.dt_limit[0], max=dims.dt_limit[1])
+        keep = None if lengths is None else (torch.arange(L) < lengths[:, None])[..., None]
+        dt = (dt if keep is None else dt * keep).contiguous()
+        A = -torch.exp(A_log.float())
+        xbc = huge_empty(b, L, cd)
+        _lib().conv_silu_fwd_f32(b, L, cd, wf.shape[-1], W, *map(_ptr, (zx[..., di:], wf, bf, sf, xbc)),
+                                 torch.get_num_threads())
+        y, final = huge_empty(b, L, h, p), zx.new_empty(b, h, p, n)
+        chk = huge_empty(b, h, -(-L // SEGMENT), p, n)
+        _lib().ssd_scan_fwd_f32(b, L, h, p, g, n, cd, cd, *map(_ptr, (xbc, dt, A, xbc[..., di:], xbc[..., di + g * n:], Df,
+                                                                       init, sf, y, final, chk)), torch.get_num_threads())
+        out = huge_empty(b, L, di)
+        _lib().gated_norm_fwd_f32(b * L, di, dims.group_size, W, y.data_ptr(), zx.data_ptr(), nwf.data_ptr(), dims.eps,
+                                  out.data_ptr(), torch.get_num_threads())
+        ctx.save_for_backward(zx, wf, bf, pre, dt, A, Df, nwf, sf, chk, xbc, y, keep)
+        ctx.meta = (dims, init is not None, [None if t is None else t.dtype for t in
+                                             (zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, initial_state)])
+        return out, final
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_final):
+        zx, wf, bf, pre, dt, A, Df, nwf, sf, chk, xbc, y, keep = ctx.saved_tensors
+        dims, has_init, dtypes = ctx.meta
+        b, L, W = zx.shape
+        di, cd, h, p, g, n = dims.d_inner, dims.conv_dim, dims.nheads, dims.headdim, dims.ngroups, dims.dstate
+        threads = torch.get_num_threads()
+        go, gfinal = _f32(grad_out), _f32(grad_final)  # (named: a converted copy must outlive the calls)
+        gzx, gy, gnw = huge_empty(b, L, W), huge_empty(b, L, di), torch.empty_like(nwf)
+        _lib().gated_norm_bwd_f32(b * L, di, dims.group_size, W, *map(_ptr, (y, zx, nwf)), dims.eps,
+                                  *map(_ptr, (go, gy, gzx, gnw)), threads)
+        gxbc, gdt = huge_empty(b, L, cd), torch.empty_like(dt)
+        gA, gD = zx.new_empty(b, h), zx.new_empty(b, h)
+        ginit = zx.new_empty(b, h, p, n) if has_init else None
+        _lib().ssd_scan_bwd_f32(b, L, h, p, g, n, cd, cd, cd, cd, *map(_ptr, (
+            xbc, dt, A, xbc[..., di:], xbc[..., di + g * n:], Df, sf, chk, gy, gfinal, gxbc, gdt, gA,
+            gxbc[..., di:], gxbc[..., di + g * n:], gD, ginit)), threads)
+        gw, gb = torch.empty_like(wf), None if bf is None else torch.empty_like(bf)
+        _lib().conv_silu_bwd_f32(b, L, cd, wf.shape[-1], W, *map(_ptr, (zx[..., di:], wf, bf, sf, gxbc, gzx[..., di:],
+                                                                        gw, gb)), threads)
+        # dt = clamp(softplus(pre)) * keep: softplus' = sigmoid (exactly 1 past torch's threshold of 20)
+        sp = F.softplus(pre)
+        gpre = gdt * torch.where(pre > 20, 1.0, torch.sigmoid(pre)) * ((sp >= dims.dt_limit[0]) & (sp <= dims.dt_limit[1]))
+        if keep is not None:
+            gpre = gpre * keep
+        gzx[..., di + cd:] = gpre
+        grads = (gzx, gw.view(cd, 1, -1), gb, gpre.sum((0, 1)), gA.sum(0) * A, gD.sum(0), gnw, ginit)
+        return (*(None if t is None else t.to(d) for t, d in zip(grads, dtypes)), None, None, None)
+
+
 def mamba_chunk_train(zxbcdt, w: MambaWeights, dims: MambaDims, conv_prev=None, initial_state=None, seq_idx=None,
                       lengths=None):
-    """``mamba_chunk_ref`` for calls that need gradients: its conv, SSD scan and gated norm in C
-    (dt's softplus, a few elementwise ops on (batch, seqlen, nheads), stays in torch)."""
-    return mamba_chunk_ref(zxbcdt, w, dims, conv_prev, initial_state, seq_idx, lengths,
-                           conv_silu=conv_silu_cpu, ssd=ssd_scan_cpu, gated_norm=gated_norm_cpu)
+    """``mamba_chunk_ref`` for calls that need gradients, in C: the fused mixer, or (a continuation
+    from ``conv_prev``: a prefill after a cached prefix, never a training step) the reference's flow
+    with its SSD scan and gated norm in C."""
+    if conv_prev is None:
+        return MambaMixer.apply(zxbcdt, *w[:6], initial_state, dims, seq_idx, lengths)
+    return mamba_chunk_ref(zxbcdt, w, dims, conv_prev, initial_state, seq_idx, lengths, ssd=ssd_scan_cpu,
+                           gated_norm=gated_norm_cpu)
 
 
-__all__ = ["ConvSiLU", "GatedNorm", "SSDScan", "TokenLogprob", "conv_silu_cpu", "gated_norm_cpu", "mamba_chunk_train",
-           "ssd_scan_cpu", "token_logprobs_cpu"]
+__all__ = ["GatedNorm", "MambaMixer", "RMSNorm", "SSDScan", "TokenLogprob", "gated_norm_cpu", "mamba_chunk_train",
+           "relu2_train", "rms_norm_train", "ssd_scan_cpu",
+           "token_logprobs_cpu", "ReLU2"]

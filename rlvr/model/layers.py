@@ -12,8 +12,7 @@ import torch
 import torch.nn as nn
 
 from rlvr.kernels import (MambaDims, MambaWeights, MoEDims, MoEWeights, attention, mamba_chunk, mamba_step,
-                          moe_routed, rms_norm)
-from rlvr.kernels.moe import relu2
+                          moe_routed, relu2, rms_norm)
 from rlvr.model.cache import AttentionCache, MambaCache
 from rlvr.model.config import HybridConfig
 

@@ -190,7 +190,7 @@ class LearnerRank:
         return parts
 
     def _micro_step(self, micro: MicroBatch, old_logp: torch.Tensor | None) -> dict[str, float]:
-        logp, entropy = kernels.token_logprobs(self._forward(self.engine, micro), micro.input_ids)
+        logp, entropy = kernels.token_logprobs(self._forward(self.engine, micro), micro.input_ids, consume_logits=True)
         t = micro.tokens
         ref_logp = None
         if self.loss_config.kl_coef:

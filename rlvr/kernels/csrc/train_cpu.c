@@ -11,7 +11,9 @@
  *               token_logprobs_ref (rlvr/kernels/logprob.py); the backward is one more pass.
  *
  * Layouts: x, out (batch, seqlen, channels) channel-contiguous; w (channels, K); seq_idx
- * (batch, seqlen) int64 or NULL. */
+ * (batch, seqlen) int64 or NULL. Inputs read from the mixer's in_proj output (the conv's x and
+ * grad_x, the norm's z and grad_z) take a token stride (xs, zs): the fused mixer passes column
+ * slices of that one tensor instead of copying them out. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -23,24 +25,24 @@
 static inline float sigmoidf(float a) { return 1.0f / (1.0f + fast_expf(-a)); }
 
 /* The pre-activation of row b at token t, channel range [c0, c1), into pre[c0..c1). */
-static inline void conv_pre(int64_t L, int64_t ch, int64_t K, const float *xb, const float *w, const float *bias,
-                            const int64_t *seqb, int64_t t, float *pre) {
+static inline void conv_pre(int64_t L, int64_t ch, int64_t K, int64_t xs, const float *xb, const float *w,
+                            const float *bias, const int64_t *seqb, int64_t t, float *pre) {
     for (int64_t c = 0; c < ch; c++) pre[c] = bias ? bias[c] : 0.0f;
     for (int64_t i = 0; i < K; i++) {
         int64_t s = t - (K - 1) + i;
         if (s < 0 || (seqb && seqb[s] != seqb[t])) continue;
-        const float *xs = xb + s * ch;
-        for (int64_t c = 0; c < ch; c++) pre[c] += w[c * K + i] * xs[c];
+        const float *xv = xb + s * xs;
+        for (int64_t c = 0; c < ch; c++) pre[c] += w[c * K + i] * xv[c];
     }
 }
 
-void conv_silu_fwd_f32(int64_t batch, int64_t L, int64_t ch, int64_t K, const float *x, const float *w,
+void conv_silu_fwd_f32(int64_t batch, int64_t L, int64_t ch, int64_t K, int64_t xs, const float *x, const float *w,
                        const float *bias, const int64_t *seq_idx, float *out, int nthreads) {
 #pragma omp parallel for collapse(2) schedule(static) num_threads(nthreads)
     for (int64_t b = 0; b < batch; b++) {
         for (int64_t t = 0; t < L; t++) {
             float *o = out + (b * L + t) * ch;
-            conv_pre(L, ch, K, x + b * L * ch, w, bias, seq_idx ? seq_idx + b * L : NULL, t, o);
+            conv_pre(L, ch, K, xs, x + b * L * xs, w, bias, seq_idx ? seq_idx + b * L : NULL, t, o);
             for (int64_t c = 0; c < ch; c++) o[c] = o[c] * sigmoidf(o[c]);
         }
     }
@@ -48,7 +50,7 @@ void conv_silu_fwd_f32(int64_t batch, int64_t L, int64_t ch, int64_t K, const fl
 
 /* grad_x (batch, L, ch); grad_w (ch, K) and grad_bias (ch) are summed over every token (each
  * thread into its own buffer, then added up), grad_bias may be NULL. */
-void conv_silu_bwd_f32(int64_t batch, int64_t L, int64_t ch, int64_t K, const float *x, const float *w,
+void conv_silu_bwd_f32(int64_t batch, int64_t L, int64_t ch, int64_t K, int64_t xs, const float *x, const float *w,
                        const float *bias, const int64_t *seq_idx, const float *grad_out, float *grad_x,
                        float *grad_w, float *grad_bias, int nthreads) {
     float *gpre = malloc(sizeof(float) * batch * L * ch);
@@ -60,9 +62,9 @@ void conv_silu_bwd_f32(int64_t batch, int64_t L, int64_t ch, int64_t K, const fl
         for (int64_t b = 0; b < batch; b++) {
             for (int64_t t = 0; t < L; t++) {
                 const int64_t *seqb = seq_idx ? seq_idx + b * L : NULL;
-                const float *xb = x + b * L * ch, *go = grad_out + (b * L + t) * ch;
+                const float *xb = x + b * L * xs, *go = grad_out + (b * L + t) * ch;
                 float *g = gpre + (b * L + t) * ch;
-                conv_pre(L, ch, K, xb, w, bias, seqb, t, g);
+                conv_pre(L, ch, K, xs, xb, w, bias, seqb, t, g);
                 for (int64_t c = 0; c < ch; c++) {
                     float s = sigmoidf(g[c]);
                     g[c] = go[c] * s * (1.0f + g[c] * (1.0f - s));  /* silu'(a) = s (1 + a (1 - s)) */
@@ -70,8 +72,8 @@ void conv_silu_bwd_f32(int64_t batch, int64_t L, int64_t ch, int64_t K, const fl
                 for (int64_t i = 0; i < K; i++) {
                     int64_t s = t - (K - 1) + i;
                     if (s < 0 || (seqb && seqb[s] != seqb[t])) continue;
-                    const float *xs = xb + s * ch;
-                    for (int64_t c = 0; c < ch; c++) mine[c * (K + 1) + i] += g[c] * xs[c];
+                    const float *xv = xb + s * xs;
+                    for (int64_t c = 0; c < ch; c++) mine[c * (K + 1) + i] += g[c] * xv[c];
                 }
                 for (int64_t c = 0; c < ch; c++) mine[c * (K + 1) + K] += g[c];
             }
@@ -81,7 +83,7 @@ void conv_silu_bwd_f32(int64_t batch, int64_t L, int64_t ch, int64_t K, const fl
         for (int64_t b = 0; b < batch; b++) {
             for (int64_t u = 0; u < L; u++) {
                 const int64_t *seqb = seq_idx ? seq_idx + b * L : NULL;
-                float *gx = grad_x + (b * L + u) * ch;
+                float *gx = grad_x + (b * L + u) * xs;
                 for (int64_t c = 0; c < ch; c++) gx[c] = 0.0f;
                 for (int64_t i = 0; i < K; i++) {
                     int64_t t = u + (K - 1) - i;
@@ -104,11 +106,11 @@ void conv_silu_bwd_f32(int64_t batch, int64_t L, int64_t ch, int64_t K, const fl
     free(gpre);
 }
 
-void gated_norm_fwd_f32(int64_t rows, int64_t dim, int64_t group, const float *y, const float *z, const float *w,
+void gated_norm_fwd_f32(int64_t rows, int64_t dim, int64_t group, int64_t zs, const float *y, const float *z, const float *w,
                         float eps, float *out, int nthreads) {
 #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t r = 0; r < rows; r++) {
-        const float *yr = y + r * dim, *zr = z + r * dim;
+        const float *yr = y + r * dim, *zr = z + r * zs;
         float *o = out + r * dim;
         for (int64_t c = 0; c < dim; c++) o[c] = yr[c] * zr[c] * sigmoidf(zr[c]);
         for (int64_t g0 = 0; g0 < dim; g0 += group) {
@@ -121,7 +123,7 @@ void gated_norm_fwd_f32(int64_t rows, int64_t dim, int64_t group, const float *y
 }
 
 /* grad_w (dim) is summed over rows (per-thread buffers, then added up). */
-void gated_norm_bwd_f32(int64_t rows, int64_t dim, int64_t group, const float *y, const float *z, const float *w,
+void gated_norm_bwd_f32(int64_t rows, int64_t dim, int64_t group, int64_t zs, const float *y, const float *z, const float *w,
                         float eps, const float *grad_out, float *grad_y, float *grad_z, float *grad_w,
                         int nthreads) {
     float *partial = calloc((size_t)nthreads * dim, sizeof(float));
@@ -131,8 +133,8 @@ void gated_norm_bwd_f32(int64_t rows, int64_t dim, int64_t group, const float *y
         float *h = malloc(sizeof(float) * dim);
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < rows; r++) {
-            const float *yr = y + r * dim, *zr = z + r * dim, *go = grad_out + r * dim;
-            float *gy = grad_y + r * dim, *gz = grad_z + r * dim;
+            const float *yr = y + r * dim, *zr = z + r * zs, *go = grad_out + r * dim;
+            float *gy = grad_y + r * dim, *gz = grad_z + r * zs;
             for (int64_t c = 0; c < dim; c++) h[c] = yr[c] * zr[c] * sigmoidf(zr[c]);
             for (int64_t g0 = 0; g0 < dim; g0 += group) {
                 float ss = 0.0f, dot = 0.0f;
@@ -170,15 +172,15 @@ void gated_norm_bwd_f32(int64_t rows, int64_t dim, int64_t group, const float *y
  * before the token. Layouts: x, y (b, L, h, p); dt (b, L, h); B, C (b, L, g, n); init, final
  * (b, h, p, n). The forward keeps the state at the start of every SEG tokens (chk: (b, h, nseg,
  * p, n)); the backward recomputes each segment's states from there and runs the adjoint back
- * through it. B and C are shared by the heads of a group: their gradients come out per head
- * (b, L, h, n) and are summed by the caller. */
+ * through it. x, B and C may be column slices of one wider tensor (the conv's output): their
+ * token strides are arguments. */
 #define SEG 64
 
 static inline int boundary(const int64_t *seqb, int64_t t) { return seqb && t > 0 && seqb[t] != seqb[t - 1]; }
 
-void ssd_scan_fwd_f32(int64_t batch, int64_t L, int64_t H, int64_t P, int64_t G, int64_t N, const float *x,
-                      const float *dt, const float *A, const float *B, const float *C, const float *D,
-                      const float *init, const int64_t *seq_idx, float *y, float *final, float *chk, int nthreads) {
+void ssd_scan_fwd_f32(int64_t batch, int64_t L, int64_t H, int64_t P, int64_t G, int64_t N, int64_t xs, int64_t bs,
+                      const float *x, const float *dt, const float *A, const float *B, const float *C,
+                      const float *D, const float *init, const int64_t *seq_idx, float *y, float *final, float *chk, int nthreads) {
     const int64_t nseg = (L + SEG - 1) / SEG, q = H / G;
 #pragma omp parallel for collapse(2) schedule(static) num_threads(nthreads)
     for (int64_t b = 0; b < batch; b++) {
@@ -191,8 +193,8 @@ void ssd_scan_fwd_f32(int64_t batch, int64_t L, int64_t H, int64_t P, int64_t G,
                 if (boundary(seqb, t)) memset(state, 0, sizeof(float) * P * N);
                 if (t % SEG == 0) memcpy(chk + ((b * H + h) * nseg + t / SEG) * P * N, state, sizeof(float) * P * N);
                 const float d = dt[(b * L + t) * H + h], da = expf(d * A[h]);
-                const float *xt = x + ((b * L + t) * H + h) * P;
-                const float *Bt = B + ((b * L + t) * G + h / q) * N, *Ct = C + ((b * L + t) * G + h / q) * N;
+                const float *xt = x + (b * L + t) * xs + h * P;
+                const float *Bt = B + (b * L + t) * bs + (h / q) * N, *Ct = C + (b * L + t) * bs + (h / q) * N;
                 float *yt = y + ((b * L + t) * H + h) * P;
                 for (int64_t p = 0; p < P; p++) {
                     float *s = state + p * N, acc = 0.0f, dx = d * xt[p];
@@ -207,11 +209,53 @@ void ssd_scan_fwd_f32(int64_t batch, int64_t L, int64_t H, int64_t P, int64_t G,
     }
 }
 
-/* grad_final may be NULL (zeros). Per-head outputs: gB, gC (b, L, h, n); gA, gD (b, h). */
-void ssd_scan_bwd_f32(int64_t batch, int64_t L, int64_t H, int64_t P, int64_t G, int64_t N, const float *x,
-                      const float *dt, const float *A, const float *B, const float *C, const float *D,
-                      const int64_t *seq_idx, const float *chk, const float *gy, const float *gfinal, float *gx,
-                      float *gdt, float *gA, float *gB, float *gC, float *gD, float *ginit, int nthreads) {
+struct bwd_out { float aP, xaB, dyx; };
+
+/* One token of the adjoint pass for one head: adj (P x N) holds the adjoint of h_t coming in
+ * (from later tokens) and leaves with that of h_{t-1}; writes dx (P), adds d·dB and dC (N) to the
+ * group's oB, oC (or sets them: the group's first head). Returns the sums over the state that
+ * the scalar gradients need. Called with a constant N (see the switch): the n loops unroll and
+ * the P-long sums for dB, dC stay in registers. */
+static inline __attribute__((always_inline)) struct bwd_out ssd_bwd_token(
+        int64_t P, const int64_t N, const float *restrict prev, float *restrict adj, const float *restrict xt,
+        const float *restrict dy, const float *restrict Bt, const float *restrict Ct, float d, float da, float keep,
+        float Dh, int first, float *restrict dx, float *restrict oB, float *restrict oC) {
+    float dB[N], dC[N], aPv[N];
+    struct bwd_out o = {0.0f, 0.0f, 0.0f};
+    const float *cur = prev + P * N;
+    for (int64_t n = 0; n < N; n++) dB[n] = dC[n] = aPv[n] = 0.0f;
+    for (int64_t p = 0; p < P; p++) {
+        float *restrict a = adj + p * N;
+        const float *pv = prev + p * N, *cv = cur + p * N, dyp = dy[p], xp = xt[p];
+        float aB = 0.0f;
+        for (int64_t n = 0; n < N; n++) {
+            const float an = a[n] + dyp * Ct[n];  /* adjoint of h_t */
+            dC[n] += cv[n] * dyp;
+            dB[n] += an * xp;
+            aB += an * Bt[n];
+            aPv[n] += an * pv[n];
+            a[n] = keep * da * an;               /* adjoint of h_{t-1} */
+        }
+        o.dyx += dyp * xp;
+        dx[p] = d * aB + Dh * dyp;
+        o.xaB += xp * aB;
+    }
+    for (int64_t n = 0; n < N; n++) {
+        o.aP += aPv[n];
+        oB[n] = first ? d * dB[n] : oB[n] + d * dB[n];
+        oC[n] = first ? dC[n] : oC[n] + dC[n];
+    }
+    return o;
+}
+
+/* grad_final may be NULL (zeros). gA, gD (b, h) per row; gB, gC (b, L, g, n) summed over the
+ * heads of each group: one thread runs a group's heads one after another, so the sums need no
+ * locks (and their order is fixed). Token strides: xs (x), bs (B, C), gxs (gx), gbs (gB, gC). */
+void ssd_scan_bwd_f32(int64_t batch, int64_t L, int64_t H, int64_t P, int64_t G, int64_t N, int64_t xs, int64_t bs,
+                      int64_t gxs, int64_t gbs, const float *x, const float *dt, const float *A, const float *B,
+                      const float *C, const float *D, const int64_t *seq_idx, const float *chk, const float *gy,
+                      const float *gfinal, float *gx, float *gdt, float *gA, float *gB, float *gC, float *gD,
+                      float *ginit, int nthreads) {
     const int64_t nseg = (L + SEG - 1) / SEG, q = H / G, PN = P * N;
 #pragma omp parallel num_threads(nthreads)
     {
@@ -219,64 +263,55 @@ void ssd_scan_bwd_f32(int64_t batch, int64_t L, int64_t H, int64_t P, int64_t G,
         float *adj = malloc(sizeof(float) * PN);
 #pragma omp for collapse(2) schedule(static)
         for (int64_t b = 0; b < batch; b++) {
-            for (int64_t h = 0; h < H; h++) {
-                const int64_t *seqb = seq_idx ? seq_idx + b * L : NULL;
-                float sumA = 0.0f, sumD = 0.0f;
-                if (gfinal) memcpy(adj, gfinal + (b * H + h) * PN, sizeof(float) * PN);
-                else memset(adj, 0, sizeof(float) * PN);
-                for (int64_t sgi = nseg - 1; sgi >= 0; sgi--) {
-                    const int64_t t0 = sgi * SEG, t1 = t0 + SEG < L ? t0 + SEG : L;
-                    /* recompute: hs[k + 1] = the state after token t0 + k */
-                    memcpy(hs, chk + ((b * H + h) * nseg + sgi) * PN, sizeof(float) * PN);
-                    for (int64_t t = t0; t < t1; t++) {
-                        const float *prev = hs + (t - t0) * PN;
-                        float *restrict cur = hs + (t - t0 + 1) * PN;
-                        const int reset = boundary(seqb, t) && t != t0;  /* (the checkpoint is taken after a reset) */
-                        const float d = dt[(b * L + t) * H + h], keep = reset ? 0.0f : expf(d * A[h]);
-                        const float *xt = x + ((b * L + t) * H + h) * P, *Bt = B + ((b * L + t) * G + h / q) * N;
-                        for (int64_t p = 0; p < P; p++) {
-                            const float dx = d * xt[p];
-                            for (int64_t n = 0; n < N; n++) cur[p * N + n] = keep * prev[p * N + n] + dx * Bt[n];
-                        }
-                    }
-                    for (int64_t t = t1 - 1; t >= t0; t--) {
-                        const float *prev = hs + (t - t0) * PN, *cur = prev + PN;
-                        const int reset = boundary(seqb, t);
-                        const float d = dt[(b * L + t) * H + h], da = expf(d * A[h]);
-                        const float keep = reset ? 0.0f : 1.0f;  /* a reset: h_{t-1} is zero, nothing flows back */
-                        const float *xt = x + ((b * L + t) * H + h) * P;
-                        const float *Bt = B + ((b * L + t) * G + h / q) * N, *Ct = C + ((b * L + t) * G + h / q) * N;
-                        const float *dy = gy + ((b * L + t) * H + h) * P;
-                        float *restrict dx = gx + ((b * L + t) * H + h) * P;
-                        float *restrict dB = gB + ((b * L + t) * H + h) * N, *restrict dC = gC + ((b * L + t) * H + h) * N;
-                        float ddt = 0.0f, dAacc = 0.0f;
-                        for (int64_t n = 0; n < N; n++) dB[n] = dC[n] = 0.0f;
-                        for (int64_t p = 0; p < P; p++) {
-                            float *restrict a = adj + p * N;
-                            const float *pv = prev + p * N, *cv = cur + p * N, dyp = dy[p], xp = xt[p];
-                            float aB = 0.0f, aP = 0.0f;
-                            for (int64_t n = 0; n < N; n++) {
-                                const float an = a[n] + dyp * Ct[n];  /* adjoint of h_t */
-                                dC[n] += cv[n] * dyp;
-                                dB[n] += an * xp;
-                                aB += an * Bt[n];
-                                aP += an * pv[n];
-                                a[n] = keep * da * an;               /* adjoint of h_{t-1} */
+            for (int64_t grp = 0; grp < G; grp++) {
+                for (int64_t h = grp * q; h < (grp + 1) * q; h++) {
+                    const int first = h == grp * q;
+                    const int64_t *seqb = seq_idx ? seq_idx + b * L : NULL;
+                    float sumA = 0.0f, sumD = 0.0f;
+                    if (gfinal) memcpy(adj, gfinal + (b * H + h) * PN, sizeof(float) * PN);
+                    else memset(adj, 0, sizeof(float) * PN);
+                    for (int64_t sgi = nseg - 1; sgi >= 0; sgi--) {
+                        const int64_t t0 = sgi * SEG, t1 = t0 + SEG < L ? t0 + SEG : L;
+                        /* recompute: hs[k + 1] = the state after token t0 + k */
+                        memcpy(hs, chk + ((b * H + h) * nseg + sgi) * PN, sizeof(float) * PN);
+                        for (int64_t t = t0; t < t1; t++) {
+                            const float *prev = hs + (t - t0) * PN;
+                            float *restrict cur = hs + (t - t0 + 1) * PN;
+                            const int reset = boundary(seqb, t) && t != t0;  /* (the checkpoint is taken after a reset) */
+                            const float d = dt[(b * L + t) * H + h], keep = reset ? 0.0f : expf(d * A[h]);
+                            const float *xt = x + (b * L + t) * xs + h * P, *Bt = B + (b * L + t) * bs + grp * N;
+                            for (int64_t p = 0; p < P; p++) {
+                                const float dx = d * xt[p];
+                                for (int64_t n = 0; n < N; n++) cur[p * N + n] = keep * prev[p * N + n] + dx * Bt[n];
                             }
-                            sumD += dyp * xp;
-                            dx[p] = d * aB + D[h] * dyp;
-                            /* d h_t / d dt = A da h_{t-1} + x (x) B;  d h_t / d A = dt da h_{t-1} */
-                            ddt += A[h] * da * keep * aP + xp * aB;
-                            dAacc += keep * aP;
                         }
-                        for (int64_t n = 0; n < N; n++) dB[n] *= d;
-                        gdt[(b * L + t) * H + h] = ddt;
-                        sumA += d * da * dAacc;
+                        for (int64_t t = t1 - 1; t >= t0; t--) {
+                            const float *prev = hs + (t - t0) * PN;
+                            const float d = dt[(b * L + t) * H + h], da = expf(d * A[h]);
+                            /* a reset: h_{t-1} is zero, nothing flows back */
+                            const float keep = boundary(seqb, t) ? 0.0f : 1.0f;
+                            struct bwd_out o = {0.0f, 0.0f, 0.0f};
+                            const float *xt = x + (b * L + t) * xs + h * P, *dy = gy + ((b * L + t) * H + h) * P;
+                            const float *Bt = B + (b * L + t) * bs + grp * N, *Ct = C + (b * L + t) * bs + grp * N;
+                            float *dx = gx + (b * L + t) * gxs + h * P;
+                            float *oB = gB + (b * L + t) * gbs + grp * N, *oC = gC + (b * L + t) * gbs + grp * N;
+                            switch (N) {  /* a constant N: the n loops unrolled, their sums kept in registers */
+                            case 16: o = ssd_bwd_token(P, 16, prev, adj, xt, dy, Bt, Ct, d, da, keep, D[h], first, dx, oB, oC); break;
+                            case 32: o = ssd_bwd_token(P, 32, prev, adj, xt, dy, Bt, Ct, d, da, keep, D[h], first, dx, oB, oC); break;
+                            case 64: o = ssd_bwd_token(P, 64, prev, adj, xt, dy, Bt, Ct, d, da, keep, D[h], first, dx, oB, oC); break;
+                            case 128: o = ssd_bwd_token(P, 128, prev, adj, xt, dy, Bt, Ct, d, da, keep, D[h], first, dx, oB, oC); break;
+                            default: o = ssd_bwd_token(P, N, prev, adj, xt, dy, Bt, Ct, d, da, keep, D[h], first, dx, oB, oC);
+                            }
+                            /* d h_t / d dt = A da h_{t-1} + x (x) B;  d h_t / d A = dt da h_{t-1} */
+                            gdt[(b * L + t) * H + h] = A[h] * da * keep * o.aP + o.xaB;
+                            sumA += d * da * keep * o.aP;
+                            sumD += o.dyx;
+                        }
                     }
+                    gA[b * H + h] = sumA;
+                    gD[b * H + h] = sumD;
+                    if (ginit) memcpy(ginit + (b * H + h) * PN, adj, sizeof(float) * PN);
                 }
-                gA[b * H + h] = sumA;
-                gD[b * H + h] = sumD;
-                if (ginit) memcpy(ginit + (b * H + h) * PN, adj, sizeof(float) * PN);
             }
         }
         free(adj);
@@ -316,4 +351,19 @@ void logprob_bwd_f32(int64_t rows, int64_t V, const float *logits, const int64_t
         for (int64_t i = 0; i < V; i++) g[i] = -gr * fast_expf(l[i] - z);
         g[target[r]] += gr;
     }
+}
+
+/* relu(x)^2 (the MLP's and the experts' activation), reference relu2 in rlvr/kernels/moe.py:
+ * one pass each way where torch runs relu, square and, backward, their two gradients. */
+void relu2_fwd_f32(int64_t numel, const float *x, float *out, int nthreads) {
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t i = 0; i < numel; i++) {
+        const float r = x[i] > 0.0f ? x[i] : 0.0f;
+        out[i] = r * r;
+    }
+}
+
+void relu2_bwd_f32(int64_t numel, const float *x, const float *grad_out, float *grad_x, int nthreads) {
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t i = 0; i < numel; i++) grad_x[i] = x[i] > 0.0f ? 2.0f * x[i] * grad_out[i] : 0.0f;
 }
