@@ -1,12 +1,12 @@
-"""Triton kernels for the Mamba-2 mixer on GPUs (the ``triton`` backend). So far the decode step
-(the causal-conv state update (+ SiLU) and the selective state update of the SSD recurrence) and
-the causal conv (+ SiLU) over a sequence, forward; the chunked scan's forward and backward, and
-the conv's backward, are still to come.
+"""Triton kernels for the Mamba-2 mixer on GPUs (the ``triton`` backend), except the chunked scan
+(``triton_scan.py``): the causal conv (+ SiLU) over a sequence, forward and backward; the gated
+RMSNorm (the z-gate fused in), forward and backward; the decode step's conv state update and
+selective state update; and ``mamba_chunk_triton``, the mixer with every stage in Triton.
 
-References: ``mamba_step_ref`` (``mamba.py``) and ``ssd_step`` (``ssd.py``). Inputs may be bf16
-or fp32; everything inside a kernel is fp32 and the states stay fp32, as in the reference.
-On a machine without a GPU the kernels run under ``TRITON_INTERPRET=1`` (tests, fp32 only: the
-interpreter computes bf16 wrongly).
+References: ``conv_silu_ref``, ``gated_rms_norm`` and ``mamba_step_ref`` (``mamba.py``),
+``ssd_step`` (``ssd.py``). Inputs may be bf16 or fp32; everything inside a kernel is fp32 and the
+states stay fp32, as in the reference. On a machine without a GPU the kernels run under
+``TRITON_INTERPRET=1`` (tests, fp32 only: the interpreter computes bf16 wrongly).
 """
 
 from __future__ import annotations
@@ -66,6 +66,36 @@ def _state_update_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y
 
 
 @triton.jit
+def _conv_tap(x_ptr, seq_ptr, row, t, c, doc, k, L, channels, stride_b, stride_t, K: tl.constexpr,
+              HAS_SEQ: tl.constexpr):
+    """Tap k of the causal window for a (tokens, channels) tile: x[t - (K-1) + k], zero before the
+    row starts or where that input belongs to another document than token t (``doc``)."""
+    s = t - (K - 1) + k
+    ok = (t < L) & (s >= 0)
+    if HAS_SEQ:
+        ok = ok & (tl.load(seq_ptr + row * L + s, mask=ok, other=-2) == doc)
+    return tl.load(x_ptr + row * stride_b + s[:, None] * stride_t + c[None, :],
+                   mask=ok[:, None] & (c < channels)[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _conv_pre(x_ptr, w_ptr, bias_ptr, seq_ptr, row, t, c, L, channels, stride_b, stride_t, K: tl.constexpr,
+              HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The conv before SiLU for a tile, and each token's document (its own index without seq_idx)."""
+    mc = c < channels
+    acc = tl.zeros((BLOCK_T, BLOCK_C), dtype=tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + c, mask=mc, other=0.0).to(tl.float32)[None, :]
+    doc = t
+    if HAS_SEQ:
+        doc = tl.load(seq_ptr + row * L + t, mask=t < L, other=-1)
+    for k in tl.static_range(K):
+        xs = _conv_tap(x_ptr, seq_ptr, row, t, c, doc, k, L, channels, stride_b, stride_t, K, HAS_SEQ)
+        acc += xs * tl.load(w_ptr + c * K + k, mask=mc, other=0.0).to(tl.float32)[None, :]
+    return acc, doc
+
+
+@triton.jit
 def _conv_silu_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, out_ptr, L, channels, stride_b, stride_t,
                       K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, BLOCK_T: tl.constexpr,
                       BLOCK_C: tl.constexpr):
@@ -74,22 +104,10 @@ def _conv_silu_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, out_ptr, L, channels, str
     row = tl.program_id(0)
     t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mt, mc = t < L, c < channels
-    acc = tl.zeros((BLOCK_T, BLOCK_C), dtype=tl.float32)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + c, mask=mc, other=0.0).to(tl.float32)[None, :]
-    if HAS_SEQ:
-        doc = tl.load(seq_ptr + row * L + t, mask=mt, other=-1)
-    for k in tl.static_range(K):
-        s = t - (K - 1) + k
-        ok = mt & (s >= 0)
-        if HAS_SEQ:
-            ok = ok & (tl.load(seq_ptr + row * L + s, mask=ok, other=-2) == doc)
-        xs = tl.load(x_ptr + row * stride_b + s[:, None] * stride_t + c[None, :], mask=ok[:, None] & mc[None, :],
-                     other=0.0).to(tl.float32)
-        acc += xs * tl.load(w_ptr + c * K + k, mask=mc, other=0.0).to(tl.float32)[None, :]
+    acc, _ = _conv_pre(x_ptr, w_ptr, bias_ptr, seq_ptr, row, t, c, L, channels, stride_b, stride_t, K, HAS_BIAS,
+                       HAS_SEQ, BLOCK_T, BLOCK_C)
     tl.store(out_ptr + (row * L + t[:, None]) * channels + c[None, :], acc / (1.0 + tl.exp(-acc)),
-             mask=mt[:, None] & mc[None, :])
+             mask=(t < L)[:, None] & (c < channels)[None, :])
 
 
 @triton.jit
@@ -101,33 +119,17 @@ def _conv_silu_bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, go_ptr, g_ptr, dw_ptr
     row, tb = tl.program_id(0), tl.program_id(1)
     t = tb * BLOCK_T + tl.arange(0, BLOCK_T)
     c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mt, mc = t < L, c < channels
-    acc = tl.zeros((BLOCK_T, BLOCK_C), dtype=tl.float32)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + c, mask=mc, other=0.0).to(tl.float32)[None, :]
-    if HAS_SEQ:
-        doc = tl.load(seq_ptr + row * L + t, mask=mt, other=-1)
-    for k in tl.static_range(K):
-        s = t - (K - 1) + k
-        ok = mt & (s >= 0)
-        if HAS_SEQ:
-            ok = ok & (tl.load(seq_ptr + row * L + s, mask=ok, other=-2) == doc)
-        xs = tl.load(x_ptr + row * stride_b + s[:, None] * stride_t + c[None, :], mask=ok[:, None] & mc[None, :],
-                     other=0.0).to(tl.float32)
-        acc += xs * tl.load(w_ptr + c * K + k, mask=mc, other=0.0).to(tl.float32)[None, :]
+    mc = c < channels
+    acc, doc = _conv_pre(x_ptr, w_ptr, bias_ptr, seq_ptr, row, t, c, L, channels, stride_b, stride_t, K, HAS_BIAS,
+                         HAS_SEQ, BLOCK_T, BLOCK_C)
     sig = 1.0 / (1.0 + tl.exp(-acc))
-    tile = mt[:, None] & mc[None, :]
+    tile = (t < L)[:, None] & mc[None, :]
     go = tl.load(go_ptr + (row * L + t[:, None]) * channels + c[None, :], mask=tile, other=0.0)
     g = go * sig * (1.0 + acc * (1.0 - sig))
     tl.store(g_ptr + (row * L + t[:, None]) * channels + c[None, :], g, mask=tile)
     part = row * tl.num_programs(1) + tb
     for k in tl.static_range(K):  # dw[c, k] = sum_t g[t] x[t - (K-1) + k] (same document)
-        s = t - (K - 1) + k
-        ok = mt & (s >= 0)
-        if HAS_SEQ:
-            ok = ok & (tl.load(seq_ptr + row * L + s, mask=ok, other=-2) == doc)
-        xs = tl.load(x_ptr + row * stride_b + s[:, None] * stride_t + c[None, :], mask=ok[:, None] & mc[None, :],
-                     other=0.0).to(tl.float32)
+        xs = _conv_tap(x_ptr, seq_ptr, row, t, c, doc, k, L, channels, stride_b, stride_t, K, HAS_SEQ)
         tl.store(dw_ptr + (part * channels + c) * K + k, tl.sum(g * xs, axis=0), mask=mc)
     tl.store(db_ptr + part * channels + c, tl.sum(g, axis=0), mask=mc)
 

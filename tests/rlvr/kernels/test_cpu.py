@@ -230,3 +230,25 @@ def test_huge_vocabulary_and_huge_moe_batches_do_not_overflow_the_stack():
                    torch.randn(8, 4, 4, generator=g) * 0.2)
     x = torch.randn(400_000, 4, generator=g)  # 2.4M slots
     _report("moe, 400k tokens x top-6", cpu.moe_routed_cpu(x, x, w, dims), moe_routed_ref(x, x, w, dims))
+
+
+def test_huge_empty_asks_for_huge_pages_for_its_own_pages_only():
+    from rlvr.kernels.cpu import HUGE_PAGE, _madvise, huge_empty
+
+    t = huge_empty(3, 4 << 20)  # 48 MiB: glibc maps it apart from the heap
+    assert t.shape == (3, 4 << 20) and t.dtype == torch.float32
+    t.fill_(2.0)
+    assert float(t.sum()) == 2.0 * t.numel()
+    if _madvise() is None:  # (transparent huge pages off or always on: nothing to ask)
+        return
+    start = -(-t.data_ptr() // HUGE_PAGE) * HUGE_PAGE
+    flags = {}  # mapping start -> VmFlags, from /proc/self/smaps
+    lo = None
+    for line in open("/proc/self/smaps"):
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            lo = int(head.split("-")[0], 16)
+        elif head == "VmFlags:":
+            flags[lo] = line.split()[1:]
+    region = max(k for k in flags if k <= start)
+    assert "hg" in flags[region], flags[region]  # MADV_HUGEPAGE took
