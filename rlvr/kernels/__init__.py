@@ -10,6 +10,7 @@
     triton Triton kernels for CUDA tensors, with and without gradients: the Mamba mixer's
            conv + SiLU, gated norm and decode step (``triton_ssd.py``) and the chunked SSD scan
            (``triton_scan.py``), forward and backward; with ``auto``, chosen on CUDA when installed
+           (named, also on CPU tensors under ``TRITON_INTERPRET=1``: tests)
 
 ``RLVR_KERNELS=torch`` (read at import) or ``set_backend("torch")`` forces the reference
 everywhere (debugging, A/B timing); the default ``auto`` takes the fastest path that supports the
@@ -88,8 +89,12 @@ def _triton_available() -> bool:
 
 
 def _use_triton(*tensors: torch.Tensor | None) -> bool:
-    """The Triton kernels serve CUDA tensors when triton is installed."""
-    return _backend in ("auto", "triton") and tensors[0].device.type == "cuda" and _triton_available()
+    """The Triton kernels serve CUDA tensors when triton is installed; and CPU tensors when asked
+    for by name under Triton's interpreter (``TRITON_INTERPRET=1``: the tests run the model's
+    every call through them on a machine without a GPU)."""
+    if _backend not in ("auto", "triton") or not _triton_available():
+        return False
+    return tensors[0].device.type == "cuda" or (_backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1")
 
 
 def mamba_step(zxbcdt, w: MambaWeights, dims: MambaDims, conv_state, ssm_state):

@@ -20,9 +20,11 @@ chunked algorithm is exact for any chunk length, and one (Q x Q) tile per progra
 registers at 64. The z-gate is fused with the group RMSNorm that follows (``GatedNormTriton``),
 as Mamba-2 does when the norm is on; dt's softplus and limits are elementwise torch before it.
 
-Each program holds one (chunk, head) whole: headdim and dstate up to 128 as tiles. mamba_ssm
-splits these further on a GPU; this is the straightforward first version, checked on this CPU
-under ``TRITON_INTERPRET=1`` against ``ssd_chunk_scan`` (tests), on a GPU in the issue's check.
+Each program holds one (chunk, head) whole: headdim and dstate up to 128 as tiles. The adjoint
+of the chunk scan keeps about ten such tiles live, more than a GPU's registers hold at dstate
+128 (they spill to local memory): mamba_ssm splits these programs by headdim blocks, and so
+should this once a GPU run has timed it. Checked on this CPU under ``TRITON_INTERPRET=1`` against
+``ssd_chunk_scan`` (tests).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import triton
 import triton.language as tl
 
 Q = 64  # tokens per chunk inside these kernels
+WARPS = 8  # per (chunk, head) program: its (64 x 64) .. (64 x 128) tiles spread over 256 threads
 
 
 @triton.jit
@@ -239,6 +242,13 @@ def _tile(d: int) -> int:
     return max(16, triton.next_power_of_2(d))  # (tl.dot wants every side >= 16)
 
 
+def _launch_args(h, Lp, p, n, seq, dt):
+    """The chunk kernels' shared arguments: sizes, tile shapes, and a seq_idx pointer (any tensor
+    when there is none: the kernels do not read it then)."""
+    tiles = dict(HAS_SEQ=seq is not None, Q=Q, BP=_tile(p), BN=_tile(n), num_warps=WARPS)
+    return dict(nheads=h, Lp=Lp), tiles, (seq if seq is not None else dt)
+
+
 class SSDChunkScanTriton(torch.autograd.Function):
     """``ssd_chunk_scan`` with the arguments it takes; -> (y, final state), fp32."""
 
@@ -254,9 +264,7 @@ class SSDChunkScanTriton(torch.autograd.Function):
         A, D = f32(A), f32(D)
         Lp = L + pad
         nc = Lp // Q
-        dims = dict(nheads=h, Lp=Lp)
-        tiles = dict(HAS_SEQ=seq is not None, Q=Q, BP=_tile(p), BN=_tile(n))
-        seq_ptr = seq if seq is not None else dt
+        dims, tiles, seq_ptr = _launch_args(h, Lp, p, n, seq, dt)
         cs = torch.empty(b, h, Lp, device=x.device)
         _chunk_cumsum_fwd[(b * nc, h)](dt, A, cs, Q=Q, **dims)
         states = torch.empty(b, nc, h, p, n, device=x.device)
@@ -280,9 +288,7 @@ class SSDChunkScanTriton(torch.autograd.Function):
         b, Lp, h, p = x.shape
         g, n = B.shape[2], B.shape[3]
         nc = Lp // Q
-        dims = dict(nheads=h, Lp=Lp)
-        tiles = dict(HAS_SEQ=seq is not None, Q=Q, BP=_tile(p), BN=_tile(n))
-        seq_ptr = seq if seq is not None else dt
+        dims, tiles, seq_ptr = _launch_args(h, Lp, p, n, seq, dt)
         dy = F.pad(dy.float(), (0, 0, 0, 0, 0, Lp - L)).contiguous()
         dfinal = torch.zeros(b, h, p, n, device=x.device) if dfinal is None else dfinal.float().contiguous()
         dx, ddt, dcs = torch.empty_like(x), torch.empty_like(dt), torch.empty_like(cs)
