@@ -23,7 +23,8 @@ as Mamba-2 does when the norm is on; dt's softplus and limits are elementwise to
 Each program holds one (chunk, head) whole: headdim and dstate up to 128 as tiles. The adjoint
 of the chunk scan keeps about ten such tiles live, more than a GPU's registers hold at dstate
 128 (they spill to local memory): mamba_ssm splits these programs by headdim blocks, and so
-should this once a GPU run has timed it. Checked on this CPU under ``TRITON_INTERPRET=1`` against
+should this once a GPU run has timed it. Offsets are 32-bit: a call whose tensors would pass 2^31
+elements is refused (split the batch). Checked on this CPU under ``TRITON_INTERPRET=1`` against
 ``ssd_chunk_scan`` (tests).
 """
 
@@ -257,6 +258,10 @@ class SSDChunkScanTriton(torch.autograd.Function):
         b, L, h, p = x.shape
         g, n = B.shape[2], B.shape[3]
         pad = (-L) % Q
+        if max(b * (L + pad) * h * max(p, n), b * -(-L // Q) * h * p * n) >= 2 ** 31:
+            # The kernels index with 32-bit offsets: past them they would read the wrong memory.
+            raise ValueError(f"SSD scan of {b} rows x {L} tokens x {h} heads (headdim {p}, dstate {n}) is too large "
+                             "for the Triton kernels' 32-bit offsets: split the batch")
         f32 = lambda t: t.float().contiguous()  # noqa: E731
         x, B, C = (f32(F.pad(t, (0, 0, 0, 0, 0, pad))) for t in (x, B, C))
         dt = f32(F.pad(dt, (0, 0, 0, pad)))  # dt = 0: padded steps neither decay nor add

@@ -251,3 +251,12 @@ def test_the_model_runs_on_the_triton_backend_as_on_the_reference(kernels):
     diff = max(float((a - b).abs().max() / a.abs().max().clamp(min=1)) for a, b in zip(got["torch"], got["triton"]))
     print(f"model on the triton backend vs the reference: logits, cached decode, gradients within {diff:.2e}")
     assert diff <= TOL
+
+
+def test_a_scan_too_large_for_32_bit_offsets_is_refused(kernels):
+    from rlvr.kernels.triton_scan import ssd_chunk_scan_triton
+
+    x = torch.empty(1, 64, 1, 1).expand(2 ** 16, 64, 512, 64)  # (no memory: a broadcast view)
+    B = torch.empty(1, 64, 1, 1).expand(2 ** 16, 64, 1, 64)
+    with pytest.raises(ValueError, match="32-bit offsets: split the batch"):
+        ssd_chunk_scan_triton(x, torch.empty(1, 1, 1).expand(2 ** 16, 64, 512), torch.empty(512), B, B, torch.empty(512), 64)
