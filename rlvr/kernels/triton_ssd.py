@@ -284,6 +284,9 @@ def mamba_chunk_triton(zxbcdt, w: MambaWeights, dims: MambaDims, conv_prev=None,
     chunked SSD scan (``triton_scan.py``), the gated norm."""
     from rlvr.kernels.triton_scan import ssd_chunk_scan_triton
 
+    if zxbcdt.numel() >= 2 ** 31:  # (the kernels index with 32-bit offsets)
+        raise ValueError(f"Mamba mixer input {tuple(zxbcdt.shape)} is too large for the Triton kernels' 32-bit "
+                         "offsets: split the batch")
     return mamba_chunk_ref(zxbcdt, w, dims, conv_prev, initial_state, seq_idx, lengths, conv_silu=conv_silu_triton,
                            ssd=ssd_chunk_scan_triton, gated_norm=gated_norm_triton)
 
