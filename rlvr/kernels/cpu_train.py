@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rlvr.kernels.cpu import _f32, _i64, _lib, _ptr, huge_empty
+from rlvr.kernels.cpu import _f32, _i64, _lib, _ptr, huge_empty, rms_norm_cpu
 from rlvr.kernels.mamba import MambaDims, MambaWeights, mamba_chunk_ref
 
 SEGMENT = 64  # tokens between the states the SSD forward keeps for its backward (SEG in train_cpu.c)
@@ -64,8 +64,8 @@ class SSDScan(torch.autograd.Function):
         g, n = Bf.shape[2], Bf.shape[3]
         y, final = torch.empty_like(xf), xf.new_empty(b, h, p, n)
         chk = xf.new_empty(b, h, -(-L // SEGMENT), p, n)
-        _lib().ssd_scan_fwd_f32(b, L, h, p, g, n, h * p, g * n, *map(_ptr, (xf, dtf, Af, Bf, Cf, Df, init, sf, y, final, chk)),
-                                torch.get_num_threads())
+        _lib().ssd_scan_fwd_f32(b, L, h, p, g, n, h * p, g * n,  # (token strides of x and of B, C)
+                                *map(_ptr, (xf, dtf, Af, Bf, Cf, Df, init, sf, y, final, chk)), torch.get_num_threads())
         ctx.save_for_backward(xf, dtf, Af, Bf, Cf, Df, sf, chk)
         ctx.meta = (initial_state is not None, [t.dtype for t in (x, dt, A, B, C, D)],
                     None if initial_state is None else initial_state.dtype)
@@ -83,8 +83,9 @@ class SSDScan(torch.autograd.Function):
         gA, gD = xf.new_empty(b, h), xf.new_empty(b, h)
         gB, gC = xf.new_empty(b, L, g, n), xf.new_empty(b, L, g, n)
         ginit = xf.new_empty(b, h, p, n) if has_init else None
-        _lib().ssd_scan_bwd_f32(b, L, h, p, g, n, h * p, g * n, h * p, g * n, *map(_ptr, (xf, dtf, Af, Bf, Cf, Df, sf, chk, gy, gfinal, gx, gdt, gA,
-                                                              gB, gC, gD, ginit)), torch.get_num_threads())
+        _lib().ssd_scan_bwd_f32(b, L, h, p, g, n, h * p, g * n, h * p, g * n,  # (inputs' and gradients' strides)
+                                *map(_ptr, (xf, dtf, Af, Bf, Cf, Df, sf, chk, gy, gfinal, gx, gdt, gA, gB, gC, gD,
+                                            ginit)), torch.get_num_threads())
         grads = (gx, gdt, gA.sum(0), gB, gC, gD.sum(0))
         return (*(t.to(d) for t, d in zip(grads, dtypes)), None if ginit is None else ginit.to(init_dtype), None)
 
@@ -123,13 +124,9 @@ class RMSNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, eps):
-        xf, wf = _f32(x), _f32(weight)
-        out = huge_empty(*xf.shape)
-        rows, dim = xf.numel() // xf.shape[-1], xf.shape[-1]
-        _lib().rms_norm_f32(rows, dim, xf.data_ptr(), wf.data_ptr(), eps, out.data_ptr(), torch.get_num_threads())
-        ctx.save_for_backward(xf, wf)
+        ctx.save_for_backward(_f32(x), _f32(weight))
         ctx.args = (eps, x.dtype, weight.dtype)
-        return out.to(x.dtype)
+        return rms_norm_cpu(x, weight, eps)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -213,14 +210,15 @@ class MambaMixer(torch.autograd.Function):
                                  torch.get_num_threads())
         y, final = huge_empty(b, L, h, p), zx.new_empty(b, h, p, n)
         chk = huge_empty(b, h, -(-L // SEGMENT), p, n)
-        _lib().ssd_scan_fwd_f32(b, L, h, p, g, n, cd, cd, *map(_ptr, (xbc, dt, A, xbc[..., di:], xbc[..., di + g * n:], Df,
-                                                                       init, sf, y, final, chk)), torch.get_num_threads())
+        B, C = xbc[..., di:], xbc[..., di + g * n:]  # (column slices: token stride cd)
+        _lib().ssd_scan_fwd_f32(b, L, h, p, g, n, cd, cd, *map(_ptr, (xbc, dt, A, B, C, Df, init, sf, y, final, chk)),
+                                torch.get_num_threads())
         out = huge_empty(b, L, di)
         _lib().gated_norm_fwd_f32(b * L, di, dims.group_size, W, y.data_ptr(), zx.data_ptr(), nwf.data_ptr(), dims.eps,
                                   out.data_ptr(), torch.get_num_threads())
         ctx.save_for_backward(zx, wf, bf, pre, dt, A, Df, nwf, sf, chk, xbc, y, keep)
-        ctx.meta = (dims, init is not None, [None if t is None else t.dtype for t in
-                                             (zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, initial_state)])
+        inputs = (zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, initial_state)
+        ctx.meta = (dims, init is not None, [None if t is None else t.dtype for t in inputs])
         return out, final
 
     @staticmethod
@@ -245,7 +243,8 @@ class MambaMixer(torch.autograd.Function):
                                                                         gw, gb)), threads)
         # dt = clamp(softplus(pre)) * keep: softplus' = sigmoid (exactly 1 past torch's threshold of 20)
         sp = F.softplus(pre)
-        gpre = gdt * torch.where(pre > 20, 1.0, torch.sigmoid(pre)) * ((sp >= dims.dt_limit[0]) & (sp <= dims.dt_limit[1]))
+        inside = (sp >= dims.dt_limit[0]) & (sp <= dims.dt_limit[1])
+        gpre = gdt * torch.where(pre > 20, 1.0, torch.sigmoid(pre)) * inside
         if keep is not None:
             gpre = gpre * keep
         gzx[..., di + cd:] = gpre
