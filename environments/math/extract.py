@@ -194,32 +194,35 @@ def _mixed_number(m: re.Match) -> str:
     return m.group()
 
 
+# (pattern, replacement, literals one of which any match contains): a pattern is only run on a
+# string holding one of its literals (most hold none: a plain number, prose), which leaves the
+# result as it was and skips most of the 25 scans per candidate answer.
 _REPLACEMENTS = [
-    (re.compile(r"\\[dtc]frac"), r"\\frac"),
-    (re.compile(r"\\left\s*\\?\{"), r"\\{"),
-    (re.compile(r"\\right\s*\\?\}"), r"\\}"),
-    (re.compile(r"\\(?:left|right)\s*\.?"), ""),
-    (re.compile(r"\{,\s?\}"), ""),  # 1{,}000
-    (re.compile(r"\\(?:textbf|mathbf|boldsymbol|bf)\s*\{([^{}]*)\}"), r"\1"),  # emphasis, not text
-    (re.compile(r"(?<![\d.])(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}"), _mixed_number),
-    (re.compile(r"(\d),\\!\s*(?=\d{3})"), r"\1"),  # 11,\! 111
-    (re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°"), ""),
-    (re.compile(r"\\(?:dollar|\$)"), ""),
-    (re.compile(r"\\%|%"), ""),
-    (re.compile(r"\\(?:!|,|;|:)"), ""),
-    (re.compile(r"\\(?:quad|qquad)"), " "),
-    (re.compile(r"−|–"), "-"),
-    (re.compile(r"×|·"), r"\\cdot "),
-    (re.compile(r"÷"), "/"),
-    (re.compile(r"≤"), r"\\le "),
-    (re.compile(r"≥"), r"\\ge "),
-    (re.compile(r"≠"), r"\\ne "),
-    (re.compile(r"π"), r"\\pi "),
-    (re.compile(r"√"), r"\\sqrt "),
-    (re.compile(r"∞"), r"\\infty "),
-    (re.compile(r"\\text\s*\{\s*(?:and|or)\s*\}"), ","),
-    (re.compile(r"(?<![a-zA-Z\\])(?:and|or)(?![a-zA-Z])"), ","),
-    (re.compile(r"\\(?:mathrm|text)\{e\}"), "e"),
+    (re.compile(r"\\[dtc]frac"), r"\\frac", ("\\",)),
+    (re.compile(r"\\left\s*\\?\{"), r"\\{", ("\\",)),
+    (re.compile(r"\\right\s*\\?\}"), r"\\}", ("\\",)),
+    (re.compile(r"\\(?:left|right)\s*\.?"), "", ("\\",)),
+    (re.compile(r"\{,\s?\}"), "", ("{",)),  # 1{,}000
+    (re.compile(r"\\(?:textbf|mathbf|boldsymbol|bf)\s*\{([^{}]*)\}"), r"\1", ("\\",)),  # emphasis, not text
+    (re.compile(r"(?<![\d.])(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}"), _mixed_number, ("\\",)),
+    (re.compile(r"(\d),\\!\s*(?=\d{3})"), r"\1", ("\\",)),  # 11,\! 111
+    (re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°"), "", ("^", "°")),
+    (re.compile(r"\\(?:dollar|\$)"), "", ("\\",)),
+    (re.compile(r"\\%|%"), "", ("%",)),
+    (re.compile(r"\\(?:!|,|;|:)"), "", ("\\",)),
+    (re.compile(r"\\(?:quad|qquad)"), " ", ("\\",)),
+    (re.compile(r"−|–"), "-", ("−", "–")),
+    (re.compile(r"×|·"), r"\\cdot ", ("×", "·")),
+    (re.compile(r"÷"), "/", ("÷",)),
+    (re.compile(r"≤"), r"\\le ", ("≤",)),
+    (re.compile(r"≥"), r"\\ge ", ("≥",)),
+    (re.compile(r"≠"), r"\\ne ", ("≠",)),
+    (re.compile(r"π"), r"\\pi ", ("π",)),
+    (re.compile(r"√"), r"\\sqrt ", ("√",)),
+    (re.compile(r"∞"), r"\\infty ", ("∞",)),
+    (re.compile(r"\\text\s*\{\s*(?:and|or)\s*\}"), ",", ("\\",)),
+    (re.compile(r"(?<![a-zA-Z\\])(?:and|or)(?![a-zA-Z])"), ",", ("and", "or")),
+    (re.compile(r"\\(?:mathrm|text)\{e\}"), "e", ("\\",)),
 ]
 
 
@@ -233,8 +236,9 @@ def normalize(answer: str) -> str:
         return decimal
     s = re.sub(r"^\\\(|\\\)$|^\\\[|\\\]$", "", s).strip()
     s = re.sub(r"^\\boxed\s*\{(.*)\}$", r"\1", s, flags=re.DOTALL).strip()
-    for pattern, repl in _REPLACEMENTS:
-        s = pattern.sub(repl, s)
+    for pattern, repl, literals in _REPLACEMENTS:
+        if any(lit in s for lit in literals):
+            s = pattern.sub(repl, s)
     s = s.strip().rstrip(".").strip()
     for _ in range(2):
         s = _TEXT_UNIT_RE.sub("", s).strip() if re.search(r"\d", s) else s

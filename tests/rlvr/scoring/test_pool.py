@@ -3,6 +3,7 @@ import time
 
 import pytest
 
+import rlvr.scoring.pool as pool_module
 from rlvr.scoring.pool import DeadlinePool
 
 
@@ -36,6 +37,32 @@ def test_results_in_order_with_timeout_error_and_death():
     assert outcomes[0].value == 1 and outcomes[5].value == 6
     assert "ValueError: boom" in outcomes[3].error
     assert restarts == 2  # the killed sleeper and the dead worker were replaced
+
+
+def test_chunks_keep_the_deadline_per_task_and_blame_the_right_one():
+    # Fast tasks go out in chunks; a hang or a crash inside a chunk costs that task alone, and
+    # the rest of its chunk is scored by the replacement worker.
+    payloads = ([("ok", i) for i in range(200)] + [("sleep", 60)] + [("ok", i) for i in range(201, 300)]
+                + [("die", None)] + [("ok", i) for i in range(301, 400)])
+    with DeadlinePool(make_sleeper, workers=1, timeout=1.5) as pool:
+        list(pool.map([("ok", -1)] * 50))  # measured: the next call sends chunks
+        assert pool._chunk() > 8
+        outcomes = list(pool.map(payloads))
+        assert pool.restarts == 2
+    statuses = {i: o.status for i, o in enumerate(outcomes)}
+    assert [o.index for o in outcomes] == list(range(400))
+    assert statuses[200] == "timeout" and statuses[300] == "error"
+    assert [o.value for i, o in enumerate(outcomes) if i not in (200, 300)] == [i for i in range(400) if i not in (200, 300)]
+
+
+def test_a_chunk_longer_than_the_timeout_is_not_cut(monkeypatch):
+    # Four 0.6 s tasks sent together take 2.4 s: each is under the 1 s deadline, so none is killed.
+    monkeypatch.setattr(pool_module, "CHUNK_SECONDS", 10.0)
+    with DeadlinePool(make_sleeper, workers=1, timeout=1.0) as pool:
+        list(pool.map([("sleep", 0.6)]))
+        assert pool._chunk() >= 4
+        outcomes = list(pool.map([("sleep", 0.6)] * 4))
+    assert [o.status for o in outcomes] == ["ok"] * 4 and pool.restarts == 0
 
 
 def test_works_from_a_non_main_thread():
