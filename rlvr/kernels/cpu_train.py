@@ -206,7 +206,8 @@ class MambaMixer(torch.autograd.Function):
         dt = (dt if keep is None else dt * keep).contiguous()
         A = -torch.exp(A_log.float())
         xbc = huge_empty(b, L, cd)
-        _lib().conv_silu_fwd_f32(b, L, cd, wf.shape[-1], W, *map(_ptr, (zx[..., di:], wf, bf, sf, xbc)),
+        wT = wf.t().contiguous()  # (K, conv_dim): the kernels' loops over channels are contiguous
+        _lib().conv_silu_fwd_f32(b, L, cd, wf.shape[-1], W, *map(_ptr, (zx[..., di:], wT, bf, sf, xbc)),
                                  torch.get_num_threads())
         y, final = huge_empty(b, L, h, p), zx.new_empty(b, h, p, n)
         chk = huge_empty(b, h, -(-L // SEGMENT), p, n)
@@ -216,14 +217,14 @@ class MambaMixer(torch.autograd.Function):
         out = huge_empty(b, L, di)
         _lib().gated_norm_fwd_f32(b * L, di, dims.group_size, W, y.data_ptr(), zx.data_ptr(), nwf.data_ptr(), dims.eps,
                                   out.data_ptr(), torch.get_num_threads())
-        ctx.save_for_backward(zx, wf, bf, pre, dt, A, Df, nwf, sf, chk, xbc, y, keep)
+        ctx.save_for_backward(zx, wT, bf, pre, dt, A, Df, nwf, sf, chk, xbc, y, keep)
         inputs = (zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, initial_state)
         ctx.meta = (dims, init is not None, [None if t is None else t.dtype for t in inputs])
         return out, final
 
     @staticmethod
     def backward(ctx, grad_out, grad_final):
-        zx, wf, bf, pre, dt, A, Df, nwf, sf, chk, xbc, y, keep = ctx.saved_tensors
+        zx, wT, bf, pre, dt, A, Df, nwf, sf, chk, xbc, y, keep = ctx.saved_tensors
         dims, has_init, dtypes = ctx.meta
         b, L, W = zx.shape
         di, cd, h, p, g, n = dims.d_inner, dims.conv_dim, dims.nheads, dims.headdim, dims.ngroups, dims.dstate
@@ -238,9 +239,10 @@ class MambaMixer(torch.autograd.Function):
         _lib().ssd_scan_bwd_f32(b, L, h, p, g, n, cd, cd, cd, cd, *map(_ptr, (
             xbc, dt, A, xbc[..., di:], xbc[..., di + g * n:], Df, sf, chk, gy, gfinal, gxbc, gdt, gA,
             gxbc[..., di:], gxbc[..., di + g * n:], gD, ginit)), threads)
-        gw, gb = torch.empty_like(wf), None if bf is None else torch.empty_like(bf)
-        _lib().conv_silu_bwd_f32(b, L, cd, wf.shape[-1], W, *map(_ptr, (zx[..., di:], wf, bf, sf, gxbc, gzx[..., di:],
-                                                                        gw, gb)), threads)
+        K = wT.shape[0]
+        gw, gb = wT.new_empty(cd, K), None if bf is None else torch.empty_like(bf)
+        _lib().conv_silu_bwd_f32(b, L, cd, K, W, *map(_ptr, (zx[..., di:], wT, bf, sf, gxbc, gzx[..., di:], gw, gb)),
+                                 threads)
         # dt = clamp(softplus(pre)) * keep: softplus' = sigmoid (exactly 1 past torch's threshold of 20)
         sp = F.softplus(pre)
         inside = (sp >= dims.dt_limit[0]) & (sp <= dims.dt_limit[1])

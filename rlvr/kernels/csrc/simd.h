@@ -120,6 +120,27 @@ static inline float hsum(v8f v) {
     return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
 }
 
+typedef int32_t v8i __attribute__((vector_size(32)));
+#if defined(__clang__)
+#define SHUFFLE8(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUFFLE8(a, b, ...) __builtin_shuffle(a, b, (v8i){__VA_ARGS__})
+#endif
+
+/* Lane j of the result = hsum(v[j]): eight horizontal sums at once, by three rounds of pairwise
+ * shuffles and adds (14 operations, where eight hsum calls take 56 and leave scalars). For
+ * a matrix-vector product whose rows are each one vector's worth of partial sums. */
+static inline v8f hsum8x8(const v8f v[8]) {
+    v8f t[4], u[2];
+    for (int k = 0; k < 4; k++)  /* [v0 01, v1 01, v0 23, v1 23, v0 45, v1 45, v0 67, v1 67] */
+        t[k] = SHUFFLE8(v[2 * k], v[2 * k + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
+               SHUFFLE8(v[2 * k], v[2 * k + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+    for (int k = 0; k < 2; k++)  /* [v0 0-3, v1 0-3, v2 0-3, v3 0-3, v0 4-7, v1 4-7, v2 4-7, v3 4-7] */
+        u[k] = SHUFFLE8(t[2 * k], t[2 * k + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
+               SHUFFLE8(t[2 * k], t[2 * k + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+    return SHUFFLE8(u[0], u[1], 0, 1, 2, 3, 8, 9, 10, 11) + SHUFFLE8(u[0], u[1], 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
 /* dots[q] = a . rows[q * ld] for q < 4: four independent dot products interleaved (one alone
  * is a single dependent chain). n must be a multiple of 8. */
 static inline void dot4(const float *restrict a, const float *restrict rows, int64_t ld, int64_t n, float *dots) {

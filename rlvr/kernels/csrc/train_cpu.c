@@ -10,7 +10,8 @@
  *   logprob:    log p(target) and the entropy of each row of logits in one pass, reference
  *               token_logprobs_ref (rlvr/kernels/logprob.py); the backward is one more pass.
  *
- * Layouts: x, out (batch, seqlen, channels) channel-contiguous; w (channels, K); seq_idx
+ * Layouts: x, out (batch, seqlen, channels) channel-contiguous; wT (K, channels), the conv
+ * weight transposed so that every loop over channels is contiguous (it vectorises); seq_idx
  * (batch, seqlen) int64 or NULL. Inputs read from the mixer's in_proj output (the conv's x and
  * grad_x, the norm's z and grad_z) take a token stride (xs, zs): the fused mixer passes column
  * slices of that one tensor instead of copying them out. */
@@ -25,85 +26,97 @@
 static inline float sigmoidf(float a) { return 1.0f / (1.0f + fast_expf(-a)); }
 
 /* The pre-activation of row b at token t, channel range [c0, c1), into pre[c0..c1). */
-static inline void conv_pre(int64_t L, int64_t ch, int64_t K, int64_t xs, const float *xb, const float *w,
-                            const float *bias, const int64_t *seqb, int64_t t, float *pre) {
+static inline void conv_pre(int64_t L, int64_t ch, int64_t K, int64_t xs, const float *restrict xb,
+                            const float *restrict wT, const float *restrict bias, const int64_t *seqb, int64_t t,
+                            float *restrict pre) {
     for (int64_t c = 0; c < ch; c++) pre[c] = bias ? bias[c] : 0.0f;
     for (int64_t i = 0; i < K; i++) {
         int64_t s = t - (K - 1) + i;
         if (s < 0 || (seqb && seqb[s] != seqb[t])) continue;
-        const float *xv = xb + s * xs;
-        for (int64_t c = 0; c < ch; c++) pre[c] += w[c * K + i] * xv[c];
+        const float *restrict xv = xb + s * xs, *restrict wi = wT + i * ch;
+        for (int64_t c = 0; c < ch; c++) pre[c] += wi[c] * xv[c];
     }
 }
 
-void conv_silu_fwd_f32(int64_t batch, int64_t L, int64_t ch, int64_t K, int64_t xs, const float *x, const float *w,
+void conv_silu_fwd_f32(int64_t batch, int64_t L, int64_t ch, int64_t K, int64_t xs, const float *x, const float *wT,
                        const float *bias, const int64_t *seq_idx, float *out, int nthreads) {
 #pragma omp parallel for collapse(2) schedule(static) num_threads(nthreads)
     for (int64_t b = 0; b < batch; b++) {
         for (int64_t t = 0; t < L; t++) {
             float *o = out + (b * L + t) * ch;
-            conv_pre(L, ch, K, xs, x + b * L * xs, w, bias, seq_idx ? seq_idx + b * L : NULL, t, o);
+            conv_pre(L, ch, K, xs, x + b * L * xs, wT, bias, seq_idx ? seq_idx + b * L : NULL, t, o);
             for (int64_t c = 0; c < ch; c++) o[c] = o[c] * sigmoidf(o[c]);
         }
     }
 }
 
-/* grad_x (batch, L, ch); grad_w (ch, K) and grad_bias (ch) are summed over every token (each
- * thread into its own buffer, then added up), grad_bias may be NULL. */
-void conv_silu_bwd_f32(int64_t batch, int64_t L, int64_t ch, int64_t K, int64_t xs, const float *x, const float *w,
+/* grad_x (batch, L, ch); grad_w (ch, K), as the conv holds it, and grad_bias (ch) are summed over
+ * every token (each thread into its own (K + 1, ch) buffer, then added up), grad_bias may be NULL.
+ * By tiles of CONV_TILE tokens of a row: the gradient at the pre-activation (gpre) of the tile
+ * and of the K - 1 tokens after it, which grad_x of the tile's last tokens reads, goes into a
+ * per-thread scratch that stays in cache (the whole tensor of them was as large as the input
+ * and cost more in memory traffic than the arithmetic). */
+#define CONV_TILE 64
+
+void conv_silu_bwd_f32(int64_t batch, int64_t L, int64_t ch, int64_t K, int64_t xs, const float *x, const float *wT,
                        const float *bias, const int64_t *seq_idx, const float *grad_out, float *grad_x,
                        float *grad_w, float *grad_bias, int nthreads) {
-    float *gpre = malloc(sizeof(float) * batch * L * ch);
+    const int64_t tiles = (L + CONV_TILE - 1) / CONV_TILE;
     float *partial = calloc((size_t)nthreads * ch * (K + 1), sizeof(float));
 #pragma omp parallel num_threads(nthreads)
     {
-        float *mine = partial + (size_t)omp_get_thread_num() * ch * (K + 1);  /* K weights, then bias */
+        float *mine = partial + (size_t)omp_get_thread_num() * ch * (K + 1);  /* K weight rows, then the bias */
+        float *gpre = malloc(sizeof(float) * (CONV_TILE + K - 1) * ch);
 #pragma omp for collapse(2) schedule(static)
         for (int64_t b = 0; b < batch; b++) {
-            for (int64_t t = 0; t < L; t++) {
+            for (int64_t tile = 0; tile < tiles; tile++) {
                 const int64_t *seqb = seq_idx ? seq_idx + b * L : NULL;
-                const float *xb = x + b * L * xs, *go = grad_out + (b * L + t) * ch;
-                float *g = gpre + (b * L + t) * ch;
-                conv_pre(L, ch, K, xs, xb, w, bias, seqb, t, g);
-                for (int64_t c = 0; c < ch; c++) {
-                    float s = sigmoidf(g[c]);
-                    g[c] = go[c] * s * (1.0f + g[c] * (1.0f - s));  /* silu'(a) = s (1 + a (1 - s)) */
+                const float *xb = x + b * L * xs;
+                const int64_t t0 = tile * CONV_TILE, t1 = t0 + CONV_TILE < L ? t0 + CONV_TILE : L;
+                const int64_t t2 = t1 + K - 1 < L ? t1 + K - 1 : L;  /* with the halo */
+                for (int64_t t = t0; t < t2; t++) {
+                    const float *restrict go = grad_out + (b * L + t) * ch;
+                    float *restrict g = gpre + (t - t0) * ch;
+                    conv_pre(L, ch, K, xs, xb, wT, bias, seqb, t, g);
+                    for (int64_t c = 0; c < ch; c++) {
+                        float s = sigmoidf(g[c]);
+                        g[c] = go[c] * s * (1.0f + g[c] * (1.0f - s));  /* silu'(a) = s (1 + a (1 - s)) */
+                    }
+                    if (t >= t1) continue;  /* a halo token: its own tile sums its weight gradients */
+                    for (int64_t i = 0; i < K; i++) {
+                        int64_t s = t - (K - 1) + i;
+                        if (s < 0 || (seqb && seqb[s] != seqb[t])) continue;
+                        const float *restrict xv = xb + s * xs;
+                        float *restrict mi = mine + i * ch;
+                        for (int64_t c = 0; c < ch; c++) mi[c] += g[c] * xv[c];
+                    }
+                    float *restrict mb = mine + K * ch;
+                    for (int64_t c = 0; c < ch; c++) mb[c] += g[c];
                 }
-                for (int64_t i = 0; i < K; i++) {
-                    int64_t s = t - (K - 1) + i;
-                    if (s < 0 || (seqb && seqb[s] != seqb[t])) continue;
-                    const float *xv = xb + s * xs;
-                    for (int64_t c = 0; c < ch; c++) mine[c * (K + 1) + i] += g[c] * xv[c];
+                /* grad_x[u] = sum_i gpre[u + (K-1) - i] * w[i], same document only */
+                for (int64_t u = t0; u < t1; u++) {
+                    float *restrict gx = grad_x + (b * L + u) * xs;
+                    for (int64_t c = 0; c < ch; c++) gx[c] = 0.0f;
+                    for (int64_t i = 0; i < K; i++) {
+                        int64_t t = u + (K - 1) - i;
+                        if (t >= L || (seqb && seqb[t] != seqb[u])) continue;
+                        const float *restrict g = gpre + (t - t0) * ch, *restrict wi = wT + i * ch;
+                        for (int64_t c = 0; c < ch; c++) gx[c] += g[c] * wi[c];
+                    }
                 }
-                for (int64_t c = 0; c < ch; c++) mine[c * (K + 1) + K] += g[c];
             }
         }
-        /* grad_x[u] = sum_i gpre[u + (K-1) - i] * w[i], same document only */
-#pragma omp for collapse(2) schedule(static)
-        for (int64_t b = 0; b < batch; b++) {
-            for (int64_t u = 0; u < L; u++) {
-                const int64_t *seqb = seq_idx ? seq_idx + b * L : NULL;
-                float *gx = grad_x + (b * L + u) * xs;
-                for (int64_t c = 0; c < ch; c++) gx[c] = 0.0f;
-                for (int64_t i = 0; i < K; i++) {
-                    int64_t t = u + (K - 1) - i;
-                    if (t >= L || (seqb && seqb[t] != seqb[u])) continue;
-                    const float *g = gpre + (b * L + t) * ch;
-                    for (int64_t c = 0; c < ch; c++) gx[c] += g[c] * w[c * K + i];
-                }
-            }
-        }
+        free(gpre);
     }
-    for (int64_t c = 0; c < ch; c++) {
-        for (int64_t i = 0; i <= K; i++) {
+    for (int64_t i = 0; i <= K; i++) {
+        for (int64_t c = 0; c < ch; c++) {
             float sum = 0.0f;
-            for (int th = 0; th < nthreads; th++) sum += partial[(size_t)th * ch * (K + 1) + c * (K + 1) + i];
+            for (int th = 0; th < nthreads; th++) sum += partial[((size_t)th * (K + 1) + i) * ch + c];
             if (i < K) grad_w[c * K + i] = sum;
             else if (grad_bias) grad_bias[c] = sum;
         }
     }
     free(partial);
-    free(gpre);
 }
 
 void gated_norm_fwd_f32(int64_t rows, int64_t dim, int64_t group, int64_t zs, const float *y, const float *z, const float *w,
@@ -178,6 +191,35 @@ void gated_norm_bwd_f32(int64_t rows, int64_t dim, int64_t group, int64_t zs, co
 
 static inline int boundary(const int64_t *seqb, int64_t t) { return seqb && t > 0 && seqb[t] != seqb[t - 1]; }
 
+/* The vector forms of a token's work for one head, for P % 8 == 0 and a constant N of 16 or 32
+ * (B, C and the running sums stay in registers): a sum over n per headdim row is one vector of
+ * partial sums, and eight rows' are finished at once (hsum8x8) instead of one horizontal sum
+ * per row, which was most of a token's work when the state is that small. */
+enum { MAXV = 4 };  /* N / 8 at most */
+
+static inline __attribute__((always_inline)) void ssd_fwd_token_v(
+        int64_t P, const int64_t N, float *restrict state, const float *restrict xt, const float *restrict Bt,
+        const float *restrict Ct, float d, float da, float Dh, float *restrict yt) {
+    const int64_t nv = N / 8;
+    v8f Bv[MAXV], Cv[MAXV];
+    for (int64_t k = 0; k < nv; k++) Bv[k] = *(const v8f *)(Bt + 8 * k), Cv[k] = *(const v8f *)(Ct + 8 * k);
+    for (int64_t p0 = 0; p0 < P; p0 += 8) {
+        v8f part[8];
+        for (int j = 0; j < 8; j++) {
+            float *s = state + (p0 + j) * N;
+            const float dx = d * xt[p0 + j];
+            v8f acc = {0};
+            for (int64_t k = 0; k < nv; k++) {
+                const v8f sv = da * *(v8f *)(s + 8 * k) + dx * Bv[k];
+                *(v8f *)(s + 8 * k) = sv;
+                acc += sv * Cv[k];
+            }
+            part[j] = acc;
+        }
+        *(v8f *)(yt + p0) = hsum8x8(part) + Dh * *(const v8f *)(xt + p0);
+    }
+}
+
 void ssd_scan_fwd_f32(int64_t batch, int64_t L, int64_t H, int64_t P, int64_t G, int64_t N, int64_t xs, int64_t bs,
                       const float *x, const float *dt, const float *A, const float *B, const float *C,
                       const float *D, const float *init, const int64_t *seq_idx, float *y, float *final, float *chk, int nthreads) {
@@ -196,6 +238,16 @@ void ssd_scan_fwd_f32(int64_t batch, int64_t L, int64_t H, int64_t P, int64_t G,
                 const float *xt = x + (b * L + t) * xs + h * P;
                 const float *Bt = B + (b * L + t) * bs + (h / q) * N, *Ct = C + (b * L + t) * bs + (h / q) * N;
                 float *yt = y + ((b * L + t) * H + h) * P;
+                if (t + 2 < L) {  /* the rows two tokens ahead */
+                    const int64_t u = b * L + t + 2;
+                    for (int64_t k = 0; k < P; k += 16) __builtin_prefetch(x + u * xs + h * P + k);
+                    for (int64_t k = 0; k < N; k += 16) {
+                        __builtin_prefetch(B + u * bs + (h / q) * N + k);
+                        __builtin_prefetch(C + u * bs + (h / q) * N + k);
+                    }
+                }
+                if (P % 8 == 0 && N == 16) { ssd_fwd_token_v(P, 16, state, xt, Bt, Ct, d, da, D[h], yt); continue; }
+                if (P % 8 == 0 && N == 32) { ssd_fwd_token_v(P, 32, state, xt, Bt, Ct, d, da, D[h], yt); continue; }
                 for (int64_t p = 0; p < P; p++) {
                     float *s = state + p * N, acc = 0.0f, dx = d * xt[p];
                     for (int64_t n = 0; n < N; n++) {
@@ -248,6 +300,49 @@ static inline __attribute__((always_inline)) struct bwd_out ssd_bwd_token(
     return o;
 }
 
+/* ssd_bwd_token's vector form (see ssd_fwd_token_v): the same sums, eight headdim rows' B-sums
+ * (for dx) finished at once. */
+static inline __attribute__((always_inline)) struct bwd_out ssd_bwd_token_v(
+        int64_t P, const int64_t N, const float *restrict prev, float *restrict adj, const float *restrict xt,
+        const float *restrict dy, const float *restrict Bt, const float *restrict Ct, float d, float da, float keep,
+        float Dh, int first, float *restrict dx, float *restrict oB, float *restrict oC) {
+    const int64_t nv = N / 8;
+    const float *cur = prev + P * N, kd = keep * da;
+    v8f Bv[MAXV], Cv[MAXV], dB[MAXV], dC[MAXV], aPv[MAXV], dyx = {0}, xaB = {0}, aP = {0};
+    for (int64_t k = 0; k < nv; k++) {
+        Bv[k] = *(const v8f *)(Bt + 8 * k), Cv[k] = *(const v8f *)(Ct + 8 * k);
+        dB[k] = dC[k] = aPv[k] = (v8f){0};
+    }
+    for (int64_t p0 = 0; p0 < P; p0 += 8) {
+        v8f part[8];
+        for (int j = 0; j < 8; j++) {
+            float *a = adj + (p0 + j) * N;
+            const float *pv = prev + (p0 + j) * N, *cv = cur + (p0 + j) * N, dyp = dy[p0 + j], xp = xt[p0 + j];
+            v8f acc = {0};
+            for (int64_t k = 0; k < nv; k++) {
+                const v8f an = *(v8f *)(a + 8 * k) + dyp * Cv[k];  /* adjoint of h_t */
+                dC[k] += *(const v8f *)(cv + 8 * k) * dyp;
+                dB[k] += an * xp;
+                acc += an * Bv[k];
+                aPv[k] += an * *(const v8f *)(pv + 8 * k);
+                *(v8f *)(a + 8 * k) = kd * an;                   /* adjoint of h_{t-1} */
+            }
+            part[j] = acc;
+        }
+        const v8f aB = hsum8x8(part), dyv = *(const v8f *)(dy + p0), xv = *(const v8f *)(xt + p0);
+        *(v8f *)(dx + p0) = d * aB + Dh * dyv;
+        dyx += dyv * xv;
+        xaB += xv * aB;
+    }
+    for (int64_t k = 0; k < nv; k++) {
+        aP += aPv[k];
+        const v8f gb = d * dB[k] + (first ? (v8f){0} : *(const v8f *)(oB + 8 * k));
+        const v8f gc = dC[k] + (first ? (v8f){0} : *(const v8f *)(oC + 8 * k));
+        *(v8f *)(oB + 8 * k) = gb, *(v8f *)(oC + 8 * k) = gc;
+    }
+    return (struct bwd_out){hsum(aP), hsum(xaB), hsum(dyx)};
+}
+
 /* grad_final may be NULL (zeros). gA, gD (b, h) per row; gB, gC (b, L, g, n) summed over the
  * heads of each group: one thread runs a group's heads one after another, so the sums need no
  * locks (and their order is fixed). Token strides: xs (x), bs (B, C), gxs (gx), gbs (gB, gC). */
@@ -280,6 +375,18 @@ void ssd_scan_bwd_f32(int64_t batch, int64_t L, int64_t H, int64_t P, int64_t G,
                             const int reset = boundary(seqb, t) && t != t0;  /* (the checkpoint is taken after a reset) */
                             const float d = dt[(b * L + t) * H + h], keep = reset ? 0.0f : expf(d * A[h]);
                             const float *xt = x + (b * L + t) * xs + h * P, *Bt = B + (b * L + t) * bs + grp * N;
+                            if (t + 2 < t1) {  /* x and B two tokens ahead (the first touch of this head's rows) */
+                                const int64_t u = b * L + t + 2;
+                                for (int64_t k = 0; k < P; k += 16) __builtin_prefetch(x + u * xs + h * P + k);
+                                for (int64_t k = 0; k < N; k += 16) __builtin_prefetch(B + u * bs + grp * N + k);
+                            }
+                            if (N % 8 == 0) {
+                                for (int64_t p = 0; p < P; p++)
+                                    for (int64_t n = 0; n < N; n += 8)
+                                        *(v8f *)(cur + p * N + n) = keep * *(const v8f *)(prev + p * N + n) +
+                                                                    d * xt[p] * *(const v8f *)(Bt + n);
+                                continue;
+                            }
                             for (int64_t p = 0; p < P; p++) {
                                 const float dx = d * xt[p];
                                 for (int64_t n = 0; n < N; n++) cur[p * N + n] = keep * prev[p * N + n] + dx * Bt[n];
@@ -290,18 +397,26 @@ void ssd_scan_bwd_f32(int64_t batch, int64_t L, int64_t H, int64_t P, int64_t G,
                             const float d = dt[(b * L + t) * H + h], da = expf(d * A[h]);
                             /* a reset: h_{t-1} is zero, nothing flows back */
                             const float keep = boundary(seqb, t) ? 0.0f : 1.0f;
-                            struct bwd_out o = {0.0f, 0.0f, 0.0f};
+                            struct bwd_out o;
                             const float *xt = x + (b * L + t) * xs + h * P, *dy = gy + ((b * L + t) * H + h) * P;
                             const float *Bt = B + (b * L + t) * bs + grp * N, *Ct = C + (b * L + t) * bs + grp * N;
                             float *dx = gx + (b * L + t) * gxs + h * P;
-                            float *oB = gB + (b * L + t) * gbs + grp * N, *oC = gC + (b * L + t) * gbs + grp * N;
-                            switch (N) {  /* a constant N: the n loops unrolled, their sums kept in registers */
-                            case 16: o = ssd_bwd_token(P, 16, prev, adj, xt, dy, Bt, Ct, d, da, keep, D[h], first, dx, oB, oC); break;
-                            case 32: o = ssd_bwd_token(P, 32, prev, adj, xt, dy, Bt, Ct, d, da, keep, D[h], first, dx, oB, oC); break;
-                            case 64: o = ssd_bwd_token(P, 64, prev, adj, xt, dy, Bt, Ct, d, da, keep, D[h], first, dx, oB, oC); break;
-                            case 128: o = ssd_bwd_token(P, 128, prev, adj, xt, dy, Bt, Ct, d, da, keep, D[h], first, dx, oB, oC); break;
-                            default: o = ssd_bwd_token(P, N, prev, adj, xt, dy, Bt, Ct, d, da, keep, D[h], first, dx, oB, oC);
+                            if (t - 2 >= t0) {  /* the rows two tokens back: gy and C are not in cache yet */
+                                const int64_t u = b * L + t - 2;
+                                for (int64_t k = 0; k < P; k += 16) __builtin_prefetch(gy + (u * H + h) * P + k);
+                                for (int64_t k = 0; k < N; k += 16) __builtin_prefetch(C + u * bs + grp * N + k);
                             }
+                            float *oB = gB + (b * L + t) * gbs + grp * N, *oC = gC + (b * L + t) * gbs + grp * N;
+#define TOKEN_ARGS prev, adj, xt, dy, Bt, Ct, d, da, keep, D[h], first, dx, oB, oC
+                            /* a constant N: the n loops unrolled, their sums kept in registers */
+                            if (P % 8 == 0 && N == 16) o = ssd_bwd_token_v(P, 16, TOKEN_ARGS);
+                            else if (P % 8 == 0 && N == 32) o = ssd_bwd_token_v(P, 32, TOKEN_ARGS);
+                            else if (N == 16) o = ssd_bwd_token(P, 16, TOKEN_ARGS);
+                            else if (N == 32) o = ssd_bwd_token(P, 32, TOKEN_ARGS);
+                            else if (N == 64) o = ssd_bwd_token(P, 64, TOKEN_ARGS);
+                            else if (N == 128) o = ssd_bwd_token(P, 128, TOKEN_ARGS);
+                            else o = ssd_bwd_token(P, N, TOKEN_ARGS);
+#undef TOKEN_ARGS
                             /* d h_t / d dt = A da h_{t-1} + x (x) B;  d h_t / d A = dt da h_{t-1} */
                             gdt[(b * L + t) * H + h] = A[h] * da * keep * o.aP + o.xaB;
                             sumA += d * da * keep * o.aP;

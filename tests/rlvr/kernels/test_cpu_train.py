@@ -65,7 +65,9 @@ def test_rms_norm(shape):
 
 @pytest.mark.parametrize("b, L, h, p, g, n, docs, initial", [(2, 37, 4, 8, 2, 16, 1, False), (2, 150, 4, 8, 1, 16, 1, True),
                                                               (1, 130, 2, 4, 2, 8, 3, True), (3, 64, 6, 4, 3, 4, 2, False),
-                                                              (1, 1, 2, 4, 1, 4, 1, True)])
+                                                              (1, 1, 2, 4, 1, 4, 1, True),
+                                                              # the vector forms (headdim % 8 == 0, dstate 16 or 32)
+                                                              (2, 150, 4, 16, 2, 16, 3, True), (1, 70, 2, 8, 1, 32, 2, False)])
 def test_ssd_scan(b, L, h, p, g, n, docs, initial):
     gen = torch.Generator().manual_seed(L + h)
     x = torch.randn(b, L, h, p, generator=gen, requires_grad=True)
@@ -85,9 +87,9 @@ def test_ssd_scan(b, L, h, p, g, n, docs, initial):
     _check(f"ssd_scan b={b} L={L} h={h} g={g} docs={docs} initial={initial}", run(ssd_chunk_scan), run(ssd_scan_cpu))
 
 
-def _mixer(g, b, L, initial):
-    dims = MambaDims(d_inner=32, nheads=4, headdim=8, ngroups=2, dstate=8, kernel=4, chunk_size=16, eps=1e-5,
-                     dt_limit=(0.0, float("inf")))
+def _mixer(g, b, L, initial, headdim=8, dstate=8):
+    dims = MambaDims(d_inner=4 * headdim, nheads=4, headdim=headdim, ngroups=2, dstate=dstate, kernel=4, chunk_size=16,
+                     eps=1e-5, dt_limit=(0.0, float("inf")))
     w = MambaWeights(*(torch.randn(*s, generator=g).mul_(0.5).requires_grad_() for s in
                        ((dims.conv_dim, 1, dims.kernel), (dims.conv_dim,), (dims.nheads,), (dims.nheads,),
                         (dims.nheads,), (dims.d_inner,))))
@@ -96,16 +98,21 @@ def _mixer(g, b, L, initial):
     return zxbcdt, w, dims, state
 
 
-@pytest.mark.parametrize("b, L, docs, initial, padded, limits", [
-    (2, 40, 1, False, False, (0.0, float("inf"))), (2, 47, 3, False, False, (0.0, float("inf"))),
-    (3, 33, 1, True, True, (0.0, float("inf"))), (1, 16, 2, False, False, (0.0, float("inf"))),
-    (2, 70, 2, True, True, (0.3, 1.2)),  # dt clamped at both ends: those tokens pass no gradient to dt
-    (1, 1, 1, True, False, (0.0, float("inf")))])
-def test_the_mixer_with_packed_rows_states_and_padding(b, L, docs, initial, padded, limits):
+INF = (0.0, float("inf"))
+
+
+@pytest.mark.parametrize("b, L, docs, initial, padded, limits, sizes", [
+    (2, 40, 1, False, False, INF, (8, 8)), (2, 47, 3, False, False, INF, (8, 8)), (3, 33, 1, True, True, INF, (8, 8)),
+    (1, 16, 2, False, False, INF, (8, 8)),
+    (2, 70, 2, True, True, (0.3, 1.2), (8, 8)),  # dt clamped at both ends: those tokens pass no gradient to dt
+    (1, 1, 1, True, False, INF, (8, 8)),
+    (2, 150, 4, True, True, INF, (16, 16)),  # the scan's vector form; conv tiles of 64 tokens, documents across them
+])
+def test_the_mixer_with_packed_rows_states_and_padding(b, L, docs, initial, padded, limits, sizes):
     """The fused mixer (``mamba_chunk_train``: conv, dt, scan and norm in one Function) against the
     reference: its output and final state, and the gradients of every input it takes."""
     g = torch.Generator().manual_seed(L + docs)
-    zxbcdt, w, dims, state = _mixer(g, b, L, initial)
+    zxbcdt, w, dims, state = _mixer(g, b, L, initial, *sizes)
     dims = dataclasses.replace(dims, dt_limit=limits)
     if state is not None:
         state.requires_grad_()
@@ -119,7 +126,7 @@ def test_the_mixer_with_packed_rows_states_and_padding(b, L, docs, initial, padd
         out = torch.cat([y.flatten(), final.flatten()])
         return out, torch.autograd.grad(out, wanted, torch.cat([go.flatten(), gf.flatten()]))
 
-    _check(f"mamba mixer b={b} L={L} docs={docs} initial={initial} padded={padded} limits={limits}",
+    _check(f"mamba mixer b={b} L={L} docs={docs} initial={initial} padded={padded} limits={limits} (p, n)={sizes}",
            run(mamba_chunk_ref), run(mamba_chunk_train))
 
 
