@@ -29,6 +29,7 @@ import torch
 
 from rlvr import kernels
 from rlvr.model import HybridLM
+from rlvr.model.cache import drop_rows
 from rlvr.model.names import load_named
 from rlvr.rollout.weights import next_version, update_weights
 from rlvr.rollout.engine import Completion, SamplingParams, StopStrings
@@ -227,7 +228,7 @@ class BuiltinEngine:
             return active, cache, tokens
         for i in done.nonzero()[:, 0].tolist():
             out.finish[int(active[i])] = "stop" if bool(stopped[i]) else "length"
-        keep = (~done).nonzero()[:, 0]
+        keep = drop_rows(~done)
         if len(keep) == 0:
             return keep, None, None
         cache.select(keep)
