@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import json
 from collections.abc import Callable, Iterable, Iterator
 
@@ -63,6 +64,7 @@ def build_engine(spec: EngineSpec):
 class RolloutWorker:
     def __init__(self, spec: EngineSpec):
         self.engine = build_engine(spec)
+        gc.freeze()  # the engine and libraries live as long as the worker: out of the collector's scans
 
     def generate(self, prompts: list, sampling: SamplingParams) -> list[Completion]:
         return self.engine.generate(prompts, sampling)

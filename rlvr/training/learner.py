@@ -22,6 +22,7 @@ for ~30 s) and DeepSpeed's shared-memory collective op, which only inference use
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import os
 import socket
@@ -138,6 +139,9 @@ class LearnerRank:
             tis_cap=self.cfg.algorithm.tis_cap)
         self._sync_items = None
         self._grad_norm = None
+        # What exists now (the model, DeepSpeed, Ray, the libraries: ~300K objects) lives as long
+        # as the rank: out of the cyclic collector's scans, whose full passes cost ~10 ms a step.
+        gc.freeze()
         return sum(p.numel() for p in params)
 
     # -- log-probabilities

@@ -16,6 +16,7 @@ checkpoint and produces the same numbers an uninterrupted run would.
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import logging
 import random
@@ -191,6 +192,7 @@ class Trainer:
         with self.stop:
             try:
                 self.setup()
+                gc.freeze()  # what setup built lives as long as the run: out of the collector's scans
                 if not self.evals:
                     self.evals.append((self.step, self.evaluate()["eval/accuracy"]))
                 bar = tqdm(total=self.cfg.steps, initial=self.step, desc="GRPO", unit="step",
