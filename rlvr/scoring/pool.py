@@ -55,9 +55,9 @@ def _worker_main(conn: Connection, factory: Callable, factory_args: tuple) -> No
     try:
         handler = factory(*factory_args)
     except Exception:  # reported to the parent, which fails loudly
-        conn.send(("init-error", traceback.format_exc(), 0.0))
+        conn.send(("init-error", traceback.format_exc(), 0.0, 0.0))
         return
-    conn.send(("ready", None, 0.0))
+    conn.send(("ready", None, 0.0, 0.0))
     while True:
         try:
             chunk = conn.recv()
@@ -66,12 +66,13 @@ def _worker_main(conn: Connection, factory: Callable, factory_args: tuple) -> No
         if chunk is None:
             return
         for payload in chunk:  # one answer per task, as soon as it is done
-            start = time.perf_counter()
+            start = time.monotonic()  # (the same clock in every process: the parent reads the end)
             try:
                 reply = ("ok", handler(payload))
             except Exception as exc:
                 reply = ("error", f"{type(exc).__name__}: {exc}")
-            conn.send((*reply, time.perf_counter() - start))
+            end = time.monotonic()
+            conn.send((*reply, end - start, end))
 
 
 class _Worker:
@@ -191,7 +192,7 @@ class DeadlinePool:
         outcomes = []
         while True:
             try:
-                kind, value, seconds = w.conn.recv()
+                kind, value, seconds, finished = w.conn.recv()
             except (EOFError, OSError):
                 # The worker died (OOM kill, segfault) running its head task: that task is an
                 # error, the worker is replaced.
@@ -205,7 +206,7 @@ class DeadlinePool:
                 w.ready = True
             else:
                 index, _ = w.tasks.popleft()
-                w.since = time.monotonic()
+                w.since = finished  # the next task began then, however late this answer is read
                 self._task_seconds = seconds if self._task_seconds is None else 0.8 * self._task_seconds + 0.2 * seconds
                 outcomes.append(Outcome(index, "ok", value=value, seconds=seconds) if kind == "ok"
                                 else Outcome(index, "error", error=value, seconds=seconds))
