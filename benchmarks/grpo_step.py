@@ -1,6 +1,6 @@
 """One GRPO step, timed by phase: rlvr-train vs TRL's GRPOTrainer, same model, same batch, CPU.
 
-    python benchmarks/grpo_step.py [--prompts 64] [--group 8] [--max-tokens 16] [--steps 4]
+    python benchmarks/grpo_step.py [--prompts 64] [--group 8] [--max-tokens 16] [--steps 8]
 
 Both sides train the tiny hybrid preset (the same checkpoint: transformers' NemotronH runs it for
 TRL) on the project's addition prompts, ``--prompts`` x ``--group`` completions of up to
@@ -125,7 +125,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=8)
     args = ap.parse_args()
     import torch
 

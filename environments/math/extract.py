@@ -14,6 +14,7 @@ hedged final answer ("7 or maybe 9") scores 0 rather than falling back to a numb
 
 from __future__ import annotations
 
+import functools
 import re
 
 # ---------------------------------------------------------------- locating answers
@@ -226,9 +227,12 @@ _REPLACEMENTS = [
 ]
 
 
+@functools.lru_cache(maxsize=1024)
 def normalize(answer: str) -> str:
     """Strip what never changes an answer's value: delimiters, spacing commands, units,
-    degree signs, percent signs, thousands separators, a trailing period."""
+    degree signs, percent signs, thousands separators, a trailing period. Cached (the last
+    few): a response that is its own answer is normalised to be recognised as math, then again
+    to be parsed."""
     s = answer.strip()
     s = re.sub(r"^\$+|\$+$", "", s).strip()
     decimal = _decimal_comma(s)
