@@ -30,7 +30,7 @@ from rlvr.kernels.cpu import frozen_weights
 from rlvr.kernels.attention import attention_ref
 from rlvr.kernels.mamba import MambaDims, MambaWeights, mamba_chunk_ref, mamba_step_ref
 from rlvr.kernels.moe import MoEDims, MoEWeights, moe_routed_ref, relu2 as relu2_ref
-from rlvr.kernels.logprob import token_logprobs_ref
+from rlvr.kernels.logprob import target_logprobs_ref
 from rlvr.kernels.norm import rms_norm_ref
 from rlvr.kernels.sampling import counter_uniform_ref, sample_ref
 
@@ -107,14 +107,20 @@ def mamba_step(zxbcdt, w: MambaWeights, dims: MambaDims, conv_state, ssm_state):
     return fn(zxbcdt, w, dims, conv_state, ssm_state)
 
 
-def token_logprobs(logits, input_ids, consume_logits: bool = False):
-    """Target log-probabilities and entropies from logits (see ``token_logprobs_ref``), on the
-    fastest path available (the C kernel needs the logits on the CPU; with or without gradients).
-    ``consume_logits``: the caller will not read the logits again, so the C backward may write
-    their gradient over them (the learner's case; the torch path ignores it)."""
+def target_logprobs(logits, targets, consume_logits: bool = False):
+    """Log-probabilities of the targets and entropies from logits (..., V) (see
+    ``target_logprobs_ref``), on the fastest path available (the C kernel needs the logits on the
+    CPU; with or without gradients). ``consume_logits``: the caller will not read the logits
+    again, so the C backward may write their gradient over them (the learner's case; the torch
+    path ignores it)."""
     if _backend != "torch" and logits.device.type == "cpu" and cpu.available():
-        return cpu_train.token_logprobs_cpu(logits, input_ids, consume_logits)
-    return token_logprobs_ref(logits, input_ids)
+        return cpu_train.target_logprobs_cpu(logits, targets, consume_logits)
+    return target_logprobs_ref(logits, targets)
+
+
+def token_logprobs(logits, input_ids, consume_logits: bool = False):
+    """``target_logprobs`` of every next token: logits (B, L - 1, V) of input_ids (B, L)."""
+    return target_logprobs(logits, input_ids[:, 1:], consume_logits)
 
 
 def moe_routed(x_router, x, w: MoEWeights, dims: MoEDims):
@@ -158,5 +164,6 @@ def counter_uniform(keys, positions):
     return fn(keys, positions)
 
 
-__all__ = ["BACKENDS", "counter_uniform", "MambaDims", "MambaWeights", "MoEDims", "MoEWeights", "attention", "backend", "frozen_weights",
-           "mamba_chunk", "mamba_step", "moe_routed", "relu2", "rms_norm", "sample", "set_backend", "token_logprobs"]
+__all__ = ["BACKENDS", "counter_uniform", "MambaDims", "MambaWeights", "MoEDims", "MoEWeights", "attention",
+           "backend", "frozen_weights", "mamba_chunk", "mamba_step", "moe_routed", "relu2", "rms_norm",
+           "sample", "set_backend", "target_logprobs", "token_logprobs"]

@@ -1,8 +1,8 @@
 """The CPU training path: autograd Functions whose forward and backward are C loops
 (``csrc/train_cpu.c``, ``csrc/norm_cpu.c``), with the exact arguments of their torch references
 (``conv_silu_ref`` and ``gated_rms_norm`` in ``mamba.py``, ``ssd_chunk_scan`` in ``ssd.py``,
-``rms_norm_ref`` in ``norm.py``, ``relu2`` in ``moe.py``, ``token_logprobs_ref`` in ``logprob.py``), and the Mamba mixer
-built from them (``mamba_chunk_train``: the reference's flow with those stages in C).
+``rms_norm_ref`` in ``norm.py``, ``relu2`` in ``moe.py``, ``target_logprobs_ref`` in ``logprob.py``),
+and the Mamba mixer built from them (``mamba_chunk_train``: the reference's flow with those stages in C).
 
 The SSD scan runs the recurrence token by token (its specification, ``ssd_scan_ref``): on a CPU
 the chunked algorithm's quadratic in-chunk "attention", its masks and their gradients cost more
@@ -170,9 +170,9 @@ def rms_norm_train(x, weight, eps: float):
     return RMSNorm.apply(x, weight, eps)
 
 
-def token_logprobs_cpu(logits, input_ids, consume_logits: bool = False):
-    """``token_logprobs_ref`` with a C forward and backward (``consume_logits``: see ``TokenLogprob``)."""
-    return TokenLogprob.apply(logits, input_ids[:, 1:], consume_logits)
+def target_logprobs_cpu(logits, targets, consume_logits: bool = False):
+    """``target_logprobs_ref`` with a C forward and backward (``consume_logits``: see ``TokenLogprob``)."""
+    return TokenLogprob.apply(logits, targets, consume_logits)
 
 
 def ssd_scan_cpu(x, dt, A, B, C, D, chunk_size=None, initial_state=None, seq_idx=None):
@@ -267,4 +267,4 @@ def mamba_chunk_train(zxbcdt, w: MambaWeights, dims: MambaDims, conv_prev=None, 
 
 __all__ = ["GatedNorm", "MambaMixer", "RMSNorm", "SSDScan", "TokenLogprob", "gated_norm_cpu", "mamba_chunk_train",
            "relu2_train", "rms_norm_train", "ssd_scan_cpu",
-           "token_logprobs_cpu", "ReLU2"]
+           "target_logprobs_cpu", "ReLU2"]

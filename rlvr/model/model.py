@@ -88,14 +88,18 @@ class HybridLM(nn.Module):
     # -- forward
     def forward(self, input_ids: torch.Tensor, cache: HybridCache | None = None,
                 seq_idx: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
-                lengths: torch.Tensor | None = None, logits_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                lengths: torch.Tensor | None = None, logits_dtype: torch.dtype = torch.float32,
+                keep: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids (batch, seqlen) -> logits (batch, seqlen, vocab), fp32 by default.
 
         ``cache``: a ``HybridCache`` to fill (prefill) or extend (one token = a decode step).
         ``seq_idx`` (batch, seqlen) or ``cu_seqlens`` (docs+1,) for packed documents: no
         information crosses a document boundary, in any layer.
         ``lengths`` (batch,): for a right-padded prefill into an empty cache, the real length of
-        each row; the cache then continues each row from its own last real token."""
+        each row; the cache then continues each row from its own last real token.
+        ``keep`` (batch, seqlen) bool: the logits of these positions only, (n, vocab) in row-major
+        order (a learner needs them where its loss reads them: the response tokens, not the
+        prompt's, which saves that share of the largest matrix multiply and its softmax)."""
         if input_ids.dim() != 2 or input_ids.numel() == 0:
             raise ValueError(f"input_ids must be (batch, seqlen) with at least one token, got shape "
                              f"{tuple(input_ids.shape)}")
@@ -111,6 +115,8 @@ class HybridLM(nn.Module):
                 hidden = checkpoint(block, hidden, layer_cache, seq_idx, lengths, use_reentrant=False)
             else:
                 hidden = block(hidden, layer_cache, seq_idx, lengths)
+        if keep is not None:
+            hidden = hidden[keep]
         return self.lm_head(self.backbone.norm_f(hidden)).to(logits_dtype)
 
     def new_cache(self) -> HybridCache:

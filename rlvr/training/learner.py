@@ -145,16 +145,22 @@ class LearnerRank:
         return sum(p.numel() for p in params)
 
     # -- log-probabilities
-    def _forward(self, model, micro: MicroBatch) -> torch.Tensor:
-        """Logits (R, W - 1, V) for the next-token targets of a micro-batch's rows."""
+    @staticmethod
+    def _logprobs(model, micro: MicroBatch, consume_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probabilities and entropies (R, W - 1) of a micro-batch's next-token targets where
+        its mask is set (the response tokens; zero elsewhere, where no loss or metric reads them):
+        the model computes logits at those positions only."""
         seq_idx = None if micro.seq_idx is None else micro.seq_idx[:, :-1]
-        return model(micro.input_ids[:, :-1], seq_idx=seq_idx)
+        keep = micro.tokens["mask"] > 0
+        logits = model(micro.input_ids[:, :-1], seq_idx=seq_idx, keep=keep)
+        logp, entropy = kernels.target_logprobs(logits, micro.input_ids[:, 1:][keep], consume_logits)
+        zeros = torch.zeros(keep.shape, dtype=logp.dtype, device=logp.device)
+        return zeros.masked_scatter(keep, logp), zeros.masked_scatter(keep, entropy)
 
     def reference_logprobs(self, micros: list[MicroBatch]) -> list[torch.Tensor]:
         """Per-token log-probabilities under the reference policy (for KL in the reward)."""
         with torch.no_grad():
-            return [kernels.token_logprobs(self._forward(self.reference, m), m.input_ids)[0].cpu()
-                    for m in (m.to(self.engine.device) for m in micros)]
+            return [self._logprobs(self.reference, m)[0].cpu() for m in (m.to(self.engine.device) for m in micros)]
 
     # -- training
     def train(self, micros: list[MicroBatch]) -> dict[str, float]:
@@ -189,17 +195,17 @@ class LearnerRank:
     def _old_logprobs(self, micros: list[MicroBatch]) -> list[torch.Tensor]:
         self.engine.eval()
         with torch.no_grad():
-            parts = [kernels.token_logprobs(self._forward(self.engine, m), m.input_ids)[0] for m in micros]
+            parts = [self._logprobs(self.engine, m)[0] for m in micros]
         self.engine.train()
         return parts
 
     def _micro_step(self, micro: MicroBatch, old_logp: torch.Tensor | None) -> dict[str, float]:
-        logp, entropy = kernels.token_logprobs(self._forward(self.engine, micro), micro.input_ids, consume_logits=True)
+        logp, entropy = self._logprobs(self.engine, micro, consume_logits=True)
         t = micro.tokens
         ref_logp = None
         if self.loss_config.kl_coef:
             with torch.no_grad():
-                ref_logp = kernels.token_logprobs(self._forward(self.reference, micro), micro.input_ids)[0]
+                ref_logp = self._logprobs(self.reference, micro)[0]
         # One pass on fresh samples: the "old" policy is the current one (ratio 1, gradient of
         # the plain policy gradient); more epochs compare against the pre-update log-probs.
         old = logp.detach() if old_logp is None else old_logp

@@ -175,14 +175,14 @@ def test_a_model_trains_alike_on_both_paths_and_under_checkpointing():
 
 @pytest.mark.parametrize("shape, vocab", [((3, 7), 256), ((2, 5), 1000), ((1, 1), 3)])
 def test_token_logprobs(shape, vocab):
-    from rlvr.kernels.cpu_train import token_logprobs_cpu
+    from rlvr.kernels.cpu_train import target_logprobs_cpu
     from rlvr.kernels.logprob import token_logprobs_ref
 
     g = torch.Generator().manual_seed(vocab)
     logits = torch.randn(*shape, vocab, generator=g).mul_(4).requires_grad_()
     ids = torch.randint(0, vocab, (shape[0], shape[1] + 1), generator=g)
     go = torch.randn(*shape, generator=g)
-    (rl, re), (fl, fe) = token_logprobs_ref(logits, ids), token_logprobs_cpu(logits, ids)
+    (rl, re), (fl, fe) = token_logprobs_ref(logits, ids), target_logprobs_cpu(logits, ids[:, 1:])
     print(f"entropy {vocab}: {float((re - fe).detach().abs().max()):.2e}")
     assert torch.allclose(re.detach(), fe, atol=TOL) and not fe.requires_grad
     _check(f"token_logprobs {shape} vocab {vocab}", (rl, torch.autograd.grad(rl, logits, go)),
@@ -191,7 +191,7 @@ def test_token_logprobs(shape, vocab):
 
 def test_token_logprobs_consuming_the_logits_gives_the_same_gradients():
     """The learner's call: the gradient is written over the logits (a projection's output)."""
-    from rlvr.kernels.cpu_train import token_logprobs_cpu
+    from rlvr.kernels.cpu_train import target_logprobs_cpu
 
     g = torch.Generator().manual_seed(3)
     hidden = torch.randn(2, 7, 16, generator=g, requires_grad=True)
@@ -201,7 +201,7 @@ def test_token_logprobs_consuming_the_logits_gives_the_same_gradients():
     grads = []
     for consume in (False, True):
         logits = hidden @ head.t()
-        logp, _ = token_logprobs_cpu(logits, ids, consume_logits=consume)
+        logp, _ = target_logprobs_cpu(logits, ids[:, 1:], consume_logits=consume)
         grads.append(torch.autograd.grad(logp, (hidden, head), go))
         assert torch.equal(logits, hidden @ head.t()) != consume  # consumed: now holds the gradient
     for want, got in zip(*grads):

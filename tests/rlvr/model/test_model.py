@@ -97,6 +97,24 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, checked))
 
 
+def test_logits_at_kept_positions_only_equal_those_of_the_full_forward():
+    """``keep`` (the learner's response tokens): the same logits and gradients as the full
+    forward's at those positions, packed documents included."""
+    torch.manual_seed(0)
+    model = M.HybridLM(tiny(initializer_range=0.1))
+    ids = torch.randint(0, 256, (3, 17))
+    seq_idx = torch.tensor([[0] * 6 + [1] * 11, [0] * 17, [0] * 9 + [1] * 8])
+    keep = torch.rand(3, 17) < 0.5
+    full = model(ids, seq_idx=seq_idx)[keep]
+    part = model(ids, seq_idx=seq_idx, keep=keep)
+    assert part.shape == (int(keep.sum()), model.config.vocab_size)
+    assert torch.allclose(part, full, atol=1e-5)
+    go = torch.randn_like(full)
+    grads = [torch.autograd.grad(out, list(model.parameters()), go) for out in (full, part)]
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_bf16_forward_close_to_fp32(tmp_path):
     torch.manual_seed(0)
     model = M.HybridLM(tiny(initializer_range=0.1)).eval()
