@@ -1,6 +1,7 @@
 """One GRPO step, timed by phase: rlvr-train vs TRL's GRPOTrainer, same model, same batch, CPU.
 
-    python benchmarks/grpo_step.py [--prompts 64] [--group 8] [--max-tokens 16] [--steps 8]
+    python benchmarks/grpo_step.py [--prompts 64] [--group 8] [--max-tokens 16] [--steps 8] [--rounds 3]
+                                   [--trl-gradient-checkpointing]
 
 Both sides train the tiny hybrid preset (the same checkpoint: transformers' NemotronH runs it for
 TRL) on the project's addition prompts, ``--prompts`` x ``--group`` completions of up to
@@ -9,6 +10,7 @@ one optimiser step per batch (no KL term, one pass), fp32, the machine's torch t
 step of each is warm-up; the others are averaged. rlvr reports its phases from metrics.jsonl
 (rollout on a Ray worker, reward in the scoring pool, learn on the DeepSpeed rank, weight sync);
 TRL's step is generate + reward + loss/backward/optimiser in one process, timed by a callback.
+The two run in turn ``--rounds`` times; each round's ratio is reported, and their median.
 Prints one JSON object.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -106,7 +109,9 @@ def run_trl(ckpt: Path, out: Path, args) -> dict:
         output_dir=str(out), per_device_train_batch_size=args.prompts * args.group, gradient_accumulation_steps=1,
         num_generations=args.group, max_completion_length=args.max_tokens, max_steps=args.steps, learning_rate=1e-4,
         beta=0.0, temperature=1.0, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
-        bf16=False, dataloader_num_workers=0, seed=0, disable_tqdm=True)
+        bf16=False, dataloader_num_workers=0, seed=0, disable_tqdm=True,
+        # TRL's default recomputes activations in the backward; rlvr's learner here does not.
+        gradient_checkpointing=args.trl_gradient_checkpointing)
     timer = Timer()
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=dataset,
                           processing_class=byte_tokenizer_for_transformers(), callbacks=[timer])
@@ -126,17 +131,25 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3, help="rlvr then TRL, this many times (the ratio's median)")
+    ap.add_argument("--trl-gradient-checkpointing", action="store_true",
+                    help="TRL as its GRPOConfig defaults (recomputing activations); off: the same work as rlvr's")
     args = ap.parse_args()
     import torch
 
     result = {"preset": "tiny", "prompts": args.prompts, "group": args.group, "max_tokens": args.max_tokens,
-              "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
+              "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+              "trl_gradient_checkpointing": args.trl_gradient_checkpointing, "rounds": []}
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "ckpt"
         make_checkpoint(ckpt)
-        result["rlvr"] = run_rlvr(ckpt, Path(tmp) / "rlvr", args)
-        result["trl"] = run_trl(ckpt, Path(tmp) / "trl", args)
-    result["speedup_step"] = round(result["trl"]["seconds_per_step"] / result["rlvr"]["seconds_per_step"], 2)
+        for k in range(args.rounds):
+            # Alternated, so that a drift in the machine's speed (a shared host) weighs on both.
+            ours = run_rlvr(ckpt, Path(tmp) / f"rlvr{k}", args)
+            theirs = run_trl(ckpt, Path(tmp) / f"trl{k}", args)
+            result["rounds"].append({"rlvr": ours, "trl": theirs,
+                                     "speedup_step": round(theirs["seconds_per_step"] / ours["seconds_per_step"], 2)})
+    result["speedup_step_median"] = statistics.median(r["speedup_step"] for r in result["rounds"])
     print(json.dumps(result, indent=1))
 
 
