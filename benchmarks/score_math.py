@@ -39,6 +39,7 @@ def load_rows(data: Path, limit: int | None) -> dict[str, list[tuple[str, str, b
 def run_ours(rows) -> tuple[float, int]:
     ours.parsed.cache_clear()
     ours.extract.cache_clear()
+    ours.normalize.cache_clear()
     start = time.perf_counter()
     agree = sum(ours.grade(pred, gold).equal == label for pred, gold, label in rows)
     return time.perf_counter() - start, agree
