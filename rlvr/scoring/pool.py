@@ -194,6 +194,11 @@ class DeadlinePool:
             try:
                 kind, value, seconds, finished = w.conn.recv()
             except (EOFError, OSError):
+                if not w.ready:  # died starting (its replacement would too): fail loudly, not forever
+                    w.process.join(timeout=5)
+                    raise RuntimeError(f"pool worker exited with code {w.process.exitcode} before it was ready "
+                                       f"(a __main__ that a spawned process cannot import, such as a script "
+                                       f"read from stdin, or a crash in {self.factory.__name__})") from None
                 # The worker died (OOM kill, segfault) running its head task: that task is an
                 # error, the worker is replaced.
                 if w.tasks:

@@ -1,3 +1,4 @@
+import os
 import threading
 import time
 
@@ -77,6 +78,16 @@ def test_works_from_a_non_main_thread():
     t.start()
     t.join(60)
     assert result["statuses"] == ["timeout", "ok"]
+
+
+def make_nothing():
+    os._exit(3)  # dies before it is ready, as a spawn that cannot import __main__ does
+
+
+def test_a_worker_that_dies_starting_is_an_error_not_a_restart_loop():
+    with DeadlinePool(make_nothing, workers=1, timeout=1.0) as pool:
+        with pytest.raises(RuntimeError, match="exited with code 3 before it was ready"):
+            list(pool.map([("ok", 1)]))
 
 
 def test_bad_arguments():
