@@ -130,10 +130,14 @@ class DeadlinePool:
         """``timeout``: this call's deadline per payload, when not the pool's (a payload of many
         responses, scored together, gets a deadline sized for them)."""
         self._call_timeout = timeout or self.timeout
+        self._queued = deque()
+        for w in list(self.workers):
+            if w.tasks:  # a call abandoned before its end: its answers must not pass for this one's
+                w.tasks.clear()
+                self._replace(w)
         pending = iter(enumerate(payloads))
         done: dict[int, Outcome] = {}
         next_out = 0
-        self._queued = deque()
         exhausted = False
         while True:
             while not exhausted and len(self._queued) < self._chunk() * len(self.workers):

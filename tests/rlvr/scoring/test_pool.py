@@ -80,6 +80,14 @@ def test_works_from_a_non_main_thread():
     assert result["statuses"] == ["timeout", "ok"]
 
 
+def test_a_call_abandoned_midway_does_not_answer_for_the_next():
+    with DeadlinePool(make_sleeper, workers=2, timeout=5.0) as pool:
+        first = pool.map([("sleep", 0.2)] * 6 + [("ok", "old")] * 20)
+        next(first)  # then dropped, with tasks still running
+        outcomes = list(pool.map([("ok", i) for i in range(10)]))
+    assert [o.value for o in outcomes] == list(range(10))
+
+
 def make_nothing():
     os._exit(3)  # dies before it is ready, as a spawn that cannot import __main__ does
 
