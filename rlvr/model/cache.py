@@ -125,7 +125,7 @@ def _patched(t: torch.Tensor, n: int, dst: torch.Tensor, src: torch.Tensor) -> t
 def drop_rows(keep: torch.Tensor) -> torch.Tensor:
     """The rows to select to keep the rows where ``keep`` (bool, one per row) holds: the kept
     rows among the first ``keep.sum()`` stay where they are, and each dropped one there is
-    replaced by a kept row from past them (``HybridCache.select`` then copies only those)."""
+    replaced by a kept row from past them (``HybridCache.drop`` copies only those)."""
     n = int(keep.sum())
     rows = torch.arange(n, device=keep.device)
     rows[(~keep[:n]).nonzero()[:, 0]] = keep[n:].nonzero()[:, 0] + n
@@ -143,17 +143,23 @@ class HybridCache:
         return self.layers[i]
 
     def select(self, rows: torch.Tensor) -> None:
-        """Keep batch rows ``rows`` (in that order; repeats duplicate a row). When ``rows`` is
-        the first ``len(rows)`` rows with some replaced by rows past them (``drop_rows``), only
-        those are copied, and every state is cut to length in place: a decode step where a few
-        sequences finish copied the whole cache otherwise (a third of a CPU rollout's time)."""
-        n = len(rows)
-        dst = (rows != torch.arange(n, device=rows.device)).nonzero()[:, 0]
-        src = rows[dst]
-        in_place = bool((src >= n).all())
+        """Keep batch rows ``rows`` (in that order; repeats duplicate a row)."""
         for layer in self.layers:
             if layer is not None:
-                layer.patch(n, dst, src) if in_place else layer.select(rows)
+                layer.select(rows)
+
+    def drop(self, keep: torch.Tensor) -> torch.Tensor:
+        """Keep the rows where ``keep`` (bool) holds, in the order ``drop_rows`` gives, in place:
+        only the rows moved into dropped ones' places are copied, and every state is cut to
+        length (a decode step where a few sequences finish gathered the whole cache otherwise: a
+        third of a CPU rollout's time). Returns the old row of each row now."""
+        rows = drop_rows(keep)
+        n = len(rows)
+        dst = (rows != torch.arange(n, device=rows.device)).nonzero()[:, 0]
+        for layer in self.layers:
+            if layer is not None:
+                layer.patch(n, dst, rows[dst])
+        return rows
 
     def limit(self, max_len: int) -> None:
         """No row will hold more than ``max_len`` tokens: KV caches stop doubling there."""

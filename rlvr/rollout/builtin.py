@@ -29,7 +29,6 @@ import torch
 
 from rlvr import kernels
 from rlvr.model import HybridLM
-from rlvr.model.cache import drop_rows
 from rlvr.model.names import load_named
 from rlvr.rollout.weights import next_version, update_weights
 from rlvr.rollout.engine import Completion, SamplingParams, StopStrings
@@ -228,10 +227,9 @@ class BuiltinEngine:
             return active, cache, tokens
         for i in done.nonzero()[:, 0].tolist():
             out.finish[int(active[i])] = "stop" if bool(stopped[i]) else "length"
-        keep = drop_rows(~done)
-        if len(keep) == 0:
-            return keep, None, None
-        cache.select(keep)
+        if bool(done.all()):
+            return active[:0], None, None
+        keep = cache.drop(~done)
         return active[keep], cache, tokens[keep]
 
     def _completion(self, out: _Outputs, r: int, prompt: list[int], n: int) -> Completion:
