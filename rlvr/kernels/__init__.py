@@ -4,8 +4,8 @@
     cpu    fused C loops (``cpu.py``, ``csrc/``) for CPU inference: prefill, decode, logprob
            forwards without gradients; Mamba mixer, routed MoE experts, causal GQA attention,
            RMSNorm, sampling and its counter-based random numbers; and for CPU training
-           (``cpu_train.py``): the Mamba mixer (conv + SiLU, SSD scan, gated norm), RMSNorm, relu², and the
-           learner's target log-probabilities, forward and backward
+           (``cpu_train.py``): the Mamba mixer (conv + SiLU, SSD scan, gated norm), attention,
+           RMSNorm, relu², and the learner's target log-probabilities, forward and backward
 
     triton Triton kernels for CUDA tensors, with and without gradients: the Mamba mixer's
            conv + SiLU, gated norm and decode step (``triton_ssd.py``) and the chunked SSD scan
@@ -138,7 +138,10 @@ def relu2(x):
 
 def attention(q, k, v, past=None, seq_idx=None):
     """Causal GQA attention (see ``attention_ref``), on the fastest path available."""
-    fn = cpu.attention_cpu if _use_cpu(q, k, v) else attention_ref
+    if _use_cpu(q, k, v):
+        fn = cpu.attention_cpu
+    else:
+        fn = cpu_train.attention_train if past is None and _train_on_cpu(q, k, v) else attention_ref
     return fn(q, k, v, past, seq_idx)
 
 

@@ -118,6 +118,8 @@ def _library() -> ctypes.CDLL | None:
     lib.mamba_step_f32.argtypes = [ctypes.POINTER(_Dims), i64] + [p] * 11 + [i32]
     lib.moe_routed_f32.argtypes = [ctypes.POINTER(_MoEDims), i64] + [p] * 7 + [i32]
     lib.attention_f32.argtypes = [ctypes.POINTER(_AttnDims), i64, i64] + [p] * 6 + [i32]
+    lib.attention_train_fwd_f32.argtypes = [ctypes.POINTER(_AttnDims), i64, i64] + [p] * 6 + [i32]
+    lib.attention_train_bwd_f32.argtypes = [ctypes.POINTER(_AttnDims), i64, i64] + [p] * 10 + [i32]
     lib.rms_norm_f32.argtypes = [i64, i64, p, p, ctypes.c_float, p, i32]
     lib.rms_norm_bwd_f32.argtypes = [i64, i64, p, p, ctypes.c_float, p, p, p, i32]
     lib.sample_f32.argtypes = [i64, i64, p, ctypes.c_float, p, p, p, i32]
@@ -320,6 +322,11 @@ def _head_major(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def _attn_dims(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> _AttnDims:
+    hd = q.shape[-1]
+    return _AttnDims(q.shape[1], k.shape[1], hd, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], hd ** -0.5)
+
+
 def attention_cpu(q, k, v, past=None, seq_idx=None) -> torch.Tensor:
     """Same arguments and result as ``attention_ref``; inference only."""
     b, nh, Lq, hd = q.shape
@@ -328,8 +335,7 @@ def attention_cpu(q, k, v, past=None, seq_idx=None) -> torch.Tensor:
     past = torch.zeros(b, dtype=torch.int64) if past is None else _i64(past)
     seq_idx = _i64(seq_idx)
     out = torch.empty(b, Lq, nh, hd)
-    dims = _AttnDims(nh, k.shape[1], hd, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], hd ** -0.5)
-    _lib().attention_f32(ctypes.byref(dims), b, Lq, _ptr(q), _ptr(k), _ptr(v), _ptr(past), _ptr(seq_idx),
+    _lib().attention_f32(ctypes.byref(_attn_dims(q, k, v)), b, Lq, _ptr(q), _ptr(k), _ptr(v), _ptr(past), _ptr(seq_idx),
                          _ptr(out), torch.get_num_threads())
     return _as(out, dtype)
 

@@ -20,7 +20,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rlvr.kernels.cpu import _f32, _i64, _lib, _ptr, huge_empty, rms_norm_cpu
+import ctypes
+
+from rlvr.kernels.cpu import _attn_dims, _f32, _head_major, _i64, _lib, _ptr, huge_empty, rms_norm_cpu
 from rlvr.kernels.mamba import MambaDims, MambaWeights, mamba_chunk_ref
 
 SEGMENT = 64  # tokens between the states the SSD forward keeps for its backward (SEG in train_cpu.c)
@@ -160,6 +162,40 @@ class ReLU2(torch.autograd.Function):
         return gx.to(ctx.dtype)
 
 
+class Attention(torch.autograd.Function):
+    """Causal GQA attention over whole sequences (see ``attention_ref`` with ``past`` None), packed
+    documents by ``seq_idx``: the inference kernel's prefill, keeping each query's log-sum-exp;
+    a C backward that rebuilds the probabilities from it, per (row, kv head) so the heads sharing
+    a kv head sum their key and value gradients without atomics. The gradients come back in the
+    projections' layout, (b, L, heads, hd) seen as (b, heads, L, hd): no copy in their backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, seq_idx):
+        qf, kf, vf, sf = _head_major(q), _head_major(k), _head_major(v), _i64(seq_idx)
+        b, nh, L, hd = qf.shape
+        out, lse = torch.empty(b, L, nh, hd), torch.empty(b, nh, L)
+        _lib().attention_train_fwd_f32(ctypes.byref(_attn_dims(qf, kf, vf)), b, L, *map(_ptr, (qf, kf, vf, sf, out, lse)),
+                                       torch.get_num_threads())
+        ctx.save_for_backward(qf, kf, vf, sf, out, lse)
+        ctx.dtypes = (q.dtype, k.dtype, v.dtype)
+        return out.to(q.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        qf, kf, vf, sf, out, lse = ctx.saved_tensors
+        b, nh, L, hd = qf.shape
+        go = _f32(grad_out)
+        gq, gk, gv = torch.empty(b, L, nh, hd), torch.empty(b, L, kf.shape[1], hd), torch.empty(b, L, kf.shape[1], hd)
+        _lib().attention_train_bwd_f32(ctypes.byref(_attn_dims(qf, kf, vf)), b, L,
+                                       *map(_ptr, (qf, kf, vf, sf, out, lse, go, gq, gk, gv)), torch.get_num_threads())
+        return (*(g.transpose(1, 2).to(d) for g, d in zip((gq, gk, gv), ctx.dtypes)), None)
+
+
+def attention_train(q, k, v, past=None, seq_idx=None):
+    """``attention_ref`` for calls that need gradients (whole sequences: ``past`` None), in C."""
+    return Attention.apply(q, k, v, seq_idx)
+
+
 def relu2_train(x):
     """``relu2`` with a C forward and backward."""
     return ReLU2.apply(x)
@@ -265,6 +301,6 @@ def mamba_chunk_train(zxbcdt, w: MambaWeights, dims: MambaDims, conv_prev=None, 
                            gated_norm=gated_norm_cpu)
 
 
-__all__ = ["GatedNorm", "MambaMixer", "RMSNorm", "SSDScan", "TokenLogprob", "gated_norm_cpu", "mamba_chunk_train",
+__all__ = ["Attention", "attention_train", "GatedNorm", "MambaMixer", "RMSNorm", "SSDScan", "TokenLogprob", "gated_norm_cpu", "mamba_chunk_train",
            "relu2_train", "rms_norm_train", "ssd_scan_cpu",
            "target_logprobs_cpu", "ReLU2"]

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import gc
 import json
 from collections.abc import Callable, Iterable, Iterator
 
 import ray
 import torch
 
+from rlvr import runtime
 from rlvr.rollout.engine import Completion, SamplingParams
 from rlvr.rollout.multiturn import Episode, run_episodes
 from rlvr.rollout.weights import buckets, pack_bucket, unpack_bucket
@@ -64,7 +64,7 @@ def build_engine(spec: EngineSpec):
 class RolloutWorker:
     def __init__(self, spec: EngineSpec):
         self.engine = build_engine(spec)
-        gc.freeze()  # the engine and libraries live as long as the worker: out of the collector's scans
+        runtime.settle()  # the engine and libraries live as long as the worker
 
     def generate(self, prompts: list, sampling: SamplingParams) -> list[Completion]:
         return self.engine.generate(prompts, sampling)

@@ -22,7 +22,6 @@ for ~30 s) and DeepSpeed's shared-memory collective op, which only inference use
 from __future__ import annotations
 
 import dataclasses
-import gc
 import math
 import os
 import socket
@@ -32,7 +31,7 @@ import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from rlvr import grpo, kernels
+from rlvr import grpo, kernels, runtime
 from rlvr.training import packing
 from rlvr.config import Config
 from rlvr.training.packing import MicroBatch
@@ -139,9 +138,7 @@ class LearnerRank:
             tis_cap=self.cfg.algorithm.tis_cap)
         self._sync_items = None
         self._grad_norm = None
-        # What exists now (the model, DeepSpeed, Ray, the libraries: ~300K objects) lives as long
-        # as the rank: out of the cyclic collector's scans, whose full passes cost ~10 ms a step.
-        gc.freeze()
+        runtime.settle()  # what exists now lives as long as the rank
         return sum(p.numel() for p in params)
 
     # -- log-probabilities

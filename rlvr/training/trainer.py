@@ -16,7 +16,6 @@ checkpoint and produces the same numbers an uninterrupted run would.
 from __future__ import annotations
 
 import functools
-import gc
 import json
 import logging
 import random
@@ -28,7 +27,7 @@ import numpy as np
 import ray
 import torch
 
-from rlvr import grpo
+from rlvr import grpo, runtime
 from rlvr.config import Config, ConfigError
 from rlvr.data import Prompt, PromptStream, split_prompts
 from rlvr.training.interrupt import Interrupted, StopRequest
@@ -192,7 +191,7 @@ class Trainer:
         with self.stop:
             try:
                 self.setup()
-                gc.freeze()  # what setup built lives as long as the run: out of the collector's scans
+                runtime.settle()  # what setup built lives as long as the run
                 if not self.evals:
                     self.evals.append((self.step, self.evaluate()["eval/accuracy"]))
                 bar = tqdm(total=self.cfg.steps, initial=self.step, desc="GRPO", unit="step",

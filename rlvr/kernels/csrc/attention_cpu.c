@@ -1,5 +1,7 @@
-/* Causal grouped-query attention on the CPU for inference: prefill, decode over a KV cache whose
- * rows hold different lengths, packed documents (torch reference: rlvr/kernels/attention.py).
+/* Causal grouped-query attention on the CPU: for inference, prefill and decode over a KV cache
+ * whose rows hold different lengths, packed documents; for training, the forward over whole
+ * sequences that also keeps each query's log-sum-exp, and its backward (torch reference:
+ * rlvr/kernels/attention.py, whose SDPA backward at small head sizes spends its time on tiling).
  *
  * Why not torch's SDPA: for a decode step it reads the whole reserved cache through a mask, and
  * at small head sizes its flash kernel spends its time on tiling overheads. Here each query walks
@@ -79,24 +81,36 @@ static void attend_group(const AttnDims *d, int64_t group, const float *q, const
     }
 }
 
-/* Every query of a chunk for one (row, head). The keys are copied once, transposed to (hd, keys),
- * so scores are products vectorised over keys (no horizontal sums), four queries at a time so
- * each key vector loaded serves four of them; the softmax is exact over each query's keys
- * (scores past a query's own last key are zeroed), then out = p V as sums of V rows. */
-static void attend_chunk(const AttnDims *d, int64_t Lq, const float *q, const float *k, const float *v,
-                         int64_t past, const int64_t *seq, float *out, int64_t out_stride) {
-    const int64_t hd = d->head_dim, keys = past + Lq;
-    float *kT = malloc(sizeof(float) * (hd * keys + 4 * keys + 4 * hd)), *p = kT + hd * keys, *qs = p + 4 * keys;
+/* (hd, keys) copy of the first `keys` rows of k: a query's scores become products vectorised over
+ * keys (no horizontal sums). */
+static float *transposed(const float *k, int64_t k_st, int64_t keys, int64_t hd, float *kT) {
     for (int64_t j = 0; j < keys; j++)
-        for (int64_t i = 0; i < hd; i++) kT[i * keys + j] = k[j * d->k_st + i];
+        for (int64_t i = 0; i < hd; i++) kT[i * keys + j] = k[j * k_st + i];
+    return kT;
+}
+
+/* The first token of the document of each of the nq queries from t0 (*start: the running one). */
+static inline void doc_starts(const int64_t *seq, int64_t t0, int64_t nq, int64_t *start, int64_t starts[4]) {
+    for (int64_t u = 0; u < nq; u++) {
+        if (seq && t0 + u > 0 && seq[t0 + u] != seq[t0 + u - 1]) *start = t0 + u;  /* new document */
+        starts[u] = *start;
+    }
+}
+
+/* Every query of a chunk for one (row, head). The keys are copied once, transposed, and scored
+ * four queries at a time so each key vector loaded serves four of them; the softmax is exact
+ * over each query's keys (scores past a query's own last key are zeroed), then out = p V as sums
+ * of V rows. lse (Lq), if not NULL, receives each query's log-sum-exp of scores (training). */
+static void attend_chunk(const AttnDims *d, int64_t Lq, const float *q, const float *k, const float *v,
+                         int64_t past, const int64_t *seq, float *out, int64_t out_stride, float *lse) {
+    const int64_t hd = d->head_dim, keys = past + Lq;
+    float *kT = transposed(k, d->k_st, keys, hd, malloc(sizeof(float) * (hd * keys + 4 * keys + 4 * hd)));
+    float *p = kT + hd * keys, *qs = p + 4 * keys;
     int64_t start = 0;
     for (int64_t t0 = 0; t0 < Lq; t0 += 4) {
         const int64_t nq = Lq - t0 < 4 ? Lq - t0 : 4;
         int64_t starts[4];
-        for (int64_t u = 0; u < nq; u++) {
-            if (seq && t0 + u > 0 && seq[t0 + u] != seq[t0 + u - 1]) start = t0 + u;  /* new document */
-            starts[u] = start;
-        }
+        doc_starts(seq, t0, nq, &start, starts);
         /* The block covers keys [starts[0], past + t0 + nq); a query's own range is a suffix. */
         const int64_t lo = starts[0], span = past + t0 + nq - lo;
         for (int64_t u = 0; u < 4; u++)
@@ -112,6 +126,7 @@ static void attend_chunk(const AttnDims *d, int64_t Lq, const float *q, const fl
                 float m = -3.0e38f, l = 0.0f;
                 softmax_block(row + first, last - first, &m, &l);
                 inv[u] = 1.0f / l;
+                if (lse) lse[t0 + u] = m + logf(l);
             }
         }
         float tmp[4 * hd];
@@ -134,7 +149,7 @@ void attention_f32(const AttnDims *d, int64_t b, int64_t Lq, const float *q, con
             for (int64_t h = 0; h < H; h++)
                 attend_chunk(d, Lq, q + r * d->q_sb + h * d->q_sh, k + r * d->k_sb + (h / group) * d->k_sh,
                              v + r * d->v_sb + (h / group) * d->v_sh, past[r], seq_idx ? seq_idx + r * Lq : NULL,
-                             out + r * Lq * H * hd + h * hd, H * hd);
+                             out + r * Lq * H * hd + h * hd, H * hd, NULL);
         return;
     }
 #pragma omp parallel for collapse(3) schedule(static) num_threads(nthreads)
@@ -151,4 +166,102 @@ void attention_f32(const AttnDims *d, int64_t b, int64_t Lq, const float *q, con
                              k + r * d->k_sb + kvh * d->k_sh, v + r * d->v_sb + kvh * d->v_sh, start,
                              past[r] + t + 1, out + ((r * Lq + t) * H + kvh * group) * hd, hd);
             }
+}
+
+/* ---------------------------------------------------------------- training (past = 0)
+ * The forward of attention_f32's prefill for every length, with lse (b, nheads, L): the
+ * backward rebuilds each probability from it, p = exp(s - lse), instead of storing them. */
+void attention_train_fwd_f32(const AttnDims *d, int64_t b, int64_t L, const float *q, const float *k,
+                             const float *v, const int64_t *seq_idx, float *out, float *lse, int nthreads) {
+    const int64_t H = d->nheads, hd = d->head_dim, group = d->nheads / d->kv_heads;
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(nthreads)
+    for (int64_t r = 0; r < b; r++)
+        for (int64_t h = 0; h < H; h++)
+            attend_chunk(d, L, q + r * d->q_sb + h * d->q_sh, k + r * d->k_sb + (h / group) * d->k_sh,
+                         v + r * d->v_sb + (h / group) * d->v_sh, 0, seq_idx ? seq_idx + r * L : NULL,
+                         out + r * L * H * hd + h * hd, H * hd, lse + (r * H + h) * L);
+}
+
+/* acc[lo + j] (rows of hd) += sum_u coef[u * span + j] * x[u * hd]: the rank-4 update of a block
+ * of four queries into the keys' gradient rows. */
+static inline void rank4_update(const float *restrict coef, int64_t span, const float *restrict x, int64_t hd,
+                                float *restrict acc) {
+    for (int64_t j = 0; j < span; j++) {
+        const float c0 = coef[j], c1 = coef[span + j], c2 = coef[2 * span + j], c3 = coef[3 * span + j];
+        float *restrict a = acc + j * hd;
+        for (int64_t i = 0; i < hd; i++) a[i] += c0 * x[i] + c1 * x[hd + i] + c2 * x[2 * hd + i] + c3 * x[3 * hd + i];
+    }
+}
+
+/* The gradients of one (row, kv head): its query heads in turn, so grad_k and grad_v (keys, hd)
+ * sum over them in a local buffer without atomics. Per block of four queries, with s the scores
+ * and p = exp(s - lse): dP = dO V^T, dS = p (dP - rowsum(dO * O)), dQ = scale dS K, dK += dS
+ * (scale Q), dV += p^T dO, each masked as the forward was. o, go, gq: (L, H, hd) of this row;
+ * gk, gv: (L, kv_heads, hd) of this row. */
+static void attend_chunk_bwd(const AttnDims *d, int64_t L, int64_t kvh, const float *q, const float *k,
+                             const float *v, const float *o, const float *go, const float *lse, const int64_t *seq,
+                             float *gq, float *gk, float *gv) {
+    const int64_t hd = d->head_dim, H = d->nheads, group = H / d->kv_heads, os = H * hd, gs = d->kv_heads * hd;
+    float *kT = malloc(sizeof(float) * (2 * hd * L + 2 * L * hd + 12 * L + 8 * hd));
+    float *vT = transposed(v, d->v_st, L, hd, kT + hd * L), *acck = vT + hd * L, *accv = acck + L * hd;
+    float *p = accv + L * hd, *dp = p + 4 * L, *ds = dp + 4 * L, *qs = ds + 4 * L, *gos = qs + 4 * hd;
+    transposed(k, d->k_st, L, hd, kT);
+    for (int64_t i = 0; i < 2 * L * hd; i++) acck[i] = 0.0f;
+    for (int64_t h = kvh * group; h < (kvh + 1) * group; h++) {
+        const float *qh = q + h * d->q_sh, *lh = lse + h * L;
+        int64_t start = 0;
+        for (int64_t t0 = 0; t0 < L; t0 += 4) {
+            const int64_t nq = L - t0 < 4 ? L - t0 : 4;
+            int64_t starts[4];
+            doc_starts(seq, t0, nq, &start, starts);
+            const int64_t lo = starts[0], span = t0 + nq - lo;
+            float delta[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            for (int64_t u = 0; u < 4; u++)
+                for (int64_t i = 0; i < hd; i++) {
+                    const int in = u < nq;
+                    qs[u * hd + i] = in ? qh[(t0 + u) * d->q_st + i] * d->scale : 0.0f;
+                    gos[u * hd + i] = in ? go[(t0 + u) * os + h * hd + i] : 0.0f;
+                    delta[u] += in ? gos[u * hd + i] * o[(t0 + u) * os + h * hd + i] : 0.0f;
+                }
+            lincomb4(qs, hd, kT + lo, L, span, p, span);  /* scores (4, span): key lo + j */
+            lincomb4(gos, hd, vT + lo, L, span, dp, span);
+            for (int64_t u = 0; u < 4; u++) {
+                const int64_t first = u < nq ? starts[u] - lo : span, last = u < nq ? t0 + u + 1 - lo : 0;
+                const float m = u < nq ? lh[t0 + u] : 0.0f;
+                for (int64_t j = 0; j < span; j++) {
+                    const int in = j >= first && j < last;
+                    const float pj = in ? fast_expf(p[u * span + j] - m) : 0.0f;
+                    p[u * span + j] = pj;
+                    ds[u * span + j] = pj * (dp[u * span + j] - delta[u]);
+                }
+            }
+            float tmp[4 * hd];
+            lincomb4(ds, span, k + lo * d->k_st, d->k_st, hd, tmp, hd);
+            for (int64_t u = 0; u < nq; u++)
+                for (int64_t i = 0; i < hd; i++) gq[(t0 + u) * os + h * hd + i] = tmp[u * hd + i] * d->scale;
+            rank4_update(ds, span, qs, hd, acck + lo * hd);
+            rank4_update(p, span, gos, hd, accv + lo * hd);
+        }
+    }
+    for (int64_t j = 0; j < L; j++)
+        for (int64_t i = 0; i < hd; i++) {
+            gk[j * gs + kvh * hd + i] = acck[j * hd + i];
+            gv[j * gs + kvh * hd + i] = accv[j * hd + i];
+        }
+    free(kT);
+}
+
+/* q, k, v by strides as in attention_f32; out, grad_out, grad_q (b, L, nheads, hd) and grad_k,
+ * grad_v (b, L, kv_heads, hd) contiguous; lse (b, nheads, L) from attention_train_fwd_f32. */
+void attention_train_bwd_f32(const AttnDims *d, int64_t b, int64_t L, const float *q, const float *k,
+                             const float *v, const int64_t *seq_idx, const float *out, const float *lse,
+                             const float *grad_out, float *grad_q, float *grad_k, float *grad_v, int nthreads) {
+    const int64_t H = d->nheads, hd = d->head_dim, KV = d->kv_heads;
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(nthreads)
+    for (int64_t r = 0; r < b; r++)
+        for (int64_t kvh = 0; kvh < KV; kvh++)
+            attend_chunk_bwd(d, L, kvh, q + r * d->q_sb, k + r * d->k_sb + kvh * d->k_sh, v + r * d->v_sb + kvh * d->v_sh,
+                             out + r * L * H * hd, grad_out + r * L * H * hd, lse + r * H * L,
+                             seq_idx ? seq_idx + r * L : NULL, grad_q + r * L * H * hd, grad_k + r * L * KV * hd,
+                             grad_v + r * L * KV * hd);
 }
