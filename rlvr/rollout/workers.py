@@ -180,11 +180,14 @@ class RolloutPool:
         return self.version
 
     def _push(self, weights: Iterable, workers, version: int) -> None:
-        ray.get([w.begin_update.remote() for w in workers])
+        # An actor runs one caller's calls in order: "begin" is waited for with the first bucket
+        # (the learner packs it meanwhile), "finish" with the last; one round trip per bucket.
+        calls = [w.begin_update.remote() for w in workers]
         for ref in self._bucket_refs(weights):
-            ray.get([w.load_bucket.remote(ref) for w in workers])
+            ray.get(calls + [w.load_bucket.remote(ref) for w in workers])
+            calls = []
             del ref  # released before the next bucket is built
-        ray.get([w.finish_update.remote(version) for w in workers])
+        ray.get(calls + [w.finish_update.remote(version) for w in workers])
 
     def _bucket_refs(self, weights: Iterable) -> Iterator:
         items = iter(weights)
