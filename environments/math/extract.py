@@ -225,6 +225,15 @@ _REPLACEMENTS = [
     (re.compile(r"(?<![a-zA-Z\\])(?:and|or)(?![a-zA-Z])"), ",", ("and", "or")),
     (re.compile(r"\\(?:mathrm|text)\{e\}"), "e", ("\\",)),
 ]
+# Each pattern's literals as one search, and all of them: a string holding none is left as it is
+# by every replacement (one holding some is changed only by the patterns whose literals it holds
+# when they come: a replacement may bring a literal for a later one, so those are checked in turn).
+_GATES = [re.compile("|".join(map(re.escape, literals))) for _, _, literals in _REPLACEMENTS]
+_ANY_GATE = re.compile("|".join(re.escape(lit) for _, _, literals in _REPLACEMENTS for lit in literals))
+_DOLLARS_RE = re.compile(r"^\$+|\$+$")
+_DELIMITERS_RE = re.compile(r"^\\\(|\\\)$|^\\\[|\\\]$")
+_BOXED_WHOLE_RE = re.compile(r"^\\boxed\s*\{(.*)\}$", re.DOTALL)
+_DIGIT_RE = re.compile(r"\d")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -234,18 +243,19 @@ def normalize(answer: str) -> str:
     few): a response that is its own answer is normalised to be recognised as math, then again
     to be parsed."""
     s = answer.strip()
-    s = re.sub(r"^\$+|\$+$", "", s).strip()
+    s = _DOLLARS_RE.sub("", s).strip()
     decimal = _decimal_comma(s)
     if decimal is not None:
         return decimal
-    s = re.sub(r"^\\\(|\\\)$|^\\\[|\\\]$", "", s).strip()
-    s = re.sub(r"^\\boxed\s*\{(.*)\}$", r"\1", s, flags=re.DOTALL).strip()
-    for pattern, repl, literals in _REPLACEMENTS:
-        if any(lit in s for lit in literals):
-            s = pattern.sub(repl, s)
+    s = _DELIMITERS_RE.sub("", s).strip()
+    s = _BOXED_WHOLE_RE.sub(r"\1", s).strip()
+    if _ANY_GATE.search(s):
+        for (pattern, repl, _), gate in zip(_REPLACEMENTS, _GATES):
+            if gate.search(s):
+                s = pattern.sub(repl, s)
     s = s.strip().rstrip(".").strip()
     for _ in range(2):
-        s = _TEXT_UNIT_RE.sub("", s).strip() if re.search(r"\d", s) else s
+        s = _TEXT_UNIT_RE.sub("", s).strip() if _DIGIT_RE.search(s) else s
         m = _TRAILING_UNIT_RE.match(s)
         if m:
             s = m.group(1).strip()
