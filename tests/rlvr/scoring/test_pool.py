@@ -66,6 +66,16 @@ def test_a_chunk_longer_than_the_timeout_is_not_cut(monkeypatch):
     assert [o.status for o in outcomes] == ["ok"] * 4 and pool.restarts == 0
 
 
+def test_answers_of_any_size_arrive_whole_and_in_order():
+    # Answers are read from the pipe in bulk and cut into messages: one larger than a read, or
+    # than the pipe's buffer, spans several reads.
+    sizes = [10, 3 << 20, 5, 70_000, 1, 2 << 20] * 3
+    with DeadlinePool(make_sleeper, workers=2, timeout=30.0) as pool:
+        outcomes = list(pool.map([("ok", str(i % 10) * n) for i, n in enumerate(sizes)]))
+    assert [o.status for o in outcomes] == ["ok"] * len(sizes)
+    assert [o.value for o in outcomes] == [str(i % 10) * n for i, n in enumerate(sizes)]
+
+
 def test_works_from_a_non_main_thread():
     # SIGALRM-based timeouts fail here with "signal only works in main thread".
     result = {}
