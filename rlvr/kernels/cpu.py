@@ -126,6 +126,9 @@ def _library() -> ctypes.CDLL | None:
     lib.counter_uniform_f32.argtypes = [i64, p, p, p]
     lib.conv_silu_fwd_f32.argtypes = [i64] * 5 + [p] * 5 + [i32]
     lib.conv_silu_bwd_f32.argtypes = [i64] * 5 + [p] * 8 + [i32]
+    f32 = ctypes.c_float
+    lib.dt_fwd_f32.argtypes = [i64] * 4 + [p, p, f32, f32, p, p, i32]
+    lib.dt_bwd_f32.argtypes = [i64] * 4 + [p, p, f32, f32, p, p, p, p, i32]
     lib.gated_norm_fwd_f32.argtypes = [i64] * 4 + [p, p, p, ctypes.c_float, p, i32]
     lib.gated_norm_bwd_f32.argtypes = [i64] * 4 + [p, p, p, ctypes.c_float, p, p, p, p, i32]
     lib.ssd_scan_fwd_f32.argtypes = [i64] * 8 + [p] * 11 + [i32]

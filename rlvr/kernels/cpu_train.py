@@ -17,12 +17,11 @@ converted, and gradients are returned in the inputs' dtypes.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
 import ctypes
 
-from rlvr.kernels.cpu import _attn_dims, _f32, _head_major, _i64, _lib, _ptr, huge_empty, rms_norm_cpu
+import torch
+
+from rlvr.kernels.cpu import _attn_dims, _dims, _f32, _head_major, _i64, _lib, _ptr, huge_empty, rms_norm_cpu
 from rlvr.kernels.mamba import MambaDims, MambaWeights, mamba_chunk_ref
 
 SEGMENT = 64  # tokens between the states the SSD forward keeps for its backward (SEG in train_cpu.c)
@@ -236,10 +235,10 @@ class MambaMixer(torch.autograd.Function):
         b, L, W = zx.shape
         di, cd, h, p, g, n = dims.d_inner, dims.conv_dim, dims.nheads, dims.headdim, dims.ngroups, dims.dstate
         wf, bf, Df, nwf, init = (_f32(t) for t in (conv_weight.view(cd, -1), conv_bias, D, norm_weight, initial_state))
-        pre = zx[..., di + cd:] + dt_bias.float()  # dt before softplus: (b, L, h)
-        dt = F.softplus(pre).clamp(min=dims.dt_limit[0], max=dims.dt_limit[1])
-        keep = None if lengths is None else (torch.arange(L) < lengths[:, None])[..., None]
-        dt = (dt if keep is None else dt * keep).contiguous()
+        limits, dbf, ln = _dims(dims), _f32(dt_bias), _i64(lengths)
+        dt = zx.new_empty(b, L, h)  # clamp(softplus(dt_raw + dt_bias)), zero at padding
+        _lib().dt_fwd_f32(b, L, h, W, *map(_ptr, (zx[..., di + cd:], dbf)), limits.dt_min, limits.dt_max,
+                          *map(_ptr, (ln, dt)), torch.get_num_threads())
         A = -torch.exp(A_log.float())
         xbc = huge_empty(b, L, cd)
         wT = wf.t().contiguous()  # (K, conv_dim): the kernels' loops over channels are contiguous
@@ -253,14 +252,14 @@ class MambaMixer(torch.autograd.Function):
         out = huge_empty(b, L, di)
         _lib().gated_norm_fwd_f32(b * L, di, dims.group_size, W, y.data_ptr(), zx.data_ptr(), nwf.data_ptr(), dims.eps,
                                   out.data_ptr(), torch.get_num_threads())
-        ctx.save_for_backward(zx, wT, bf, pre, dt, A, Df, nwf, sf, chk, xbc, y, keep)
+        ctx.save_for_backward(zx, wT, bf, dbf, ln, dt, A, Df, nwf, sf, chk, xbc, y)
         inputs = (zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, initial_state)
         ctx.meta = (dims, init is not None, [None if t is None else t.dtype for t in inputs])
         return out, final
 
     @staticmethod
     def backward(ctx, grad_out, grad_final):
-        zx, wT, bf, pre, dt, A, Df, nwf, sf, chk, xbc, y, keep = ctx.saved_tensors
+        zx, wT, bf, dbf, ln, dt, A, Df, nwf, sf, chk, xbc, y = ctx.saved_tensors
         dims, has_init, dtypes = ctx.meta
         b, L, W = zx.shape
         di, cd, h, p, g, n = dims.d_inner, dims.conv_dim, dims.nheads, dims.headdim, dims.ngroups, dims.dstate
@@ -279,14 +278,10 @@ class MambaMixer(torch.autograd.Function):
         gw, gb = wT.new_empty(cd, K), None if bf is None else torch.empty_like(bf)
         _lib().conv_silu_bwd_f32(b, L, cd, K, W, *map(_ptr, (zx[..., di:], wT, bf, sf, gxbc, gzx[..., di:], gw, gb)),
                                  threads)
-        # dt = clamp(softplus(pre)) * keep: softplus' = sigmoid (exactly 1 past torch's threshold of 20)
-        sp = F.softplus(pre)
-        inside = (sp >= dims.dt_limit[0]) & (sp <= dims.dt_limit[1])
-        gpre = gdt * torch.where(pre > 20, 1.0, torch.sigmoid(pre)) * inside
-        if keep is not None:
-            gpre = gpre * keep
-        gzx[..., di + cd:] = gpre
-        grads = (gzx, gw.view(cd, 1, -1), gb, gpre.sum((0, 1)), gA.sum(0) * A, gD.sum(0), gnw, ginit)
+        limits, gdb = _dims(dims), torch.empty_like(dbf)
+        _lib().dt_bwd_f32(b, L, h, W, *map(_ptr, (zx[..., di + cd:], dbf)), limits.dt_min, limits.dt_max,
+                          *map(_ptr, (ln, gdt, gzx[..., di + cd:], gdb)), threads)
+        grads = (gzx, gw.view(cd, 1, -1), gb, gdb, gA.sum(0) * A, gD.sum(0), gnw, ginit)
         return (*(None if t is None else t.to(d) for t, d in zip(grads, dtypes)), None, None, None)
 
 

@@ -31,14 +31,6 @@ typedef struct {
     float dt_min, dt_max, eps;
 } MambaDims;
 
-/* torch.nn.functional.softplus (threshold 20) as max(v, 0) + log1p(exp(-|v|)). */
-static inline float softplus(float v) {
-    const float a = v < 0.0f ? -v : v;
-    return v > 20.0f ? v : (v > 0.0f ? v : 0.0f) + log1p_unit(fast_expf(-a));
-}
-
-static inline float clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
-
 /* 1. conv + silu. in: (b, L, row_stride) with xBC at column `offset`; prev: (b, K-1, conv_dim)
  * window before t = 0 or NULL (zeros); wT: (K, conv_dim). With seq_idx, inputs of another
  * document are left out of each window (the window before t = 0 counts as the same document). */

@@ -55,6 +55,14 @@ static inline float log1p_unit(float u) {
     return 2.0f * s * p;
 }
 
+/* torch.nn.functional.softplus (threshold 20) as max(v, 0) + log1p(exp(-|v|)). */
+static inline float softplus(float v) {
+    const float a = v < 0.0f ? -v : v;
+    return v > 20.0f ? v : (v > 0.0f ? v : 0.0f) + log1p_unit(fast_expf(-a));
+}
+
+static inline float clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
 /* out[0:width] (+)= sum_t coef[t] * M[t * ld + 0:width]: a vector-matrix product in "axpy" form,
  * so every lane is a separate output and nothing needs a horizontal sum. Wide blocks keep four
  * accumulators over lanes; narrow ones four over terms (t mod 4): either way four independent

@@ -119,6 +119,51 @@ void conv_silu_bwd_f32(int64_t batch, int64_t L, int64_t ch, int64_t K, int64_t 
     free(partial);
 }
 
+/* dt = clamp(softplus(raw + bias), lo, hi), zero at a row's padding (t >= lengths[b]; lengths may
+ * be NULL), as the reference computes it; raw is read in place (token stride zs), dt (batch, L, h).
+ * The backward writes d(raw) where raw lies (stride zs) and sums d(bias): softplus' = sigmoid,
+ * exactly 1 past torch's threshold of 20; nothing passes the clamp outside [lo, hi]. */
+void dt_fwd_f32(int64_t batch, int64_t L, int64_t h, int64_t zs, const float *raw, const float *bias, float lo,
+                float hi, const int64_t *lengths, float *dt, int nthreads) {
+#pragma omp parallel for collapse(2) schedule(static) num_threads(nthreads)
+    for (int64_t b = 0; b < batch; b++)
+        for (int64_t t = 0; t < L; t++) {
+            const float *restrict r = raw + (b * L + t) * zs;
+            float *restrict o = dt + (b * L + t) * h;
+            const float live = !lengths || t < lengths[b];
+            for (int64_t j = 0; j < h; j++) o[j] = live * clampf(softplus(r[j] + bias[j]), lo, hi);
+        }
+}
+
+void dt_bwd_f32(int64_t batch, int64_t L, int64_t h, int64_t zs, const float *raw, const float *bias, float lo,
+                float hi, const int64_t *lengths, const float *grad_dt, float *grad_raw, float *grad_bias,
+                int nthreads) {
+    float *partial = calloc((size_t)nthreads * h, sizeof(float));
+#pragma omp parallel num_threads(nthreads)
+    {
+        float *mine = partial + (size_t)omp_get_thread_num() * h;
+#pragma omp for collapse(2) schedule(static)
+        for (int64_t b = 0; b < batch; b++)
+            for (int64_t t = 0; t < L; t++) {
+                const float *restrict r = raw + (b * L + t) * zs, *restrict gd = grad_dt + (b * L + t) * h;
+                float *restrict gr = grad_raw + (b * L + t) * zs;
+                const int live = !lengths || t < lengths[b];
+                for (int64_t j = 0; j < h; j++) {
+                    const float a = r[j] + bias[j], sp = softplus(a);
+                    const float g = live && sp >= lo && sp <= hi ? gd[j] * (a > 20.0f ? 1.0f : sigmoidf(a)) : 0.0f;
+                    gr[j] = g;
+                    mine[j] += g;
+                }
+            }
+    }
+    for (int64_t j = 0; j < h; j++) {
+        float sum = 0.0f;
+        for (int th = 0; th < nthreads; th++) sum += partial[(size_t)th * h + j];
+        grad_bias[j] = sum;
+    }
+    free(partial);
+}
+
 void gated_norm_fwd_f32(int64_t rows, int64_t dim, int64_t group, int64_t zs, const float *y, const float *z, const float *w,
                         float eps, float *out, int nthreads) {
 #pragma omp parallel for schedule(static) num_threads(nthreads)
