@@ -116,7 +116,9 @@ class HybridLM(nn.Module):
             else:
                 hidden = block(hidden, layer_cache, seq_idx, lengths)
         if keep is not None:
-            hidden = hidden[keep]
+            # index_select, not hidden[keep]: the same rows, and a backward that adds them back
+            # (index_add_) where the mask's accumulating index_put_ took 1.5 ms for 10K rows
+            hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep.reshape(-1).nonzero()[:, 0])
         return self.lm_head(self.backbone.norm_f(hidden)).to(logits_dtype)
 
     def new_cache(self) -> HybridCache:
