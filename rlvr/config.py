@@ -146,6 +146,10 @@ class RolloutConfig(_Strict):
     vllm_kwargs: dict[str, Any] = {}
     # Weight sync to the rollout workers travels in buckets of at most this many bytes.
     sync_bucket_bytes: int = Field(64 * 1024**2, ge=1)
+    # Rollouts inside the learner ranks, from a builtin engine over the module they train (a
+    # "hybrid engine"): no rollout workers (num_workers and their resources are unused), no
+    # second copy of the weights, no weight sync. Builtin engine, ZeRO stage <= 2.
+    colocate: bool = False
 
     @model_validator(mode="after")
     def _responses_fit(self):
@@ -253,6 +257,11 @@ class Config(_Strict):
                              f"over learner.num_ranks = {ranks}")
         if self.algorithm.kl_in_reward and not self.algorithm.kl_coef:
             raise ValueError("algorithm.kl_in_reward needs algorithm.kl_coef > 0")
+        if self.rollout.colocate and self.rollout.engine != "builtin":
+            raise ValueError("rollout.colocate: needs rollout.engine=builtin (vLLM runs in processes of its own)")
+        if self.rollout.colocate and self.learner.zero_stage == 3:
+            raise ValueError("rollout.colocate: needs learner.zero_stage <= 2 (ZeRO-3 splits every parameter over "
+                             "the ranks; the engine needs them whole)")
         if self.rollout.sampling.temperature == 0:
             raise ValueError(f"rollout.sampling.temperature: 0 is greedy: the {self.algorithm.group_size} samples "
                              "of a group would be identical, their advantages zero, and nothing learnt")

@@ -127,6 +127,7 @@ class BuiltinEngine:
 
     @torch.no_grad()
     def generate(self, prompts, sampling: SamplingParams) -> list[Completion]:
+        self.model.eval()  # (a learner's module, with rollout.colocate: in train mode between its steps)
         # Generation allocates a few objects per token and frees none until the end; the cyclic
         # garbage collector would rescan them all every few thousand allocations (~6% of a
         # CPU rollout). Nothing here forms cycles.

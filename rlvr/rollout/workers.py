@@ -60,14 +60,14 @@ def build_engine(spec: EngineSpec):
     raise ValueError(f"rollout backend {spec.backend!r} is not one of: builtin, vllm")
 
 
-@ray.remote
-class RolloutWorker:
-    def __init__(self, spec: EngineSpec):
-        self.engine = build_engine(spec)
-        runtime.settle()  # the engine and libraries live as long as the worker
+class EngineCalls:
+    """The rollout calls an actor serves with its engine ``self.rollout``: a ``RolloutWorker``, or a
+    learner rank whose engine runs on the parameters it trains (``rollout.colocate``)."""
+
+    rollout = None
 
     def generate(self, prompts: list, sampling: SamplingParams) -> list[Completion]:
-        return self.engine.generate(prompts, sampling)
+        return self.rollout.generate(prompts, sampling)
 
     def run_episodes(self, tasks: list, env: str, env_args: str, sampling: SamplingParams) -> list[Episode]:
         """One multi-turn episode per task, against instances of environment ``env`` made here
@@ -75,31 +75,38 @@ class RolloutWorker:
         from rlvr.env import make_environment
 
         kwargs = json.loads(env_args)
-        return run_episodes(self.engine, lambda: make_environment(env, **kwargs), tasks, sampling)
+        return run_episodes(self.rollout, lambda: make_environment(env, **kwargs), tasks, sampling)
 
     # One weight update: begin, every bucket, finish (see rlvr/rollout/weights.py).
     def begin_update(self) -> None:
-        self.engine.begin_weight_update()
+        self.rollout.begin_weight_update()
 
     def load_bucket(self, packed: list[tuple]) -> int:
-        self.engine.load_weight_bucket(unpack_bucket(packed))
+        self.rollout.load_weight_bucket(unpack_bucket(packed))
         return len(packed)
 
     def finish_update(self, version: int) -> None:
-        self.engine.finish_weight_update(version)
+        self.rollout.finish_weight_update(version)
 
     def abort(self) -> None:
-        self.engine.abort()
+        self.rollout.abort()
 
     def info(self) -> dict:
-        return {"weights_version": self.engine.weights_version, "max_model_len": self.engine.max_model_len,
-                "weight_reloads": getattr(self.engine, "weight_reloads", None)}
+        return {"weights_version": self.rollout.weights_version, "max_model_len": self.rollout.max_model_len,
+                "weight_reloads": getattr(self.rollout, "weight_reloads", None)}
 
     def ping(self) -> int:
-        return self.engine.weights_version
+        return self.rollout.weights_version
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
+
+
+@ray.remote
+class RolloutWorker(EngineCalls):
+    def __init__(self, spec: EngineSpec):
+        self.rollout = build_engine(spec)
+        runtime.settle()  # the engine and libraries live as long as the worker
 
 
 def _chain(first, rest: Iterator) -> Iterator:
@@ -110,11 +117,13 @@ def _chain(first, rest: Iterator) -> Iterator:
 class RolloutPool:
     def __init__(self, spec: EngineSpec, num_workers: int = 1, num_cpus: float = 1, num_gpus: float = 0,
                  resources: dict[str, float] | None = None, weights_source: Callable[[], Iterable] | None = None,
-                 bucket_bytes: int = 64 * 1024**2, owns_ray: bool = False):
+                 bucket_bytes: int = 64 * 1024**2, owns_ray: bool = False, colocated: list | None = None):
         """``resources``: custom Ray resources each worker needs (e.g. a node label);
         ``weights_source``: the current weights (as for ``update_weights``), to re-sync a
         replacement worker; ``owns_ray``: ``shutdown`` also disconnects from Ray (an offline job
-        that connected for this pool)."""
+        that connected for this pool); ``colocated``: actors (learner ranks) whose engines run on
+        the weights they train, to serve the rollouts instead of workers of the pool's own: a
+        weight update is then only a new version number."""
         if num_workers < 1:
             raise ValueError("num_workers must be >= 1")
         self.spec, self.bucket_bytes, self.owns_ray = spec, bucket_bytes, owns_ray
@@ -122,13 +131,16 @@ class RolloutPool:
         self.weights_source = weights_source  # how to re-sync a replaced worker
         self.version = 0
         self.restarts = 0
-        self.workers = [self._start() for _ in range(num_workers)]
+        self.colocated = colocated is not None
+        self.workers = list(colocated) if self.colocated else [self._start() for _ in range(num_workers)]
         ray.get([w.ping.remote() for w in self.workers])
 
     def _start(self):
         return RolloutWorker.options(**self.options).remote(self.spec)
 
     def _replace(self, slot: int) -> None:
+        if self.colocated:  # a learner rank: the job cannot go on without it
+            raise RuntimeError(f"the learner rank serving rollouts (rollout.colocate) in slot {slot} died")
         ray.kill(self.workers[slot], no_restart=True)
         self.workers[slot] = self._start()
         self.restarts += 1
@@ -174,9 +186,14 @@ class RolloutPool:
 
     def update_weights(self, weights: Iterable) -> int:
         """Push new weights to every worker; returns the new version. ``weights``: (name, tensor)
-        pairs, or object refs of packed buckets (``LearnerGroup.weight_buckets``)."""
+        pairs, or object refs of packed buckets (``LearnerGroup.weight_buckets``); colocated
+        engines already run on them (``weights`` is not read)."""
         self.version += 1
-        self._push(weights, self.workers, self.version)
+        if self.colocated:  # (their next generate runs after this: one caller's calls run in order)
+            for w in self.workers:
+                w.finish_update.remote(self.version)
+        else:
+            self._push(weights, self.workers, self.version)
         return self.version
 
     def _push(self, weights: Iterable, workers, version: int) -> None:
@@ -218,7 +235,7 @@ class RolloutPool:
         return ray.get([w.node_id.remote() for w in self.workers])
 
     def shutdown(self) -> None:
-        for w in self.workers:
+        for w in [] if self.colocated else self.workers:  # (colocated: the learner's own actors)
             ray.kill(w, no_restart=True)
         self.workers = []
         if self.owns_ray:

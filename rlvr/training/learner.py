@@ -34,6 +34,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from rlvr import grpo, kernels, runtime
 from rlvr.training import packing
 from rlvr.config import Config
+from rlvr.rollout.workers import EngineCalls
 from rlvr.training.packing import MicroBatch
 
 
@@ -68,8 +69,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class LearnerRank:
-    """One data-parallel rank (runs as a Ray actor: ``_RemoteRank`` below)."""
+class LearnerRank(EngineCalls):
+    """One data-parallel rank (runs as a Ray actor: ``_RemoteRank`` below). With
+    ``rollout.colocate`` it also serves rollouts (``EngineCalls``) from a builtin engine over the
+    very module it trains: no second copy of the weights and no weight sync."""
 
     def __init__(self, rank: int, world_size: int, config: dict, model_path: str):
         self.rank, self.world_size = rank, world_size
@@ -82,9 +85,6 @@ class LearnerRank:
 
     def address(self) -> tuple[str, int]:
         return ray.util.get_node_ip_address(), _free_port()
-
-    def node_id(self) -> str:
-        return ray.get_runtime_context().get_node_id()
 
     def setup(self, master_addr: str, master_port: int) -> int:
         """Join the torch.distributed world and build the DeepSpeed engine. Returns the number
@@ -141,6 +141,13 @@ class LearnerRank:
             tis_cap=self.cfg.algorithm.tis_cap)
         self._sync_items = None
         self._grad_norm = None
+        if self.cfg.rollout.colocate:
+            from rlvr.rollout.builtin import BuiltinEngine
+            from rlvr.tokenizer import make_tokenizer
+
+            rc = self.cfg.rollout
+            self.rollout = BuiltinEngine(self.engine.module, make_tokenizer(self.cfg.model.tokenizer),
+                                         max_batch=rc.max_batch, max_model_len=rc.max_model_len)
         runtime.settle()  # what exists now lives as long as the rank
         return sum(p.numel() for p in params)
 
@@ -336,12 +343,13 @@ class LearnerGroup:
         weights = grpo.loss_weights(batch.mask, alg.aggregation, max_len=self.cfg.rollout.sampling.max_tokens)
         micros = self.micro_batches(batch, [list(range(r * B // n, (r + 1) * B // n)) for r in range(n)], weights)
         calls = [r.train.remote(m) for r, m in zip(self.ranks, micros)]
-        # The new weights, packed for the rollout engines as soon as each rank has stepped (an
-        # actor runs one caller's calls in order), so the sync that follows (weight_buckets)
-        # waits for neither: two round trips fewer (~4 of the default job's ~9 ms sync).
-        bucket_bytes = self.cfg.rollout.sync_bucket_bytes
-        counts = [r.prepare_sync.remote(bucket_bytes) for r in self.ranks]
-        self._exported = (bucket_bytes, counts[0], self.ranks[0].get_bucket.remote(0))
+        if not self.cfg.rollout.colocate:
+            # The new weights, packed for the rollout workers as soon as each rank has stepped
+            # (an actor runs one caller's calls in order), so the sync that follows
+            # (weight_buckets) waits for neither: two round trips fewer.
+            bucket_bytes = self.cfg.rollout.sync_bucket_bytes
+            counts = [r.prepare_sync.remote(bucket_bytes) for r in self.ranks]
+            self._exported = (bucket_bytes, counts[0], self.ranks[0].get_bucket.remote(0))
         results = ray.get(calls)
         tokens = sum(m.pop("tokens") for m in results)
         out = {"loss": sum(m.pop("loss") for m in results)}

@@ -126,8 +126,9 @@ def check_engine(cfg: Config) -> None:
 
 def check_local_gpus(cfg: Config) -> None:
     """When Ray starts here (no cluster.address), the GPUs asked for must be on this machine."""
-    wanted = {"learner.gpus_per_rank": (cfg.learner.gpus_per_rank, cfg.learner.num_ranks),
-              "rollout.gpus_per_worker": (cfg.rollout.gpus_per_worker, cfg.rollout.num_workers)}
+    wanted = {"learner.gpus_per_rank": (cfg.learner.gpus_per_rank, cfg.learner.num_ranks)}
+    if not cfg.rollout.colocate:  # (colocated: no rollout workers)
+        wanted["rollout.gpus_per_worker"] = (cfg.rollout.gpus_per_worker, cfg.rollout.num_workers)
     if cfg.cluster.address is not None or not any(per for per, _ in wanted.values()):
         return
     import torch
@@ -178,6 +179,8 @@ def check_cluster_resources(cfg: Config, nodes: list[dict]) -> None:
     asks = {"learner": {"CPU": cfg.learner.cpus_per_rank, "GPU": cfg.learner.gpus_per_rank, **cfg.learner.resources},
             "rollout": {"CPU": cfg.rollout.cpus_per_worker, "GPU": cfg.rollout.gpus_per_worker,
                         **cfg.rollout.resources}}
+    if cfg.rollout.colocate:
+        del asks["rollout"]
     for role, ask in asks.items():
         ask = {k: v for k, v in ask.items() if v}
         if not any(all(res.get(k, 0) >= v for k, v in ask.items()) for res in alive):

@@ -114,7 +114,8 @@ class Trainer:
         self.stop.check("while the actors started")
         self.pool = RolloutPool(spec, num_workers=rc.num_workers, num_cpus=rc.cpus_per_worker,
                                 num_gpus=rc.gpus_per_worker, resources=rc.resources,
-                                weights_source=self._weight_buckets, bucket_bytes=rc.sync_bucket_bytes)
+                                weights_source=self._weight_buckets, bucket_bytes=rc.sync_bucket_bytes,
+                                colocated=self.learner.ranks if rc.colocate else None)
         self.collector = Collector(self.pool, keys, scorer)
         resumed = self._resume()
         self.metrics = MetricsLogger(cfg.logging, self.out, cfg.name, cfg.model_dump(), resume_step=self.step)

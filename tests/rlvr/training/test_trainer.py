@@ -82,6 +82,25 @@ def _assert_same_run(whole: Path, resumed: Path, steps=(3, 4)) -> None:
         assert after[key] == before[key], key
 
 
+def test_colocated_rollouts_run_the_same_job(whole, tmp_path):
+    # rollout.colocate: the learner rank samples from the module it trains, with no rollout worker
+    # and no weight sync; the same seed gives the same samples, rewards, losses and evaluations.
+    done = subprocess.run(_command(tmp_path, "rollout.colocate=true"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_same_run(whole, tmp_path, steps=(1, 2, 3, 4))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    syncs = [r["time/sync"] for r in rows if "time/sync" in r]
+    assert len(syncs) == 4 and max(syncs) < 0.05  # a version number, no weights moved
+
+
+def test_colocation_refuses_what_it_cannot_serve(tmp_path):
+    for extra, key in ((["rollout.engine=vllm"], "rollout.engine=builtin"), (["learner.zero_stage=3"], "zero_stage")):
+        done = subprocess.run(_command(tmp_path, "rollout.colocate=true", *extra), capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode != 0 and "rollout.colocate" in done.stderr + done.stdout and "Traceback" not in done.stderr
+        assert key in done.stderr + done.stdout
+
+
 def _start(out: Path) -> subprocess.Popen:
     return subprocess.Popen(_command(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
