@@ -8,9 +8,11 @@ TRL) on the project's addition prompts, ``--prompts`` x ``--group`` completions 
 ``--max-tokens`` tokens per step, sampled at temperature 1, graded by the same math environment,
 one optimiser step per batch (no KL term, one pass), fp32, the machine's torch threads. The first
 step of each is warm-up; the others are averaged. rlvr reports its phases from metrics.jsonl
-(rollout on a Ray worker, reward in the scoring pool, learn on the DeepSpeed rank, weight sync);
+(rollout on a Ray worker, reward in the scoring pool, learn on the DeepSpeed rank, weight sync),
+run twice: rollouts on a worker of their own (the default) and inside the learner rank
+(``rollout.colocate=true``, no weight sync: one process samples and trains, as TRL's does);
 TRL's step is generate + reward + loss/backward/optimiser in one process, timed by a callback.
-The two run in turn ``--rounds`` times; each round's ratio is reported, and their median.
+The three run in turn ``--rounds`` times; each round's ratios are reported, and their medians.
 Prints one JSON object.
 """
 
@@ -40,13 +42,13 @@ def make_checkpoint(path: Path) -> None:
                   bos_token_id=tok.bos_token_id).save(path)
 
 
-def run_rlvr(ckpt: Path, out: Path, args) -> dict:
+def run_rlvr(ckpt: Path, out: Path, args, colocate: bool) -> dict:
     command = [
         str(Path(sys.executable).parent / "rlvr-train"), f"hydra.run.dir={out}", "name=grpo_step", "resume=false",
         f"model.path={ckpt}", "~sft", f"steps={args.steps}", "time_limit=null", f"prompts_per_step={args.prompts}",
         f"algorithm.group_size={args.group}", "learner.max_tokens_per_micro_batch=1000000",
         f"rollout.sampling.max_tokens={args.max_tokens}", "eval_prompts=8", "eval_every=0", "checkpoint_every=0",
-        "logging.progress=false", "logging.tensorboard=false", "logging.plot=false",
+        "logging.progress=false", "logging.tensorboard=false", "logging.plot=false", f"rollout.colocate={colocate}",
     ]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -145,11 +147,15 @@ def main() -> None:
         make_checkpoint(ckpt)
         for k in range(args.rounds):
             # Alternated, so that a drift in the machine's speed (a shared host) weighs on both.
-            ours = run_rlvr(ckpt, Path(tmp) / f"rlvr{k}", args)
+            ours = run_rlvr(ckpt, Path(tmp) / f"rlvr{k}", args, colocate=False)
+            colocated = run_rlvr(ckpt, Path(tmp) / f"colocated{k}", args, colocate=True)
             theirs = run_trl(ckpt, Path(tmp) / f"trl{k}", args)
-            result["rounds"].append({"rlvr": ours, "trl": theirs,
-                                     "speedup_step": round(theirs["seconds_per_step"] / ours["seconds_per_step"], 2)})
-    result["speedup_step_median"] = statistics.median(r["speedup_step"] for r in result["rounds"])
+            result["rounds"].append({
+                "rlvr": ours, "rlvr_colocated": colocated, "trl": theirs,
+                "speedup_step": round(theirs["seconds_per_step"] / ours["seconds_per_step"], 2),
+                "speedup_step_colocated": round(theirs["seconds_per_step"] / colocated["seconds_per_step"], 2)})
+    for key in ("speedup_step", "speedup_step_colocated"):
+        result[f"{key}_median"] = statistics.median(r[key] for r in result["rounds"])
     print(json.dumps(result, indent=1))
 
 
