@@ -147,8 +147,9 @@ class RolloutConfig(_Strict):
     # Weight sync to the rollout workers travels in buckets of at most this many bytes.
     sync_bucket_bytes: int = Field(64 * 1024**2, ge=1)
     # Rollouts inside the learner ranks, from a builtin engine over the module they train (a
-    # "hybrid engine"): no rollout workers (num_workers and their resources are unused), no
-    # second copy of the weights, no weight sync. Builtin engine, ZeRO stage <= 2.
+    # "hybrid engine"): no rollout workers (num_workers, their resources and threads are unused:
+    # the ranks' learner.threads serve), no second copy of the weights, no weight sync. Builtin
+    # engine, ZeRO stage <= 2.
     colocate: bool = False
 
     @model_validator(mode="after")

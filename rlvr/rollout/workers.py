@@ -198,7 +198,7 @@ class RolloutPool:
 
     def _push(self, weights: Iterable, workers, version: int) -> None:
         # An actor runs one caller's calls in order: "begin" is waited for with the first bucket
-        # (the learner packs it meanwhile), "finish" with the last; one round trip per bucket.
+        # (which the learner packs meanwhile), so an update is a round trip per bucket and one more.
         calls = [w.begin_update.remote() for w in workers]
         for ref in self._bucket_refs(weights):
             ray.get(calls + [w.load_bucket.remote(ref) for w in workers])
