@@ -1,8 +1,9 @@
 """The CPU training path: autograd Functions whose forward and backward are C loops
-(``csrc/train_cpu.c``, ``csrc/norm_cpu.c``), with the exact arguments of their torch references
-(``conv_silu_ref`` and ``gated_rms_norm`` in ``mamba.py``, ``ssd_chunk_scan`` in ``ssd.py``,
-``rms_norm_ref`` in ``norm.py``, ``relu2`` in ``moe.py``, ``target_logprobs_ref`` in ``logprob.py``),
-and the Mamba mixer built from them (``mamba_chunk_train``: the reference's flow with those stages in C).
+(``csrc/train_cpu.c``, ``csrc/norm_cpu.c``, ``csrc/attention_cpu.c``), with the exact arguments of
+their torch references (``conv_silu_ref`` and ``gated_rms_norm`` in ``mamba.py``, ``ssd_chunk_scan``
+in ``ssd.py``, ``rms_norm_ref`` in ``norm.py``, ``relu2`` in ``moe.py``, ``target_logprobs_ref`` in
+``logprob.py``, ``attention_ref`` in ``attention.py``), and the Mamba mixer built from them
+(``mamba_chunk_train``: the reference's flow with those stages, and dt's softplus and limits, in C).
 
 The SSD scan runs the recurrence token by token (its specification, ``ssd_scan_ref``): on a CPU
 the chunked algorithm's quadratic in-chunk "attention", its masks and their gradients cost more
@@ -173,8 +174,8 @@ class Attention(torch.autograd.Function):
         qf, kf, vf, sf = _head_major(q), _head_major(k), _head_major(v), _i64(seq_idx)
         b, nh, L, hd = qf.shape
         out, lse = torch.empty(b, L, nh, hd), torch.empty(b, nh, L)
-        _lib().attention_train_fwd_f32(ctypes.byref(_attn_dims(qf, kf, vf)), b, L, *map(_ptr, (qf, kf, vf, sf, out, lse)),
-                                       torch.get_num_threads())
+        _lib().attention_train_fwd_f32(ctypes.byref(_attn_dims(qf, kf, vf)), b, L,
+                                       *map(_ptr, (qf, kf, vf, sf, out, lse)), torch.get_num_threads())
         ctx.save_for_backward(qf, kf, vf, sf, out, lse)
         ctx.dtypes = (q.dtype, k.dtype, v.dtype)
         return out.to(q.dtype)
@@ -296,6 +297,5 @@ def mamba_chunk_train(zxbcdt, w: MambaWeights, dims: MambaDims, conv_prev=None, 
                            gated_norm=gated_norm_cpu)
 
 
-__all__ = ["Attention", "attention_train", "GatedNorm", "MambaMixer", "RMSNorm", "SSDScan", "TokenLogprob", "gated_norm_cpu", "mamba_chunk_train",
-           "relu2_train", "rms_norm_train", "ssd_scan_cpu",
-           "target_logprobs_cpu", "ReLU2"]
+__all__ = ["Attention", "GatedNorm", "MambaMixer", "RMSNorm", "ReLU2", "SSDScan", "TokenLogprob", "attention_train",
+           "gated_norm_cpu", "mamba_chunk_train", "relu2_train", "rms_norm_train", "ssd_scan_cpu", "target_logprobs_cpu"]
