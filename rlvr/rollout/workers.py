@@ -235,8 +235,9 @@ class RolloutPool:
         return ray.get([w.node_id.remote() for w in self.workers])
 
     def shutdown(self) -> None:
-        for w in [] if self.colocated else self.workers:  # (colocated: the learner's own actors)
-            ray.kill(w, no_restart=True)
+        if not self.colocated:  # (colocated "workers" are the learner's ranks: it shuts them down)
+            for w in self.workers:
+                ray.kill(w, no_restart=True)
         self.workers = []
         if self.owns_ray:
             ray.shutdown()

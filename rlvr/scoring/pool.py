@@ -81,7 +81,7 @@ def _worker_main(conn: Connection, factory: Callable, factory_args: tuple) -> No
             conn.send((*reply, end - start, end))
 
 
-def _read_messages(w: _Worker) -> deque | None:
+def _read_messages(w: _Worker) -> list | None:
     """The whole messages in ``w``'s pipe (``Connection.send``'s framing: a 4-byte big-endian
     size, or -1 and an 8-byte one, then the pickle), read in one system call where ``recv`` takes
     three per message (two reads and a poll: most of the parent's time for 512 short answers);
@@ -93,7 +93,7 @@ def _read_messages(w: _Worker) -> deque | None:
     if not data:
         return None
     w.buffer += data
-    messages, at = deque(), 0
+    messages, at = [], 0
     while len(w.buffer) - at >= 4:
         (size,), head = struct.unpack_from("!i", w.buffer, at), 4
         if size == -1:
@@ -256,7 +256,7 @@ class DeadlinePool:
             w.process.join(timeout=5)
             raise RuntimeError(f"pool worker exited with code {w.process.exitcode} before it was ready "
                                f"(a __main__ that a spawned process cannot import, such as a script "
-                               f"read from stdin, or a crash in {self.factory.__name__})") from None
+                               f"read from stdin, or a crash in {self.factory.__name__})")
         outcomes = []
         if w.tasks:
             outcomes.append(Outcome(w.tasks.popleft()[0], "error", error="worker process died"))
