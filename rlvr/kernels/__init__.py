@@ -35,12 +35,6 @@ from rlvr.kernels.norm import rms_norm_ref
 from rlvr.kernels.sampling import counter_uniform_ref, sample_ref
 
 BACKENDS = ("auto", "torch", "cpu", "triton")
-# Unpacked sequences longer than this train through torch's flash SDPA, whose tiled GEMMs beat the
-# C kernel there (forward + backward, 12 heads of 64: 4 x 1023 tokens 188 vs 234 ms, 2 x 2048 306 vs
-# 484 ms); shorter ones and packed rows (SDPA then takes a dense mask) through the C kernel (512 x 21
-# tokens 4.7 vs 5.8 ms; 4 x 1023 packed 125 vs 265 ms).
-TRAIN_ATTENTION_MAX_LEN = 512
-
 
 _backend = os.environ.get("RLVR_KERNELS", "auto")
 if _backend not in BACKENDS:
@@ -145,7 +139,7 @@ def attention(q, k, v, past=None, seq_idx=None):
     """Causal GQA attention (see ``attention_ref``), on the fastest path available."""
     if _use_cpu(q, k, v):
         fn = cpu.attention_cpu
-    elif past is None and _train_on_cpu(q, k, v) and (seq_idx is not None or q.shape[2] <= TRAIN_ATTENTION_MAX_LEN):
+    elif past is None and _train_on_cpu(q, k, v):
         fn = cpu_train.attention_train
     else:
         fn = attention_ref

@@ -81,60 +81,85 @@ static void attend_group(const AttnDims *d, int64_t group, const float *q, const
     }
 }
 
-/* (hd, keys) copy of the first `keys` rows of k: a query's scores become products vectorised over
- * keys (no horizontal sums). */
-static float *transposed(const float *k, int64_t k_st, int64_t keys, int64_t hd, float *kT) {
-    for (int64_t j = 0; j < keys; j++)
-        for (int64_t i = 0; i < hd; i++) kT[i * keys + j] = k[j * k_st + i];
-    return kT;
+/* Whole sequences (prefill and training) go by blocks of QBLOCK queries: a block's scores
+ * against its keys are one matrix product (mm_bcast), so every key vector loaded serves the
+ * block's queries (the block's diagonal square, half masked, is the only work wasted), and the
+ * probabilities times V another. Keys are copied once per (row, head): as panels of PANEL keys
+ * for the scores (the product's right factor read by rows of 16 keys, contiguous: the keys'
+ * own columns lie 4 KB apart, where the cache keeps only a few lines of one set), and as
+ * contiguous rows for the products that read them by rows. */
+#define QBLOCK 32
+#define PANEL 16
+
+static inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+/* kp[(j / PANEL) hd PANEL + i PANEL + j % PANEL] = k[j, i] for keys j < round_up(keys, PANEL),
+ * zeros past the last key. */
+static void to_panels(const float *k, int64_t k_st, int64_t keys, int64_t hd, float *kp) {
+    for (int64_t j = 0; j < round_up(keys, PANEL); j++)
+        for (int64_t i = 0; i < hd; i++) kp[(j / PANEL) * hd * PANEL + i * PANEL + j % PANEL] = j < keys ? k[j * k_st + i] : 0.0f;
+}
+
+/* kr (round_up(keys, PANEL), hd): the rows of k, contiguous, zeros past the last key. */
+static void to_rows(const float *k, int64_t k_st, int64_t keys, int64_t hd, float *kr) {
+    for (int64_t j = 0; j < round_up(keys, PANEL); j++)
+        for (int64_t i = 0; i < hd; i++) kr[j * hd + i] = j < keys ? k[j * k_st + i] : 0.0f;
+}
+
+/* s (nq, span; row stride span) = qs (nq, hd) times the keys [lo, lo + span) of kp, transposed
+ * (lo and span multiples of PANEL). */
+static void block_scores(int64_t nq, int64_t hd, const float *qs, const float *kp, int64_t lo, int64_t span, float *s) {
+    for (int64_t j = 0; j < span; j += PANEL) mm_bcast(nq, PANEL, hd, qs, hd, 1, kp + (lo + j) * hd, PANEL, s + j, span, 0);
 }
 
 /* The first token of the document of each of the nq queries from t0 (*start: the running one). */
-static inline void doc_starts(const int64_t *seq, int64_t t0, int64_t nq, int64_t *start, int64_t starts[4]) {
+static inline void doc_starts(const int64_t *seq, int64_t t0, int64_t nq, int64_t *start, int64_t *starts) {
     for (int64_t u = 0; u < nq; u++) {
         if (seq && t0 + u > 0 && seq[t0 + u] != seq[t0 + u - 1]) *start = t0 + u;  /* new document */
         starts[u] = *start;
     }
 }
 
-/* Every query of a chunk for one (row, head). The keys are copied once, transposed, and scored
- * four queries at a time so each key vector loaded serves four of them; the softmax is exact
- * over each query's keys (scores past a query's own last key are zeroed), then out = p V as sums
- * of V rows. lse (Lq), if not NULL, receives each query's log-sum-exp of scores (training). */
+/* A block of queries [t0, t0 + nq): the keys it reads, [*lo, *lo + *span), rounded out to panels. */
+static inline void block_keys(const int64_t *starts, int64_t past, int64_t t0, int64_t nq, int64_t *lo, int64_t *span) {
+    *lo = starts[0] / PANEL * PANEL;
+    *span = round_up(past + t0 + nq - *lo, PANEL);
+}
+
+/* Every query of a sequence for one (row, head): per block, the scores, each query's exact
+ * softmax over its own keys (the rest of its row zeroed), then out = p V. lse (Lq), if not NULL,
+ * receives each query's log-sum-exp of scores (training). */
 static void attend_chunk(const AttnDims *d, int64_t Lq, const float *q, const float *k, const float *v,
                          int64_t past, const int64_t *seq, float *out, int64_t out_stride, float *lse) {
-    const int64_t hd = d->head_dim, keys = past + Lq;
-    float *kT = transposed(k, d->k_st, keys, hd, malloc(sizeof(float) * (hd * keys + 4 * keys + 4 * hd)));
-    float *p = kT + hd * keys, *qs = p + 4 * keys;
-    int64_t start = 0;
-    for (int64_t t0 = 0; t0 < Lq; t0 += 4) {
-        const int64_t nq = Lq - t0 < 4 ? Lq - t0 : 4;
-        int64_t starts[4];
+    const int64_t hd = d->head_dim, keys = past + Lq, padded = round_up(keys, PANEL);
+    float *kp = malloc(sizeof(float) * (2 * padded * hd + QBLOCK * padded + 2 * QBLOCK * hd));
+    float *vr = kp + padded * hd, *p = vr + padded * hd, *qs = p + QBLOCK * padded, *o = qs + QBLOCK * hd;
+    to_panels(k, d->k_st, keys, hd, kp);
+    to_rows(v, d->v_st, keys, hd, vr);
+    int64_t start = 0, starts[QBLOCK];
+    for (int64_t t0 = 0; t0 < Lq; t0 += QBLOCK) {
+        const int64_t nq = Lq - t0 < QBLOCK ? Lq - t0 : QBLOCK;
+        int64_t lo, span;
         doc_starts(seq, t0, nq, &start, starts);
-        /* The block covers keys [starts[0], past + t0 + nq); a query's own range is a suffix. */
-        const int64_t lo = starts[0], span = past + t0 + nq - lo;
-        for (int64_t u = 0; u < 4; u++)
-            for (int64_t i = 0; i < hd; i++) qs[u * hd + i] = u < nq ? q[(t0 + u) * d->q_st + i] * d->scale : 0.0f;
-        lincomb4(qs, hd, kT + lo, keys, span, p, span);  /* scores (4, span): key lo + j */
-        float inv[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int64_t u = 0; u < 4; u++) {
-            float *row = p + u * span;
-            const int64_t first = u < nq ? starts[u] - lo : span, last = u < nq ? past + t0 + u + 1 - lo : span;
+        block_keys(starts, past, t0, nq, &lo, &span);
+        for (int64_t u = 0; u < nq; u++)
+            for (int64_t i = 0; i < hd; i++) qs[u * hd + i] = q[(t0 + u) * d->q_st + i] * d->scale;
+        block_scores(nq, hd, qs, kp, lo, span, p);
+        float inv[QBLOCK];
+        for (int64_t u = 0; u < nq; u++) {
+            float *row = p + u * span, m = -3.0e38f, l = 0.0f;
+            const int64_t first = starts[u] - lo, last = past + t0 + u + 1 - lo;
             for (int64_t j = 0; j < first; j++) row[j] = 0.0f;  /* before the query's document */
             for (int64_t j = last; j < span; j++) row[j] = 0.0f;  /* after the query itself */
-            if (first < last) {
-                float m = -3.0e38f, l = 0.0f;
-                softmax_block(row + first, last - first, &m, &l);
-                inv[u] = 1.0f / l;
-                if (lse) lse[t0 + u] = m + logf(l);
-            }
+            softmax_block(row + first, last - first, &m, &l);
+            inv[u] = 1.0f / l;
+            if (lse) lse[t0 + u] = m + logf(l);
         }
-        float tmp[4 * hd];
-        lincomb4(p, span, v + lo * d->v_st, d->v_st, hd, tmp, hd);
+        mm_bcast(nq, hd, span, p, span, 1, vr + lo * hd, hd, o, hd, 0);
         for (int64_t u = 0; u < nq; u++)
-            for (int64_t i = 0; i < hd; i++) out[(t0 + u) * out_stride + i] = tmp[u * hd + i] * inv[u];
+            for (int64_t i = 0; i < hd; i++) out[(t0 + u) * out_stride + i] = o[u * hd + i] * inv[u];
     }
-    free(kT);
+    free(kp);
 }
 
 /* q: (b, nheads, Lq, hd) by strides; k, v: (b, kv_heads, keys, hd) by strides; past (b);
@@ -182,65 +207,59 @@ void attention_train_fwd_f32(const AttnDims *d, int64_t b, int64_t L, const floa
                          out + r * L * H * hd + h * hd, H * hd, lse + (r * H + h) * L);
 }
 
-/* acc[lo + j] (rows of hd) += sum_u coef[u * span + j] * x[u * hd]: the rank-4 update of a block
- * of four queries into the keys' gradient rows. */
-static inline void rank4_update(const float *restrict coef, int64_t span, const float *restrict x, int64_t hd,
-                                float *restrict acc) {
-    for (int64_t j = 0; j < span; j++) {
-        const float c0 = coef[j], c1 = coef[span + j], c2 = coef[2 * span + j], c3 = coef[3 * span + j];
-        float *restrict a = acc + j * hd;
-        for (int64_t i = 0; i < hd; i++) a[i] += c0 * x[i] + c1 * x[hd + i] + c2 * x[2 * hd + i] + c3 * x[3 * hd + i];
-    }
-}
-
 /* The gradients of one (row, kv head): its query heads in turn, so grad_k and grad_v (keys, hd)
- * sum over them in a local buffer without atomics. Per block of four queries, with s the scores
- * and p = exp(s - lse): dP = dO V^T, dS = p (dP - rowsum(dO * O)), dQ = scale dS K, dK += dS
- * (scale Q), dV += p^T dO, each masked as the forward was. o, go, gq: (L, H, hd) of this row;
- * gk, gv: (L, kv_heads, hd) of this row. */
+ * sum over them in a local buffer without atomics. Per block of queries, with s the scores and
+ * p = exp(s - lse): dP = dO V^T, dS = p (dP - rowsum(dO * O)), dQ = scale dS K, dK += dS^T
+ * (scale Q), dV += p^T dO, each masked as the forward was and each one product (the key
+ * gradients' a sum over the block's queries, so their rows are read and written once per
+ * block). o, go, gq: (L, H, hd) of this row; gk, gv: (L, kv_heads, hd) of this row. */
 static void attend_chunk_bwd(const AttnDims *d, int64_t L, int64_t kvh, const float *q, const float *k,
                              const float *v, const float *o, const float *go, const float *lse, const int64_t *seq,
                              float *gq, float *gk, float *gv) {
     const int64_t hd = d->head_dim, H = d->nheads, group = H / d->kv_heads, os = H * hd, gs = d->kv_heads * hd;
-    float *kT = malloc(sizeof(float) * (2 * hd * L + 2 * L * hd + 12 * L + 8 * hd));
-    float *vT = transposed(v, d->v_st, L, hd, kT + hd * L), *acck = vT + hd * L, *accv = acck + L * hd;
-    float *p = accv + L * hd, *dp = p + 4 * L, *ds = dp + 4 * L, *qs = ds + 4 * L, *gos = qs + 4 * hd;
-    transposed(k, d->k_st, L, hd, kT);
-    for (int64_t i = 0; i < 2 * L * hd; i++) acck[i] = 0.0f;
+    const int64_t padded = round_up(L, PANEL);
+    float *kp = malloc(sizeof(float) * (5 * padded * hd + 2 * QBLOCK * padded + 3 * QBLOCK * hd));
+    float *vp = kp + padded * hd, *kr = vp + padded * hd, *acck = kr + padded * hd, *accv = acck + padded * hd;
+    float *p = accv + padded * hd, *ds = p + QBLOCK * padded, *qs = ds + QBLOCK * padded, *gos = qs + QBLOCK * hd;
+    float *tmp = gos + QBLOCK * hd;
+    to_panels(k, d->k_st, L, hd, kp);
+    to_panels(v, d->v_st, L, hd, vp);
+    to_rows(k, d->k_st, L, hd, kr);
+    for (int64_t i = 0; i < 2 * padded * hd; i++) acck[i] = 0.0f;
     for (int64_t h = kvh * group; h < (kvh + 1) * group; h++) {
         const float *qh = q + h * d->q_sh, *lh = lse + h * L;
-        int64_t start = 0;
-        for (int64_t t0 = 0; t0 < L; t0 += 4) {
-            const int64_t nq = L - t0 < 4 ? L - t0 : 4;
-            int64_t starts[4];
+        int64_t start = 0, starts[QBLOCK];
+        for (int64_t t0 = 0; t0 < L; t0 += QBLOCK) {
+            const int64_t nq = L - t0 < QBLOCK ? L - t0 : QBLOCK;
+            int64_t lo, span;
             doc_starts(seq, t0, nq, &start, starts);
-            const int64_t lo = starts[0], span = t0 + nq - lo;
-            float delta[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            for (int64_t u = 0; u < 4; u++)
+            block_keys(starts, 0, t0, nq, &lo, &span);
+            float delta[QBLOCK];
+            for (int64_t u = 0; u < nq; u++) {
+                delta[u] = 0.0f;
                 for (int64_t i = 0; i < hd; i++) {
-                    const int in = u < nq;
-                    qs[u * hd + i] = in ? qh[(t0 + u) * d->q_st + i] * d->scale : 0.0f;
-                    gos[u * hd + i] = in ? go[(t0 + u) * os + h * hd + i] : 0.0f;
-                    delta[u] += in ? gos[u * hd + i] * o[(t0 + u) * os + h * hd + i] : 0.0f;
+                    qs[u * hd + i] = qh[(t0 + u) * d->q_st + i] * d->scale;
+                    gos[u * hd + i] = go[(t0 + u) * os + h * hd + i];
+                    delta[u] += gos[u * hd + i] * o[(t0 + u) * os + h * hd + i];
                 }
-            lincomb4(qs, hd, kT + lo, L, span, p, span);  /* scores (4, span): key lo + j */
-            lincomb4(gos, hd, vT + lo, L, span, dp, span);
-            for (int64_t u = 0; u < 4; u++) {
-                const int64_t first = u < nq ? starts[u] - lo : span, last = u < nq ? t0 + u + 1 - lo : 0;
-                const float m = u < nq ? lh[t0 + u] : 0.0f;
+            }
+            block_scores(nq, hd, qs, kp, lo, span, p);
+            block_scores(nq, hd, gos, vp, lo, span, ds);  /* dP */
+            for (int64_t u = 0; u < nq; u++) {
+                const int64_t first = starts[u] - lo, last = t0 + u + 1 - lo;
+                const float m = lh[t0 + u];
                 for (int64_t j = 0; j < span; j++) {
                     const int in = j >= first && j < last;
                     const float pj = in ? fast_expf(p[u * span + j] - m) : 0.0f;
                     p[u * span + j] = pj;
-                    ds[u * span + j] = pj * (dp[u * span + j] - delta[u]);
+                    ds[u * span + j] = pj * (ds[u * span + j] - delta[u]);
                 }
             }
-            float tmp[4 * hd];
-            lincomb4(ds, span, k + lo * d->k_st, d->k_st, hd, tmp, hd);
+            mm_bcast(nq, hd, span, ds, span, 1, kr + lo * hd, hd, tmp, hd, 0);
             for (int64_t u = 0; u < nq; u++)
                 for (int64_t i = 0; i < hd; i++) gq[(t0 + u) * os + h * hd + i] = tmp[u * hd + i] * d->scale;
-            rank4_update(ds, span, qs, hd, acck + lo * hd);
-            rank4_update(p, span, gos, hd, accv + lo * hd);
+            mm_bcast(span, hd, nq, ds, 1, span, qs, hd, acck + lo * hd, hd, 1);
+            mm_bcast(span, hd, nq, p, 1, span, gos, hd, accv + lo * hd, hd, 1);
         }
     }
     for (int64_t j = 0; j < L; j++)
@@ -248,7 +267,7 @@ static void attend_chunk_bwd(const AttnDims *d, int64_t L, int64_t kvh, const fl
             gk[j * gs + kvh * hd + i] = acck[j * hd + i];
             gv[j * gs + kvh * hd + i] = accv[j * hd + i];
         }
-    free(kT);
+    free(kp);
 }
 
 /* q, k, v by strides as in attention_f32; out, grad_out, grad_q (b, L, nheads, hd) and grad_k,

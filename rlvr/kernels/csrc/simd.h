@@ -160,4 +160,55 @@ static inline void dot4(const float *restrict a, const float *restrict rows, int
     for (int q = 0; q < 4; q++) dots[q] = hsum(acc[q]);
 }
 
+/* One tile of mm_bcast: MR rows x NV vectors of outputs, held in registers for the whole sum. */
+static inline __attribute__((always_inline)) void mm_tile(const int MR, const int NV, int64_t k,
+        const float *restrict a, int64_t a_rs, int64_t a_ks, const float *restrict b, int64_t ldb,
+        float *restrict c, int64_t ldc, int accumulate) {
+    v8f acc[8][2];
+    for (int r = 0; r < MR; r++)
+        for (int q = 0; q < NV; q++) acc[r][q] = (v8f){0};
+    for (int64_t t = 0; t < k; t++) {
+        const float *bt = b + t * ldb;
+        const v8f b0 = *(const v8f *)bt, b1 = NV > 1 ? *(const v8f *)(bt + 8) : (v8f){0};
+        for (int r = 0; r < MR; r++) {
+            const float av = a[r * a_rs + t * a_ks];
+            acc[r][0] += av * b0;
+            if (NV > 1) acc[r][1] += av * b1;
+        }
+    }
+    for (int r = 0; r < MR; r++)
+        for (int q = 0; q < NV; q++) {
+            v8f *o = (v8f *)(c + r * ldc + 8 * q);
+            if (accumulate) acc[r][q] += *o;
+            *o = acc[r][q];
+        }
+}
+
+/* c[i ldc + j] (+)= sum_t a[i a_rs + t a_ks] b[t ldb + j] for i < m, j < n, t < k: a matrix
+ * product whose left factor is read one entry at a time (broadcast), so it may be laid out
+ * either way (a row of it, or a column, is a stride), and whose right factor is read by rows
+ * of vectors. Tiles of 8 x 16 outputs stay in 16 registers through the whole sum over t (ten
+ * loads per sixteen FMAs, every output loaded and stored once); edges by 4- and 1-row tiles,
+ * 8-wide vectors, then scalars. */
+static inline void mm_bcast(int64_t m, int64_t n, int64_t k, const float *restrict a, int64_t a_rs, int64_t a_ks,
+                            const float *restrict b, int64_t ldb, float *restrict c, int64_t ldc, int accumulate) {
+#define MM_TILES(NV)                                                                                         \
+    {                                                                                                        \
+        int64_t i = 0;                                                                                       \
+        for (; i + 8 <= m; i += 8) mm_tile(8, NV, k, a + i * a_rs, a_rs, a_ks, b + j, ldb, c + i * ldc + j, ldc, accumulate); \
+        for (; i + 4 <= m; i += 4) mm_tile(4, NV, k, a + i * a_rs, a_rs, a_ks, b + j, ldb, c + i * ldc + j, ldc, accumulate); \
+        for (; i < m; i++) mm_tile(1, NV, k, a + i * a_rs, a_rs, a_ks, b + j, ldb, c + i * ldc + j, ldc, accumulate);          \
+    }
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) MM_TILES(2)
+    for (; j + 8 <= n; j += 8) MM_TILES(1)
+#undef MM_TILES
+    for (; j < n; j++)
+        for (int64_t i = 0; i < m; i++) {
+            float sum = 0.0f;
+            for (int64_t t = 0; t < k; t++) sum += a[i * a_rs + t * a_ks] * b[t * ldb + j];
+            c[i * ldc + j] = accumulate ? c[i * ldc + j] + sum : sum;
+        }
+}
+
 #endif

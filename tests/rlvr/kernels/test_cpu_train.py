@@ -220,7 +220,8 @@ def test_relu2(shape):
 
 
 @pytest.mark.parametrize("b, L, nh, kvh, hd, docs", [(2, 21, 4, 2, 16, 1), (3, 37, 4, 4, 8, 3), (1, 130, 6, 2, 32, 2),
-                                                     (2, 5, 2, 1, 12, 2), (1, 1, 2, 2, 16, 1), (1, 70, 4, 1, 64, 1)])
+                                                     (2, 5, 2, 1, 12, 2), (1, 1, 2, 2, 16, 1), (1, 70, 4, 1, 64, 1),
+                                                     (1, 257, 4, 2, 40, 5)])
 def test_attention(b, L, nh, kvh, hd, docs):
     from rlvr.kernels.attention import attention_ref
     from rlvr.kernels.cpu_train import attention_train
