@@ -126,7 +126,9 @@ def moe_routed(x_router, x, w: MoEWeights, dims: MoEDims):
     """Router + routed experts (see ``moe_routed_ref``), on the fastest path available."""
     if dims.n_group == 1 and _use_cpu(x, x_router, *w):
         return cpu.moe_routed_cpu(x_router, x, w, dims)
-    return moe_routed_ref(x_router, x, w, dims, activation=relu2)
+    if _train_on_cpu(x, x_router, *w):
+        return cpu_train.moe_routed_train(x_router, x, w, dims)
+    return moe_routed_ref(x_router, x, w, dims)
 
 
 def relu2(x):

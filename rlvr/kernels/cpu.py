@@ -137,6 +137,8 @@ def _library() -> ctypes.CDLL | None:
     lib.relu2_bwd_f32.argtypes = [i64, p, p, p, i32]
     lib.logprob_fwd_f32.argtypes = [i64, i64] + [p] * 5 + [i32]
     lib.logprob_bwd_f32.argtypes = [i64, i64] + [p] * 5 + [i32]
+    lib.moe_combine_f32.argtypes = [i64] * 3 + [p] * 4 + [i32]
+    lib.moe_combine_bwd_f32.argtypes = [i64] * 3 + [p] * 6 + [i32]
     return lib
 
 

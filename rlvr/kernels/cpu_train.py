@@ -2,7 +2,8 @@
 (``csrc/train_cpu.c``, ``csrc/norm_cpu.c``, ``csrc/attention_cpu.c``), with the exact arguments of
 their torch references (``conv_silu_ref`` and ``gated_rms_norm`` in ``mamba.py``, ``ssd_chunk_scan``
 in ``ssd.py``, ``rms_norm_ref`` in ``norm.py``, ``relu2`` in ``moe.py``, ``target_logprobs_ref`` in
-``logprob.py``, ``attention_ref`` in ``attention.py``), and the Mamba mixer built from them
+``logprob.py``, ``attention_ref`` in ``attention.py``, the routed experts' token moves in
+``moe_routed_ref``), and the Mamba mixer built from them
 (``mamba_chunk_train``: the reference's flow with those stages, and dt's softplus and limits, in C).
 
 The SSD scan runs the recurrence token by token (its specification, ``ssd_scan_ref``): on a CPU
@@ -24,6 +25,7 @@ import torch
 
 from rlvr.kernels.cpu import _attn_dims, _dims, _f32, _head_major, _i64, _lib, _ptr, huge_empty, rms_norm_cpu
 from rlvr.kernels.mamba import MambaDims, MambaWeights, mamba_chunk_ref
+from rlvr.kernels.moe import MoEDims, MoEWeights, expert_slots, grouped_mm, route_ref
 
 SEGMENT = 64  # tokens between the states the SSD forward keeps for its backward (SEG in train_cpu.c)
 
@@ -162,6 +164,59 @@ class ReLU2(torch.autograd.Function):
         return gx.to(ctx.dtype)
 
 
+class SlotGather(torch.autograd.Function):
+    """x (tokens, dim) -> its rows in the experts' slots, x[token_of_slot] (``moe_routed_ref``'s
+    index_select); the backward sums each token's slots in C (a gather by token, where
+    index_select's backward fills zeros and scatters)."""
+
+    @staticmethod
+    def forward(ctx, x, token_of_slot, slot):
+        ctx.save_for_backward(slot)
+        ctx.dtype = x.dtype
+        return x.index_select(0, token_of_slot)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (slot,) = ctx.saved_tensors
+        (tokens, top_k), g = slot.shape, _f32(grad)
+        gx = torch.empty(tokens, g.shape[1])
+        _lib().moe_combine_f32(tokens, top_k, g.shape[1], g.data_ptr(), slot.data_ptr(), None, gx.data_ptr(),
+                               torch.get_num_threads())
+        return gx.to(ctx.dtype), None, None
+
+
+class SlotCombine(torch.autograd.Function):
+    """The experts' outputs y (slots, dim) back to their tokens, out[t] = sum_k weight[t, k]
+    y[slot[t, k]] (``moe_routed_ref``'s weighting and index_add_), one C pass each way. fp32 out."""
+
+    @staticmethod
+    def forward(ctx, y, weight, slot):
+        yf, wf = _f32(y), _f32(weight)
+        (tokens, top_k), dim = slot.shape, yf.shape[1]
+        out = torch.empty(tokens, dim)
+        _lib().moe_combine_f32(tokens, top_k, dim, *map(_ptr, (yf, slot, wf, out)), torch.get_num_threads())
+        ctx.save_for_backward(yf, wf, slot)
+        ctx.dtypes = (y.dtype, weight.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        yf, wf, slot = ctx.saved_tensors
+        gy, gw = torch.empty_like(yf), torch.empty_like(wf)
+        _lib().moe_combine_bwd_f32(*slot.shape, yf.shape[1], *map(_ptr, (yf, slot, wf, _f32(grad_out), gy, gw)),
+                                   torch.get_num_threads())
+        return gy.to(ctx.dtypes[0]), gw.to(ctx.dtypes[1]), None
+
+
+def moe_routed_train(x_router, x, w: MoEWeights, dims: MoEDims):
+    """``moe_routed_ref`` with relu² and the moves between tokens and expert slots in C."""
+    index, weight = route_ref(x_router, w.router, w.correction_bias, dims)
+    order, offsets = expert_slots(index, dims.n_experts)
+    slot = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel())).view(index.shape)
+    h = ReLU2.apply(grouped_mm(SlotGather.apply(x, order // dims.top_k, slot), w.up.transpose(1, 2), offsets))
+    return SlotCombine.apply(grouped_mm(h, w.down.transpose(1, 2), offsets), weight, slot).to(x.dtype)
+
+
 class Attention(torch.autograd.Function):
     """Causal GQA attention over whole sequences (see ``attention_ref`` with ``past`` None), packed
     documents by ``seq_idx``: the inference kernel's prefill, keeping each query's log-sum-exp;
@@ -297,5 +352,6 @@ def mamba_chunk_train(zxbcdt, w: MambaWeights, dims: MambaDims, conv_prev=None, 
                            gated_norm=gated_norm_cpu)
 
 
-__all__ = ["Attention", "GatedNorm", "MambaMixer", "RMSNorm", "ReLU2", "SSDScan", "TokenLogprob", "attention_train",
-           "gated_norm_cpu", "mamba_chunk_train", "relu2_train", "rms_norm_train", "ssd_scan_cpu", "target_logprobs_cpu"]
+__all__ = ["Attention", "GatedNorm", "MambaMixer", "RMSNorm", "ReLU2", "SSDScan", "SlotCombine", "SlotGather",
+           "TokenLogprob", "attention_train", "gated_norm_cpu", "mamba_chunk_train", "moe_routed_train", "relu2_train",
+           "rms_norm_train", "ssd_scan_cpu", "target_logprobs_cpu"]

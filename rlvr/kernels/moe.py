@@ -62,23 +62,28 @@ def route_ref(x: torch.Tensor, router: torch.Tensor, correction_bias: torch.Tens
     return index, weight * dims.scale
 
 
-def moe_routed_ref(x_router: torch.Tensor, x: torch.Tensor, w: MoEWeights, dims: MoEDims,
-                   activation=relu2) -> torch.Tensor:
-    """x_router (tokens, hidden) chooses the experts; x (tokens, dim) is what they transform
-    (the same tensor, or its Latent-MoE projection). -> (tokens, dim) in x's dtype.
-    ``activation``: relu², or a fused version of it (the CPU training path's)."""
-    index, weight = route_ref(x_router, w.router, w.correction_bias, dims)
-    n_tokens, top_k = index.shape
+def expert_slots(index: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """index (tokens, top_k) -> (order, offsets): the (token, k) choices sorted by expert (slot s
+    holds choice order[s], token order[s] // top_k), and where each expert's slots end (int32,
+    the grouped GEMM's offsets)."""
     flat_expert = index.reshape(-1)
     order = torch.argsort(flat_expert, stable=True)
-    token_of_slot = order // top_k
     # scatter_add rather than bincount: a fixed output shape, so torch.compile needs no break.
-    counts = torch.zeros(dims.n_experts, dtype=torch.long, device=x.device).scatter_add_(
+    counts = torch.zeros(n_experts, dtype=torch.long, device=index.device).scatter_add_(
         0, flat_expert, torch.ones_like(flat_expert))
-    offsets = torch.cumsum(counts, 0).to(torch.int32)
+    return order, torch.cumsum(counts, 0).to(torch.int32)
+
+
+def moe_routed_ref(x_router: torch.Tensor, x: torch.Tensor, w: MoEWeights, dims: MoEDims) -> torch.Tensor:
+    """x_router (tokens, hidden) chooses the experts; x (tokens, dim) is what they transform
+    (the same tensor, or its Latent-MoE projection). -> (tokens, dim) in x's dtype."""
+    index, weight = route_ref(x_router, w.router, w.correction_bias, dims)
+    n_tokens = index.shape[0]
+    order, offsets = expert_slots(index, dims.n_experts)
+    token_of_slot = order // dims.top_k
     # index_select rather than x[token_of_slot]: the same gather, and its backward is index_add_
     # (5x faster on CPU than the indexing backward's accumulating index_put_)
-    h = activation(grouped_mm(x.index_select(0, token_of_slot), w.up.transpose(1, 2), offsets))
+    h = relu2(grouped_mm(x.index_select(0, token_of_slot), w.up.transpose(1, 2), offsets))
     out = grouped_mm(h, w.down.transpose(1, 2), offsets)  # (slots, dim)
     out = out.float() * weight.reshape(-1)[order, None]
     return torch.zeros(n_tokens, x.shape[1], dtype=torch.float32, device=x.device).index_add_(
@@ -115,8 +120,13 @@ def _grouped_mm_backward(ctx, grad):
     autograd (recomputing its forward) gives the same."""
     x, w, offsets = ctx.saved_tensors
     try:
-        return (torch._grouped_mm(grad, w.transpose(-2, -1), offs=offsets),
-                torch._grouped_mm(x.t(), grad, offs=offsets), None)
+        grad_x = torch._grouped_mm(grad, w.transpose(-2, -1), offs=offsets)
+        if w.transpose(-2, -1).is_contiguous():
+            # w is the transpose of a parameter (the model passes up/down that way): its gradient
+            # made in the parameter's own layout, (grad_eᵀ x_e)ᵀ, reaches it without a copy
+            # (otherwise autograd copies each expert's gradient into the parameter's layout)
+            return grad_x, torch._grouped_mm(grad.t(), x, offs=offsets).transpose(-2, -1), None
+        return grad_x, torch._grouped_mm(x.t(), grad, offs=offsets), None
     except (RuntimeError, NotImplementedError):
         with torch.enable_grad():
             x_, w_ = x.detach().requires_grad_(), w.detach().requires_grad_()

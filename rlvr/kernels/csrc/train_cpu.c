@@ -513,6 +513,44 @@ void logprob_bwd_f32(int64_t rows, int64_t V, const float *logits, const int64_t
     }
 }
 
+/* The routed experts' outputs back to their tokens (reference: moe_routed_ref's weighting and
+ * index_add_): out[t] = sum_k w[t K + k] y[slot[t K + k]], slot[c] the row of y (expert-sorted)
+ * holding choice c; w NULL for weights of one (the backward of gathering each token's row into
+ * its slots). A gather by token: no zero fill, no scattered accumulation. */
+void moe_combine_f32(int64_t T, int64_t K, int64_t D, const float *y, const int64_t *slot, const float *w,
+                     float *out, int nthreads) {
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t t = 0; t < T; t++) {
+        float *restrict o = out + t * D;
+        for (int64_t k = 0; k < K; k++) {
+            const float *restrict yr = y + slot[t * K + k] * D, c = w ? w[t * K + k] : 1.0f;
+            if (k == 0)
+                for (int64_t i = 0; i < D; i++) o[i] = c * yr[i];
+            else
+                for (int64_t i = 0; i < D; i++) o[i] += c * yr[i];
+        }
+    }
+}
+
+/* grad_y[slot[t K + k]] = w[t K + k] g[t], grad_w[t K + k] = g[t] . y[slot[t K + k]]. */
+void moe_combine_bwd_f32(int64_t T, int64_t K, int64_t D, const float *y, const int64_t *slot, const float *w,
+                         const float *g, float *grad_y, float *grad_w, int nthreads) {
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t t = 0; t < T; t++) {
+        const float *restrict gt = g + t * D;
+        for (int64_t k = 0; k < K; k++) {
+            const int64_t s = slot[t * K + k];
+            const float *restrict yr = y + s * D, c = w[t * K + k];
+            float *restrict gy = grad_y + s * D, dot = 0.0f;
+            for (int64_t i = 0; i < D; i++) {
+                gy[i] = c * gt[i];
+                dot += gt[i] * yr[i];
+            }
+            grad_w[t * K + k] = dot;
+        }
+    }
+}
+
 /* relu(x)^2 (the MLP's and the experts' activation), reference relu2 in rlvr/kernels/moe.py:
  * one pass each way where torch runs relu, square and, backward, their two gradients. */
 void relu2_fwd_f32(int64_t numel, const float *x, float *out, int nthreads) {

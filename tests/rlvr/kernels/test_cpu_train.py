@@ -219,6 +219,30 @@ def test_relu2(shape):
     _check(f"relu2 {shape}", _grads(relu2, (x,), go), _grads(relu2_train, (x,), go))
 
 
+@pytest.mark.parametrize("tokens, hidden, dim, experts, top_k, latent", [(37, 24, 24, 6, 2, False), (5, 16, 16, 4, 3, False),
+                                                                     (64, 32, 12, 8, 1, True)])
+def test_routed_experts(tokens, hidden, dim, experts, top_k, latent):
+    """Router, gather into expert slots, relu² experts, weighted combine: every input's gradient."""
+    from rlvr.kernels.cpu_train import moe_routed_train
+    from rlvr.kernels.moe import MoEDims, MoEWeights, moe_routed_ref
+
+    g = torch.Generator().manual_seed(tokens)
+    dims = MoEDims(n_experts=experts, top_k=top_k, n_group=1, topk_group=1, norm_topk_prob=True, scale=2.5)
+    w = MoEWeights(*(t.requires_grad_() for t in (torch.randn(experts, hidden, generator=g),
+                                                  torch.randn(experts, generator=g).mul_(0.1),
+                                                  torch.randn(experts, 20, dim, generator=g) * 0.3,
+                                                  torch.randn(experts, dim, 20, generator=g) * 0.3)))
+    x_router = torch.randn(tokens, hidden, generator=g, requires_grad=True)
+    # the Latent-MoE case: experts transform a projection of what the router reads
+    x = torch.randn(tokens, dim, generator=g, requires_grad=True) if latent else x_router
+    inputs = (x_router, x, w, dims)
+    go = torch.randn(tokens, dim, generator=g)
+    wanted = (x_router, w.router, w.up, w.down) + ((x,) if latent else ())  # the bias only picks experts
+    ref = moe_routed_ref(*inputs), torch.autograd.grad(moe_routed_ref(*inputs), wanted, go)
+    fused = moe_routed_train(*inputs), torch.autograd.grad(moe_routed_train(*inputs), wanted, go)
+    _check(f"routed experts {tokens} tokens, {experts} experts, top {top_k}", ref, fused)
+
+
 @pytest.mark.parametrize("b, L, nh, kvh, hd, docs", [(2, 21, 4, 2, 16, 1), (3, 37, 4, 4, 8, 3), (1, 130, 6, 2, 32, 2),
                                                      (2, 5, 2, 1, 12, 2), (1, 1, 2, 2, 16, 1), (1, 70, 4, 1, 64, 1),
                                                      (1, 257, 4, 2, 40, 5)])
