@@ -3,10 +3,13 @@
  * sequences that also keeps each query's log-sum-exp, and its backward (torch reference:
  * rlvr/kernels/attention.py, whose SDPA backward at small head sizes spends its time on tiling).
  *
- * Why not torch's SDPA: for a decode step it reads the whole reserved cache through a mask, and
- * at small head sizes its flash kernel spends its time on tiling overheads. Here each query walks
- * exactly its own keys, in blocks, with an online softmax (running max and sum: the scores never
- * exist as a (queries x keys) matrix), fp32 throughout.
+ * Why not torch's SDPA: for a decode step it reads the whole reserved cache through a mask; at
+ * small head sizes its flash kernel spends its time on tiling overheads, and at 4 x 1024 tokens,
+ * 12 heads of 64, it does the causal work at about 120 GFLOP/s on two cores, forward and
+ * backward (the blocks below: 206 and 220); packed rows reach it as a dense mask. Here a decode
+ * query walks exactly its own keys with an online softmax (running max and sum); whole sequences
+ * go by blocks of 32 queries, each block's scores one register-tiled product over the keys it
+ * sees. fp32 throughout.
  *
  * Query i of row r sees keys [start, past[r] + i] where past[r] counts the keys before this
  * chunk's first query (0 for a fresh sequence, the cached length when continuing or decoding)
