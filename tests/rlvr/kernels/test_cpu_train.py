@@ -171,6 +171,16 @@ def test_a_model_trains_alike_on_both_paths_and_under_checkpointing():
     (g1,) = torch.autograd.grad(y1.sum(), zxbcdt)
     (g2,) = torch.autograd.grad(mamba_chunk_train(zxbcdt, w, dims)[0].sum(), zxbcdt)
     assert torch.equal(g1, g2)
+    # ... and so does the whole model's (attention, the experts' slot moves, norms) under its own
+    # gradient checkpointing
+    grads = []
+    for enabled in (False, True):
+        model.gradient_checkpointing_enable(enabled)
+        model.zero_grad()
+        model(ids, seq_idx=seq_idx).float().log_softmax(-1).mean().backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert model.training and len(grads[0]) == len(grads[1])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
 @pytest.mark.parametrize("shape, vocab", [((3, 7), 256), ((2, 5), 1000), ((1, 1), 3)])
