@@ -100,7 +100,10 @@ def test_sigint_keeps_the_rows_written_and_the_rerun_finishes(model, tmp_path):
     out = tmp_path / "out.jsonl"
     cmd = [str(Path(sys.executable).parent / "rlvr"), *_eval(model, src, "-n", "4", "--max-tokens", "40",
                                                              "--output", str(out))]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C's default disposition in the child, as a terminal gives it: a test run started as a
+    # shell's background job would otherwise hand it SIGINT ignored, which Python then keeps
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (out.exists() and out.stat().st_size):
         time.sleep(0.05)
