@@ -150,28 +150,45 @@ class RolloutPool:
     def generate(self, prompts: list, sampling: SamplingParams) -> list[Completion]:
         """Completions for every (prompt, sample), in prompt order, whatever workers die."""
         out = []
-        for offset, completions in self._sharded(prompts, 1, lambda w, shard: w.generate.remote(shard, sampling)):
+        for indices, completions in self._sharded(prompts, 1, lambda w, shard: w.generate.remote(shard, sampling)):
             for c in completions:
-                c.prompt_index += offset
+                c.prompt_index = indices[c.prompt_index]
             out += completions
-        return out
+        return sorted(out, key=lambda c: (c.prompt_index, c.sample_index))
 
     def run_episodes(self, tasks: list, env: str, env_args: str, sampling: SamplingParams,
                      group: int = 1) -> list[Episode]:
         """One episode per task, in task order, whatever workers die. Consecutive runs of
         ``group`` tasks stay on one worker: its engine gives repeats of one prompt in one call
         different samples, where two workers would give them the same."""
-        return [e for _, episodes in self._sharded(
-            tasks, group, lambda w, shard: w.run_episodes.remote(shard, env, env_args, sampling)) for e in episodes]
+        out: list = [None] * len(tasks)
+        for indices, episodes in self._sharded(
+                tasks, group, lambda w, shard: w.run_episodes.remote(shard, env, env_args, sampling)):
+            for i, episode in zip(indices, episodes):
+                out[i] = episode
+        return out
 
-    def _sharded(self, items: list, unit: int, call: Callable) -> list[tuple[int, list]]:
-        """``call(worker, shard)`` over contiguous shards of ``items`` (whole multiples of
-        ``unit``), one per worker -> [(offset of the shard, its result)] in order; a shard whose
-        worker dies is issued again on its replacement."""
-        n = len(self.workers)
-        size = -(-len(items) // (n * unit)) * unit
-        shards = {slot: (slot * size, items[slot * size:(slot + 1) * size]) for slot in range(n)}
-        shards = {slot: s for slot, s in shards.items() if s[1]}
+    def _shards(self, items: list, unit: int) -> list[list[int]]:
+        """The indices of ``items`` each worker gets: contiguous runs of whole ``unit``s, except
+        that a unit equal to an earlier one goes with it. An engine numbers the copies of a
+        prompt within one call and draws each copy's samples from its number; copies on two
+        workers would both be the first and draw the same samples, and the result would depend
+        on the number of workers. Order within a worker is the items' order."""
+        units = -(-len(items) // unit)
+        per_worker = -(-units // len(self.workers))
+        first: dict[str, int] = {}
+        shards: list[list[int]] = [[] for _ in self.workers]
+        for u in range(units):
+            key = json.dumps(items[u * unit:(u + 1) * unit], sort_keys=True, default=str)
+            shards[first.setdefault(key, u // per_worker)].extend(range(u * unit, min((u + 1) * unit, len(items))))
+        return shards
+
+    def _sharded(self, items: list, unit: int, call: Callable) -> list[tuple[list[int], list]]:
+        """``call(worker, shard)`` over the shards of ``items`` (``_shards``), one per worker ->
+        [(the shard's indices in ``items``, its result)]; a shard whose worker dies is issued
+        again on its replacement."""
+        shards = {slot: (indices, [items[i] for i in indices])
+                  for slot, indices in enumerate(self._shards(items, unit)) if indices}
         running = {call(self.workers[slot], s[1]): slot for slot, s in shards.items()}
         results: dict[int, list] = {}
         while running:

@@ -45,6 +45,15 @@ def test_pool_matches_a_local_engine_and_survives_a_killed_worker(cluster):
     try:
         want = _local(path)
         assert [c.token_ids for c in pool.generate(PROMPTS, GREEDY)] == want
+        # Copies of a prompt that contiguous shards would split over the two workers: sampled, each
+        # copy draws its own samples, as in one engine's call (not both the first copy's)
+        copies = PROMPTS[:3] + PROMPTS + PROMPTS[:2]
+        sampled = SamplingParams(temperature=1.0, max_tokens=12, n=2, seed=7)
+        got = pool.generate(copies, sampled)
+        assert [(c.prompt_index, c.sample_index) for c in got] == [(p, s) for p in range(len(copies)) for s in range(2)]
+        assert [c.token_ids for c in got] == _local(path, prompts=copies, sampling=sampled)
+        first, last = got[:2], got[-4:-2]  # PROMPTS[0] at the start and at the end: other samples
+        assert [c.token_ids for c in first] != [c.token_ids for c in last]
         # Long enough (~70k tokens) that the kill lands mid-generation even on a fast machine.
         slow = SamplingParams(temperature=0, max_tokens=1500, ignore_eos=True, n=4)
         result = {}
