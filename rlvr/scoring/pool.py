@@ -27,6 +27,7 @@ A worker is built once by ``factory(*factory_args)`` (module-level, so it pickle
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import multiprocessing as mp
 import os
 import pickle
@@ -37,11 +38,13 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection, wait
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 _CTX = mp.get_context("spawn")  # fork is unsafe once threads (Ray, torch) exist in the parent
 CHUNK_SECONDS = 0.02  # work sent to a worker at once
 MAX_CHUNK = 64
+AHEAD_BYTES = 16 << 10  # the most sent to a worker still busy (a pipe buffers 64 KiB or more)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +118,7 @@ class _Worker:
         self.process.start()
         child.close()
         self.tasks: deque[tuple[int, Any]] = deque()  # (index, payload) sent, not answered; the head runs
+        self.chunks: deque[int] = deque()  # the unanswered tasks of each chunk sent, oldest first
         self.since = 0.0  # when the head task began: its chunk was sent, or the task before it answered
         self.ready = False
         self.buffer = bytearray()  # bytes read from the pipe that do not make a whole message yet
@@ -199,13 +203,21 @@ class DeadlinePool:
         for w in self.workers:
             # A worker is sent its next chunk while it still has part of one to do, so it never
             # waits for the parent between chunks; the head task's clock runs from when the
-            # worker had nothing left (tasks queue in its pipe, in order).
+            # worker had nothing left (tasks queue in its pipe, in order). One small chunk at most
+            # goes ahead: it must fit in the pipe's buffer at once, or the parent would block
+            # writing while the busy worker blocks writing an answer the parent is not reading.
             if self._queued and w.ready and len(w.tasks) < size:
+                chunk = list(itertools.islice(self._queued, size))
+                data = ForkingPickler.dumps([payload for _, payload in chunk])
+                if w.tasks and (len(w.chunks) > 1 or len(data) > AHEAD_BYTES):
+                    continue
                 if not w.tasks:
                     w.since = time.monotonic()
-                chunk = [self._queued.popleft() for _ in range(min(size, len(self._queued)))]
+                for _ in chunk:
+                    self._queued.popleft()
                 w.tasks.extend(chunk)
-                w.conn.send([payload for _, payload in chunk])
+                w.chunks.append(len(chunk))
+                w.conn.send_bytes(data)
 
     def _collect(self, busy: list[_Worker]) -> list[Outcome]:
         deadlines = [w.since + self._call_timeout for w in busy if w.tasks]
@@ -243,6 +255,9 @@ class DeadlinePool:
                 w.ready = True
                 continue
             index, _ = w.tasks.popleft()
+            w.chunks[0] -= 1
+            if not w.chunks[0]:
+                w.chunks.popleft()
             w.since = finished  # the next task began then, however late this answer is read
             self._task_seconds = seconds if self._task_seconds is None else 0.8 * self._task_seconds + 0.2 * seconds
             outcomes.append(Outcome(index, "ok", value=value, seconds=seconds) if kind == "ok"

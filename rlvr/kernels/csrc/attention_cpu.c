@@ -100,7 +100,8 @@ static inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * 
  * zeros past the last key. */
 static void to_panels(const float *k, int64_t k_st, int64_t keys, int64_t hd, float *kp) {
     for (int64_t j = 0; j < round_up(keys, PANEL); j++)
-        for (int64_t i = 0; i < hd; i++) kp[(j / PANEL) * hd * PANEL + i * PANEL + j % PANEL] = j < keys ? k[j * k_st + i] : 0.0f;
+        for (int64_t i = 0; i < hd; i++)
+            kp[(j / PANEL) * hd * PANEL + i * PANEL + j % PANEL] = j < keys ? k[j * k_st + i] : 0.0f;
 }
 
 /* kr (round_up(keys, PANEL), hd): the rows of k, contiguous, zeros past the last key. */
@@ -112,7 +113,8 @@ static void to_rows(const float *k, int64_t k_st, int64_t keys, int64_t hd, floa
 /* s (nq, span; row stride span) = qs (nq, hd) times the keys [lo, lo + span) of kp, transposed
  * (lo and span multiples of PANEL). */
 static void block_scores(int64_t nq, int64_t hd, const float *qs, const float *kp, int64_t lo, int64_t span, float *s) {
-    for (int64_t j = 0; j < span; j += PANEL) mm_bcast(nq, PANEL, hd, qs, hd, 1, kp + (lo + j) * hd, PANEL, s + j, span, 0);
+    for (int64_t j = 0; j < span; j += PANEL)
+        mm_bcast(nq, PANEL, hd, qs, hd, 1, kp + (lo + j) * hd, PANEL, s + j, span, 0);
 }
 
 /* The first token of the document of each of the nq queries from t0 (*start: the running one). */

@@ -184,6 +184,16 @@ static inline __attribute__((always_inline)) void mm_tile(const int MR, const in
         }
 }
 
+/* mm_tile over the m rows of one column strip of NV vectors: 8-row tiles, then 4, then 1. */
+static inline __attribute__((always_inline)) void mm_strip(const int NV, int64_t m, int64_t k,
+        const float *restrict a, int64_t a_rs, int64_t a_ks, const float *restrict b, int64_t ldb,
+        float *restrict c, int64_t ldc, int accumulate) {
+    int64_t i = 0;
+    for (; i + 8 <= m; i += 8) mm_tile(8, NV, k, a + i * a_rs, a_rs, a_ks, b, ldb, c + i * ldc, ldc, accumulate);
+    for (; i + 4 <= m; i += 4) mm_tile(4, NV, k, a + i * a_rs, a_rs, a_ks, b, ldb, c + i * ldc, ldc, accumulate);
+    for (; i < m; i++) mm_tile(1, NV, k, a + i * a_rs, a_rs, a_ks, b, ldb, c + i * ldc, ldc, accumulate);
+}
+
 /* c[i ldc + j] (+)= sum_t a[i a_rs + t a_ks] b[t ldb + j] for i < m, j < n, t < k: a matrix
  * product whose left factor is read one entry at a time (broadcast), so it may be laid out
  * either way (a row of it, or a column, is a stride), and whose right factor is read by rows
@@ -192,17 +202,9 @@ static inline __attribute__((always_inline)) void mm_tile(const int MR, const in
  * 8-wide vectors, then scalars. */
 static inline void mm_bcast(int64_t m, int64_t n, int64_t k, const float *restrict a, int64_t a_rs, int64_t a_ks,
                             const float *restrict b, int64_t ldb, float *restrict c, int64_t ldc, int accumulate) {
-#define MM_TILES(NV)                                                                                         \
-    {                                                                                                        \
-        int64_t i = 0;                                                                                       \
-        for (; i + 8 <= m; i += 8) mm_tile(8, NV, k, a + i * a_rs, a_rs, a_ks, b + j, ldb, c + i * ldc + j, ldc, accumulate); \
-        for (; i + 4 <= m; i += 4) mm_tile(4, NV, k, a + i * a_rs, a_rs, a_ks, b + j, ldb, c + i * ldc + j, ldc, accumulate); \
-        for (; i < m; i++) mm_tile(1, NV, k, a + i * a_rs, a_rs, a_ks, b + j, ldb, c + i * ldc + j, ldc, accumulate);          \
-    }
     int64_t j = 0;
-    for (; j + 16 <= n; j += 16) MM_TILES(2)
-    for (; j + 8 <= n; j += 8) MM_TILES(1)
-#undef MM_TILES
+    for (; j + 16 <= n; j += 16) mm_strip(2, m, k, a, a_rs, a_ks, b + j, ldb, c + j, ldc, accumulate);
+    for (; j + 8 <= n; j += 8) mm_strip(1, m, k, a, a_rs, a_ks, b + j, ldb, c + j, ldc, accumulate);
     for (; j < n; j++)
         for (int64_t i = 0; i < m; i++) {
             float sum = 0.0f;

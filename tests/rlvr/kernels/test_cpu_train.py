@@ -229,8 +229,8 @@ def test_relu2(shape):
     _check(f"relu2 {shape}", _grads(relu2, (x,), go), _grads(relu2_train, (x,), go))
 
 
-@pytest.mark.parametrize("tokens, hidden, dim, experts, top_k, latent", [(37, 24, 24, 6, 2, False), (5, 16, 16, 4, 3, False),
-                                                                     (64, 32, 12, 8, 1, True)])
+@pytest.mark.parametrize("tokens, hidden, dim, experts, top_k, latent",
+                         [(37, 24, 24, 6, 2, False), (5, 16, 16, 4, 3, False), (64, 32, 12, 8, 1, True)])
 def test_routed_experts(tokens, hidden, dim, experts, top_k, latent):
     """Router, gather into expert slots, relu² experts, weighted combine: every input's gradient."""
     from rlvr.kernels.cpu_train import moe_routed_train

@@ -66,6 +66,23 @@ def test_a_chunk_longer_than_the_timeout_is_not_cut(monkeypatch):
     assert [o.status for o in outcomes] == ["ok"] * 4 and pool.restarts == 0
 
 
+def test_large_payloads_and_answers_leave_neither_side_blocked_writing():
+    # A busy worker writing a 256 KB answer while the parent writes it the next chunk of such
+    # payloads ahead would leave both blocked on a full pipe: such a chunk waits until the worker
+    # is idle. (Fast tasks: chunks of 64 after the first, so the third goes ahead.)
+    result = {}
+
+    def run():
+        with DeadlinePool(make_sleeper, workers=1, timeout=30.0) as pool:
+            result["out"] = list(pool.map([("ok", "x" * (1 << 18))] * 200))
+
+    caller = threading.Thread(target=run, daemon=True)
+    caller.start()
+    caller.join(60)
+    assert not caller.is_alive(), "the parent and the worker are both blocked writing to each other"
+    assert [o.status for o in result["out"]] == ["ok"] * 200 and all(len(o.value) == 1 << 18 for o in result["out"])
+
+
 def test_answers_of_any_size_arrive_whole_and_in_order():
     # Answers are read from the pipe in bulk and cut into messages: one larger than a read, or
     # than the pipe's buffer, spans several reads.
