@@ -119,6 +119,7 @@ class _Worker:
         child.close()
         self.tasks: deque[tuple[int, Any]] = deque()  # (index, payload) sent, not answered; the head runs
         self.chunks: deque[int] = deque()  # the unanswered tasks of each chunk sent, oldest first
+        self.wait = False  # the next chunk is too large to go ahead: it goes when this one is idle
         self.since = 0.0  # when the head task began: its chunk was sent, or the task before it answered
         self.ready = False
         self.buffer = bytearray()  # bytes read from the pipe that do not make a whole message yet
@@ -206,18 +207,24 @@ class DeadlinePool:
             # worker had nothing left (tasks queue in its pipe, in order). One small chunk at most
             # goes ahead: it must fit in the pipe's buffer at once, or the parent would block
             # writing while the busy worker blocks writing an answer the parent is not reading.
-            if self._queued and w.ready and len(w.tasks) < size:
-                chunk = list(itertools.islice(self._queued, size))
-                data = ForkingPickler.dumps([payload for _, payload in chunk])
-                if w.tasks and (len(w.chunks) > 1 or len(data) > AHEAD_BYTES):
-                    continue
-                if not w.tasks:
-                    w.since = time.monotonic()
-                for _ in chunk:
-                    self._queued.popleft()
-                w.tasks.extend(chunk)
-                w.chunks.append(len(chunk))
-                w.conn.send_bytes(data)
+            # (A chunk found too large waits, not pickled again, until the worker is idle.)
+            if not (self._queued and w.ready and len(w.tasks) < size):
+                continue
+            ahead = bool(w.tasks)
+            if ahead and (len(w.chunks) > 1 or w.wait):
+                continue
+            chunk = list(itertools.islice(self._queued, size))
+            data = ForkingPickler.dumps([payload for _, payload in chunk])
+            w.wait = ahead and len(data) > AHEAD_BYTES
+            if w.wait:
+                continue
+            if not ahead:
+                w.since = time.monotonic()
+            for _ in chunk:
+                self._queued.popleft()
+            w.tasks.extend(chunk)
+            w.chunks.append(len(chunk))
+            w.conn.send_bytes(data)
 
     def _collect(self, busy: list[_Worker]) -> list[Outcome]:
         deadlines = [w.since + self._call_timeout for w in busy if w.tasks]
