@@ -18,6 +18,7 @@ the new weights); the worker extension below re-points it after every update.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -51,6 +52,21 @@ class WeightSyncExtension:
         return count
 
 
+def request_seeds(ids: list[list[int]], seed: int | None) -> list[int | None]:
+    """vLLM's per-request seed for each prompt, from (seed, prompt tokens, earlier copies of the
+    prompt in this call): one seed for all would give copies of a prompt the same samples (the
+    builtin engine's ``request_keys`` draws its streams the same way)."""
+    if seed is None:
+        return [None] * len(ids)
+    seen: dict[tuple[int, ...], int] = {}
+    seeds = []
+    for p in ids:
+        copy = seen[tuple(p)] = seen.get(tuple(p), -1) + 1
+        text = f"{seed}|{copy}|{','.join(map(str, p))}".encode()
+        seeds.append(int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1)
+    return seeds
+
+
 class VLLMEngine:
     def __init__(self, spec):
         from vllm import LLM
@@ -79,12 +95,12 @@ class VLLMEngine:
         stop_ids = list(sampling.stop_token_ids)
         if not sampling.ignore_eos:
             stop_ids.append(self.tokenizer.eos_token_id)
-        params = VLLMSampling(
+        params = [VLLMSampling(
             n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
             top_k=sampling.top_k if sampling.top_k else -1, max_tokens=sampling.max_tokens,
-            stop_token_ids=stop_ids, ignore_eos=sampling.ignore_eos, seed=sampling.seed,
+            stop_token_ids=stop_ids, ignore_eos=sampling.ignore_eos, seed=seed,
             logprobs=0, detokenize=False,
-        )
+        ) for seed in request_seeds(ids, sampling.seed)]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in ids], params, use_tqdm=False)
         completions = []
         for p_index, out in enumerate(outputs):

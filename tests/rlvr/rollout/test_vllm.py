@@ -39,6 +39,11 @@ def test_vllm_logprobs_match_ours_and_updates_land(dtype, tmp_path):
                    for c in out), out
 
     try:
+        # copies of a prompt in one call draw their own samples (one seed for every request gave
+        # them the same), and a prompt's samples do not depend on the other prompts of the call
+        twice = engine.generate([PROMPTS[0], PROMPTS[0], PROMPTS[1]], sampling)
+        assert [c.token_ids for c in twice[:2]] != [c.token_ids for c in twice[2:4]]
+        assert [c.token_ids for c in engine.generate([PROMPTS[0]], sampling)] == [c.token_ids for c in twice[:2]]
         before, _ = worst(model)
         print(f"{dtype}: max |vLLM logprob - ours teacher-forced| = {before:.2e}")
         assert before <= tol
