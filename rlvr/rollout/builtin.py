@@ -31,7 +31,7 @@ from rlvr import kernels
 from rlvr.model import HybridLM
 from rlvr.model.names import load_named
 from rlvr.rollout.weights import next_version, update_weights
-from rlvr.rollout.engine import Completion, SamplingParams, StopStrings
+from rlvr.rollout.engine import Completion, SamplingParams, StopStrings, prompt_repeats
 from rlvr.rollout.engine import prompt_ids as engine_prompt_ids
 from rlvr.tokenizer import Tokenizer
 
@@ -70,11 +70,8 @@ def request_keys(prompt_ids: list[list[int]], n: int, seed: int) -> torch.Tensor
     """-> (len(prompt_ids) * n, 2) int64: two 32-bit halves of a key for each request (request r
     is sample r % n of prompt r // n) from (seed, prompt tokens, earlier copies of the prompt in
     this call, sample index). Copies of a prompt get different keys; neighbours do not matter."""
-    seen: dict[tuple[int, ...], int] = {}
     keys = []
-    for ids in prompt_ids:
-        copy = seen.get(tuple(ids), 0)
-        seen[tuple(ids)] = copy + 1
+    for ids, copy in zip(prompt_ids, prompt_repeats(prompt_ids)):
         for sample in range(n):
             text = f"{seed}|{copy}|{sample}|{','.join(map(str, ids))}".encode()
             key = int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little")

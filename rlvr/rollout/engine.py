@@ -50,6 +50,17 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def prompt_repeats(ids: list[list[int]]) -> list[int]:
+    """For each prompt, how many copies of it came earlier in the list: what the engines draw a
+    copy's samples from, besides the seed and the tokens, so copies in one call differ."""
+    seen: dict[tuple[int, ...], int] = {}
+    repeats = []
+    for p in ids:
+        repeats.append(seen.get(tuple(p), 0))
+        seen[tuple(p)] = repeats[-1] + 1
+    return repeats
+
+
 def prompt_ids(prompts, tokenizer, max_len: int | None = None) -> list[list[int]]:
     """Prompts (strings, or token ids as lists or tensors) as lists of ints, checked: a bare
     string is refused (it would be one prompt per character), as are empty prompts and prompts

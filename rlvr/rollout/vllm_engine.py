@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from rlvr.rollout.engine import Completion, SamplingParams, cut_at_stop, prompt_ids
+from rlvr.rollout.engine import Completion, SamplingParams, cut_at_stop, prompt_ids, prompt_repeats
 from rlvr.rollout.weights import next_version, update_weights
 from rlvr.tokenizer import make_tokenizer
 
@@ -58,10 +58,8 @@ def request_seeds(ids: list[list[int]], seed: int | None) -> list[int | None]:
     builtin engine's ``request_keys`` draws its streams the same way)."""
     if seed is None:
         return [None] * len(ids)
-    seen: dict[tuple[int, ...], int] = {}
     seeds = []
-    for p in ids:
-        copy = seen[tuple(p)] = seen.get(tuple(p), -1) + 1
+    for p, copy in zip(ids, prompt_repeats(ids)):
         text = f"{seed}|{copy}|{','.join(map(str, p))}".encode()
         seeds.append(int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1)
     return seeds
