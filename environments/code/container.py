@@ -2,12 +2,14 @@
 limits as container options. For hosts with a Docker engine; needs the ``docker`` extra (the
 Docker SDK for Python). Chosen in one place with the others (``sandbox.choose_backend``).
 
-What the container isolates: its own pid, net (``network_mode=none``), ipc, uts and mount
-namespaces; a read-only root file system with a private size-capped ``/tmp``; every capability
-dropped but the five the server needs (``sandbox.ROOT_CAPS``: program processes run as
-``nobody`` with none, and no new privileges); memory, process count and CPU set of the whole
-container capped; the host's environment, files and network are not there. The image must have
-``python3`` (default: the official ``python:X.Y-slim`` of this interpreter's version).
+What the container isolates: its own pid, net (``network_mode=none``), ipc (``ipc_mode=none``:
+no /dev/shm), uts and mount namespaces; a read-only root file system with a private size-capped
+``/tmp``; every capability dropped but the five the server needs (``sandbox.ROOT_CAPS``: program
+processes run as a uid of their own sandbox with none, and no new privileges); the engine's
+default seccomp profile, and inside it the harness's own filter (``seccomp.py``); memory (shared
+memory included), process count, CPU time (one CPU) and CPU set of the whole container capped;
+the host's environment, files and network are not there. The image must have ``python3``
+(default: the official ``python:X.Y-slim`` of this interpreter's version).
 
 A warm server talks over the container's attached stdin/stdout: the engine multiplexes the
 container's output into frames (``demux``), which a thread unpacks into a pipe, so that the
@@ -22,7 +24,6 @@ import struct
 import sys
 import threading
 import time
-from pathlib import Path
 
 from environments.code import harness
 from environments.code.limits import ROOT_CAPS, Limits, Result, SandboxUnavailable
@@ -54,11 +55,13 @@ def container_options(limits: Limits, cpu: int | None = None) -> dict:
     as in every backend; these cap the container as a whole."""
     options = {
         "network_mode": "none",
+        "ipc_mode": "none",
         "read_only": True,
         "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={limits.tmp_mb}m,mode=1777"},
         "mem_limit": f"{limits.memory_mb + SERVER_MB}m",
         "memswap_limit": f"{limits.memory_mb + SERVER_MB}m",  # the same: no swap
         "pids_limit": limits.processes + SERVER_PROCESSES,
+        "nano_cpus": 1_000_000_000,
         "cap_drop": ["ALL"],
         "cap_add": [cap.removeprefix("CAP_") for cap in ROOT_CAPS],
         "security_opt": ["no-new-privileges"],
@@ -128,13 +131,12 @@ class ContainerServer:
         os.close(self.read_fd)
 
 
-def run_in_container(client, image: str, files: dict[str, bytes], command: list[str], limits: Limits) -> Result:
-    """``command`` in a fresh container whose work dir (/tmp/work) holds ``files``: the harness
-    writes them there (the root file system is read-only, and /tmp is the container's own
-    tmpfs), then becomes ``command`` with the run's limits as nobody."""
+def run_in_container(client, image: str, files: dict[str, bytes], launcher: list[str], limits: Limits) -> Result:
+    """``launcher`` (the harness's ``launch ... /tmp/work --files-on-stdin command``) in a fresh
+    container: the harness writes ``files`` in the work dir (the root file system is read-only,
+    and /tmp is the container's own tmpfs), then becomes the command with the run's limits, uid
+    and seccomp filter."""
     start = time.monotonic()
-    launcher = ["python3", "-I", "-S", "-c", Path(harness.__file__).read_text(), "launch",
-                json.dumps(limits.wire()), "/tmp/work", "--files-on-stdin", *command]
     container = client.containers.create(image, launcher, **container_options(limits))
     try:
         attached = container.attach_socket(params={"stdin": 1, "stream": 1})

@@ -1,6 +1,7 @@
-"""What runs inside the sandbox: a fork server that is also the trusted test process (H), and
-per run a fresh untrusted program process (P). Standard library only: the sandbox's interpreter
-runs this file's source (``python -I -c``), without the project installed.
+"""What runs inside the sandbox: a fork server that is also the trusted test process (H), a
+zygote (Z) that forks, and per run a fresh untrusted program process (P). Standard library only:
+the sandbox's interpreter runs this file's source (``python -I -c``), without the project
+installed.
 
 Why two processes. A grader that runs the tests in the program's own interpreter can be fooled
 by the program: ``sys.exit(0)`` / ``os._exit(0)`` before the tests, a patched ``assert`` helper,
@@ -12,11 +13,31 @@ else stays in P as an opaque reference whose equality is identity), so a result 
 to equal anything. H's report carries a per-run secret that is read after P was forked, so it is
 in no memory P ever had, and travels on a pipe P does not hold.
 
+The trust boundary, as an attacker (the program) meets it:
+
+* The tests own their namespace. They see the real builtins, standard modules H imports itself,
+  the prompt's own helpers (``prelude``, defined in H from the row, never taken from P), and from
+  P only the names the tests read and define nowhere else: the entry point (HumanEval), the
+  functions the asserts call (MBPP). A program that defines ``abs``, ``range`` or a prompt's
+  helper changes nothing the tests use.
+* H trusts nothing P sends: every message is checked against its shape (a forged or malformed
+  one fails the row with its reason; nothing of it is imported or called), a reply over
+  ``REPLY_LIMIT`` bytes is refused unread, decoding happens under the run's deadline, and an
+  alarm at that deadline stops H's own work. H keeps one capability (kill, for the run's
+  processes), a capped address space, and never opens a path P could have made: P's stdout and
+  stderr are anonymous memory files (``memfd``) that Z made and H reads by descriptor.
+* Nothing is shared between runs: the seccomp filter (built on the host, ``seccomp.py``,
+  installed here before Z is forked) refuses SysV/POSIX IPC, keyrings, namespaces, mounts,
+  ptrace and CPU re-pinning; P's work dir is new per run and removed by Z; inside the sandbox's
+  own pid namespace every process a run left is killed before the next run.
+* Limits reach the whole run: P's rlimits per process, and when the host made a cgroup for the
+  sandbox, Z joins it at start, so every P and everything P forks share its memory (shared
+  memory and files included), process and CPU caps.
+
 Per run: H hands the program to P, a process forked and set up (own process group, limits, uid,
-work dir, every other file descriptor closed) after the previous run by the zygote Z, a child of
-H that only forks; then H reads the tests and the secret, runs the tests, kills P's process
-group; inside the sandbox's own pid namespace it then kills every other process there but Z, so
-orphans and daemons a program left do not outlive its run.
+work dir, every other file descriptor closed) after the previous run by Z; then H reads the
+tests and the secret, runs the tests, kills P's process group, and kills every other process of
+the pid namespace but Z.
 """
 
 import ast
@@ -35,15 +56,18 @@ import shutil
 import signal
 import socket
 import struct
+import symtable
 import sys
 import time
 
-SANDBOX_UID = 65534  # nobody: what P runs as when the server starts as root
 TYPES = {t.__name__: t for t in (int, float, complex, str, bytes, bool, list, tuple, set, frozenset, dict, type(None))}
-# Standard modules the tests may use when the program imported them (``sys.getsizeof``), minus
-# the few with side effects on import.
+# Standard modules with side effects on import, which the tests never get for a name they read.
 NO_IMPORT = {"antigravity", "this", "idlelib", "turtle", "turtledemo", "tkinter", "webbrowser", "pydoc"}
 FRAME = struct.Struct("<I")
+REPLY_LIMIT = 1 << 20  # the largest message P may send H
+TEST_PROCESS_MB = 2048  # H's own address space
+CAP_KILL = 5
+WORKDIR_PREFIX = "/tmp/rlvr-run-"
 
 
 # ---------------------------------------------------------------- frames: length-prefixed JSON
@@ -71,10 +95,18 @@ def read_exact(fd, n, deadline=None):
 
 
 def read_frame(fd, deadline=None, limit=1 << 26):
+    """One frame; a frame over ``limit`` bytes raises ValueError before its body is read, and
+    one that arrives after ``deadline`` (decoding included) raises TimeoutError."""
     (n,) = FRAME.unpack(read_exact(fd, FRAME.size, deadline))
     if n > limit:
-        raise ValueError(f"frame of {n} bytes")
-    return json.loads(read_exact(fd, n, deadline))
+        raise ValueError(f"a message of {n} bytes (at most {limit})")
+    try:
+        value = json.loads(read_exact(fd, n, deadline))
+    except RecursionError:
+        raise ValueError("a message nested too deeply") from None
+    if deadline is not None and time.monotonic() > deadline:
+        raise TimeoutError
+    return value
 
 
 # ---------------------------------------------------------------- plain data across the pipe
@@ -146,7 +178,7 @@ def decode(e, depth=0, refs=None):
 
 def program_main(call_r, ret_w):
     """Wait for the program, define its names, then answer calls until the pipe closes.
-    Untrusted: whatever it does, it can only write frames to ``ret_w`` (which H decodes strictly)."""
+    Untrusted: whatever it does, it can only write frames to ``ret_w`` (which H checks)."""
     try:
         first = read_frame(call_r)
     except EOFError:
@@ -157,11 +189,10 @@ def program_main(call_r, ret_w):
     try:
         exec(compile(first["program"], "solution.py", "exec"), namespace)
     except BaseException as err:  # noqa: BLE001 - reported, whatever it is
-        write_frame(ret_w, {"load_error": f"{type(err).__name__}: {err}"})
+        write_frame(ret_w, {"load_error": f"{type(err).__name__}: {err}"[:2000]})
         return
     names = {k: _kind(v, module) for k, v in list(namespace.items())[:1000] if not k.startswith("__")}
-    names = {k: kind for k, kind in names.items() if kind}
-    write_frame(ret_w, {"names": names})
+    write_frame(ret_w, {"names": {k: kind for k, kind in names.items() if kind}})
     while True:
         try:
             call = read_frame(call_r)
@@ -171,11 +202,10 @@ def program_main(call_r, ret_w):
 
 
 def _kind(value, module):
-    """How H sees a global of the program: a function it calls, a value it fetches, a standard
-    module it imports itself, or nothing (names the program imported from elsewhere)."""
+    """How H may see a global of the program: a function it calls, a value it fetches, or
+    nothing (modules, and names the program imported from elsewhere)."""
     if type(value).__name__ == "module":
-        name = getattr(value, "__name__", "")
-        return f"module:{name}" if name.split(".")[0] in sys.stdlib_module_names and name not in NO_IMPORT else None
+        return None
     if callable(value):
         return "call" if getattr(value, "__module__", None) == module else None
     return "value"
@@ -204,7 +234,7 @@ def _answer(namespace, refs, call):
         return {"value": encode(value), "after": after}
     except TypeError:
         refs[len(refs)] = value
-        return {"ref": len(refs) - 1, "type": type(value).__name__, "after": after}
+        return {"ref": len(refs) - 1, "type": type(value).__name__[:100], "after": after}
 
 
 # ---------------------------------------------------------------- H: the tests, trusted
@@ -229,8 +259,46 @@ class RemoteError(Exception):
     pass
 
 
+class ProtocolError(Exception):
+    """P sent something that is not a message of the protocol: the row fails with this reason."""
+
+
+class Deadline(BaseException):
+    """The run's time is up (H's alarm): not an Exception, so that no test's ``except`` keeps it."""
+
+
+def _is_str_dict(x, values=None):
+    return type(x) is dict and all(type(k) is str and (values is None or v in values) for k, v in x.items())
+
+
+def check_hello(hello):
+    """P's first message, or ProtocolError: its names ({name: "call" | "value"}), or its load error."""
+    if type(hello) is dict and hello.keys() == {"load_error"} and type(hello["load_error"]) is str:
+        return hello
+    if (type(hello) is dict and hello.keys() == {"names"} and _is_str_dict(hello["names"], ("call", "value"))
+            and len(hello["names"]) <= 1000):
+        return hello
+    raise ProtocolError("the program's first message is not its names")
+
+
+def check_reply(reply, n_args):
+    """A reply to a call, or ProtocolError."""
+    if type(reply) is not dict:
+        raise ProtocolError("a reply that is not a message")
+    if reply.keys() == {"raised", "message"} and type(reply["raised"]) is str and type(reply["message"]) is str:
+        return reply
+    after = reply.get("after")
+    if not (type(after) is list and len(after) == n_args and all(a is None or type(a) is dict for a in after)):
+        raise ProtocolError("a reply without the state of its arguments")
+    if reply.keys() == {"value", "after"}:
+        return reply
+    if reply.keys() == {"ref", "type", "after"} and type(reply["ref"]) is int and type(reply["type"]) is str:
+        return reply
+    raise ProtocolError("a reply of an unknown shape")
+
+
 class Remote:
-    """H's end of the pipe to P: calls with a deadline, values decoded strictly."""
+    """H's end of the pipe to P: calls with a deadline, replies checked and decoded strictly."""
 
     def __init__(self, call_w, ret_r, deadline):
         self.call_w, self.ret_r, self.deadline = call_w, ret_r, deadline
@@ -241,25 +309,34 @@ class Remote:
         call.__name__ = name
         return call
 
+    def receive(self):
+        try:
+            return read_frame(self.ret_r, self.deadline, REPLY_LIMIT)
+        except ValueError as err:
+            raise ProtocolError(str(err)) from None
+
     def call(self, target, args, kwargs):
         wire = [{"r": a._ref} if isinstance(a, Ref) else {"v": encode(a)} for a in args]
         write_frame(self.call_w, {**target, "args": wire, "kwargs": {k: encode(v) for k, v in kwargs.items()}})
         if "get" in target:
             args = ()
-        reply = read_frame(self.ret_r, self.deadline)
+        reply = check_reply(self.receive(), 1 if "get" in target else len(args))
         if "raised" in reply:
             exc = getattr(builtins, reply["raised"], None)
             if isinstance(exc, type) and issubclass(exc, Exception) and exc is not TimeoutError:
                 raise exc(reply["message"])
             raise RemoteError(f"{reply['raised']}: {reply['message']}")
-        for arg, after in zip(args, reply["after"]):
-            if after is not None and type(arg) in (list, dict, set):
-                new = decode(after)
-                arg.clear()
-                arg.update(new) if type(arg) is not list else arg.extend(new)
-        if "ref" in reply:
-            return Ref(self, reply["ref"], reply["type"])
-        return decode(reply["value"])
+        try:
+            for arg, after in zip(args, reply["after"]):
+                if after is not None and type(arg) in (list, dict, set):
+                    new = decode(after)
+                    arg.clear()
+                    arg.update(new) if type(arg) is not list else arg.extend(new)
+            if "ref" in reply:
+                return Ref(self, reply["ref"], reply["type"][:100])
+            return decode(reply["value"])
+        except (ValueError, TypeError, RecursionError) as err:
+            raise ProtocolError(f"a reply that does not decode ({type(err).__name__})") from None
 
 
 class _Cases(ast.NodeTransformer):
@@ -272,44 +349,99 @@ class _Cases(ast.NodeTransformer):
         return ast.copy_location(call, node)
 
 
-_COMPILED = {}  # test code -> code object: GRPO scores G samples of a task against one test
+_PLANS = {}  # (tests, prelude, entry point) -> compiled code and the names they take from P
 
 
-def _compiled_tests(code):
-    if code not in _COMPILED:
-        if len(_COMPILED) >= 512:
-            _COMPILED.clear()
-        tree = ast.fix_missing_locations(_Cases().visit(ast.parse(code)))
-        _COMPILED[code] = compile(tree, "tests.py", "exec")
-    return _COMPILED[code]
+def _global_names(code):
+    """-> (names ``code`` reads as globals, names it binds at module level), by ``symtable``."""
+    table = symtable.symtable(code, "tests.py", "exec")
+    reads, binds = set(), set()
+    for sym in table.get_symbols():
+        if sym.is_assigned() or sym.is_imported() or sym.is_namespace():
+            binds.add(sym.get_name())
+        if sym.is_referenced():
+            reads.add(sym.get_name())
+    stack = list(table.get_children())
+    while stack:
+        scope = stack.pop()
+        stack += scope.get_children()
+        for sym in scope.get_symbols():
+            if sym.is_global() and sym.is_referenced():
+                reads.add(sym.get_name())
+            if sym.is_declared_global() and sym.is_assigned():
+                binds.add(sym.get_name())
+    return reads, binds
+
+
+def _subjects(tree):
+    """The functions the asserts are about: the outermost call on the left of each assert."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assert):
+            test = node.test.left if isinstance(node.test, ast.Compare) else node.test
+            if isinstance(test, ast.UnaryOp):
+                test = test.operand
+            if isinstance(test, ast.Call) and isinstance(test.func, ast.Name):
+                found.add(test.func.id)
+    return found
+
+
+def plan_tests(tests):
+    """Compile the tests once (GRPO scores G samples of a task against one test) and decide,
+    from the code alone, which names come from the program: the names the tests and their
+    prelude read and bind nowhere, that are neither builtins nor standard modules (which H
+    imports itself), plus the entry point. Rows without an entry point whose tests read no
+    such name (an MBPP task that names its function ``sum``) take the functions the asserts
+    call. -> (prelude code, tests code, names from P, standard modules to import)."""
+    key = (tests["code"], tests.get("prelude", ""), tests.get("entry_point"))
+    if key not in _PLANS:
+        if len(_PLANS) >= 512:
+            _PLANS.clear()
+        tree = ast.parse(tests["code"])
+        reads, binds = _global_names(tests["code"])
+        prelude_reads, prelude_binds = _global_names(key[1])
+        free = (reads | prelude_reads) - binds - prelude_binds - set(dir(builtins)) - {"__case__"}
+        modules = {n for n in free if n in sys.stdlib_module_names and n not in NO_IMPORT}
+        from_program = free | ({key[2]} if key[2] else set())
+        if not key[2] and not free - modules:
+            from_program |= _subjects(tree)
+        compiled = compile(ast.fix_missing_locations(_Cases().visit(tree)), "tests.py", "exec")
+        _PLANS[key] = (compile(key[1], "prelude.py", "exec"), compiled, from_program, modules)
+    return _PLANS[key]
 
 
 def run_tests(tests, remote, names):
-    """Exec the tests with the program's names bound to remote calls. -> (passed, total, error)."""
+    """Exec the tests in a namespace of their own (see the module's docstring).
+    -> (passed, total, error)."""
     counts = [0, 0]
 
     def case(check):
         counts[1] += 1
         try:
             ok = check()
-        except TimeoutError:
+        except (TimeoutError, ProtocolError):
             raise
         except Exception:  # noqa: BLE001 - a case that raises is a failed case
             ok = False
         counts[0] += bool(ok)
 
-    namespace = {"__name__": "__tests__", "__case__": case}
-    for name, kind in names.items():
-        if kind.startswith("module:") and kind[7:].split(".")[0] in sys.stdlib_module_names:
-            namespace[name] = importlib.import_module(kind[7:])
-        elif kind in ("call", "value"):
-            namespace[name] = remote.function(name) if kind == "call" else remote.call({"get": name}, (), {})
     error = None
     try:
-        exec(_compiled_tests(tests["code"]), namespace)
+        prelude, compiled, from_program, modules = plan_tests(tests)
+        namespace = {"__name__": "__tests__", "__case__": case, "__builtins__": builtins}
+        exec(prelude, namespace)
+        for name in sorted(from_program):
+            kind = names.get(name)
+            if kind == "call":
+                namespace[name] = remote.function(name)
+            elif kind == "value":
+                namespace[name] = remote.call({"get": name}, (), {})
+            elif name in modules:
+                namespace[name] = importlib.import_module(name)
+        exec(compiled, namespace)
         if tests.get("call"):
             namespace[tests["call"]](remote.function(tests["entry_point"]))
-    except TimeoutError:
+    except (TimeoutError, Deadline, ProtocolError):
         raise
     except BaseException as err:  # noqa: BLE001 - the tests stopped before their end
         error = f"{type(err).__name__}: {err}"[:500]
@@ -321,18 +453,41 @@ def run_tests(tests, remote, names):
 LIBC = ctypes.CDLL(None, use_errno=True)
 
 
-def _limit_and_drop(limits, workdir, as_root):
-    """In P before any program code: rlimits, a new uid (as root), the work dir, no env."""
+class _Filter(ctypes.Structure):  # struct sock_fprog
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def install_seccomp(filter_hex):
+    """The host's filter (``seccomp.py``) for this process and every process it forks from now."""
+    raw = bytes.fromhex(filter_hex)
+    code = (ctypes.c_char * len(raw)).from_buffer_copy(raw)
+    program = _Filter(len(raw) // 8, ctypes.cast(code, ctypes.c_void_p))
+    if LIBC.prctl(38, 1, 0, 0, 0) != 0 or LIBC.prctl(22, 2, ctypes.byref(program), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "seccomp filter refused")  # PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP
+
+
+def keep_only_capabilities(*caps):
+    """Drop every capability of this process but ``caps`` (capset, version 3)."""
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)
+    mask = sum(1 << c for c in caps)
+    data = (ctypes.c_uint32 * 6)(mask, mask, 0, 0, 0, 0)  # effective, permitted, inheritable (low, high)
+    if LIBC.capset(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
+def _limit_and_drop(limits, workdir, uid):
+    """In P before any program code: rlimits, the sandbox's uid (when started as root), the work
+    dir, no environment."""
     mib = 1 << 20
     for name, value in (("RLIMIT_AS", limits["memory_mb"] * mib), ("RLIMIT_CPU", limits["cpu_s"]),
                         ("RLIMIT_FSIZE", limits["file_size_mb"] * mib), ("RLIMIT_NOFILE", limits["open_files"]),
                         ("RLIMIT_NPROC", limits["processes"]), ("RLIMIT_CORE", 0)):
         resource.setrlimit(getattr(resource, name), (value, value))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write fails; it does not kill
-    if as_root:
+    if uid is not None:
         os.setgroups([])
-        os.setgid(SANDBOX_UID)
-        os.setuid(SANDBOX_UID)
+        os.setgid(uid)
+        os.setuid(uid)
     os.chdir(workdir)
     os.environ.clear()
     os.environ.update({"PATH": "/usr/bin:/bin", "HOME": workdir, "PYTHONHASHSEED": "0"})
@@ -341,35 +496,32 @@ def _limit_and_drop(limits, workdir, as_root):
 _RUN_NUMBERS = itertools.count()
 
 
-def _new_workdir():
-    """A new /tmp/run-N. Not ``tempfile``: it imports ``random``, whose reseeding after every
+def _new_workdir(uid):
+    """A new work dir. Not ``tempfile``: it imports ``random``, whose reseeding after every
     fork costs each program process a tenth of a millisecond."""
     while True:
-        path = f"/tmp/run-{os.getpid()}-{next(_RUN_NUMBERS)}"
+        path = f"{WORKDIR_PREFIX}{os.getpid()}-{next(_RUN_NUMBERS)}"
         try:
             os.mkdir(path, 0o700)
-            return path
+            break
         except FileExistsError:
             continue
+    if uid is not None:
+        os.chown(path, uid, uid)
+    return path
 
 
-def _fork_program(limits, as_root):
-    """Fork P, set up (own process group, limits, uid, work dir) and waiting for its program.
-    -> (pid, call_w, ret_r, workdir)."""
-    workdir = _new_workdir()
-    if as_root:
-        os.chown(workdir, SANDBOX_UID, SANDBOX_UID)
+def _fork_program(limits, uid):
+    """Fork P, set up (own process group, limits, uid, work dir, stdout and stderr to anonymous
+    memory files) and waiting for its program. -> (pid, [call_w, ret_r, stdout, stderr], workdir)."""
+    workdir = _new_workdir(uid)
     call_r, call_w = os.pipe()
     ret_r, ret_w = os.pipe()
+    out, err = os.memfd_create("stdout", os.MFD_CLOEXEC), os.memfd_create("stderr", os.MFD_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         try:
             os.setpgid(0, 0)
-            out = os.open(os.path.join(workdir, ".stdout"), os.O_WRONLY | os.O_CREAT, 0o600)
-            err = os.open(os.path.join(workdir, ".stderr"), os.O_WRONLY | os.O_CREAT, 0o600)
-            if as_root:
-                os.fchown(out, SANDBOX_UID, SANDBOX_UID)
-                os.fchown(err, SANDBOX_UID, SANDBOX_UID)
             null = os.open(os.devnull, os.O_RDONLY)
             for src, dst in ((null, 0), (out, 1), (err, 2)):
                 os.dup2(src, dst)
@@ -377,24 +529,35 @@ def _fork_program(limits, as_root):
             for lo, hi in zip(keep, keep[1:] + [1 << 16]):
                 os.closerange(lo + 1, hi)
             gc.disable()  # a short-lived process: collections would only copy shared pages
-            _limit_and_drop(limits, workdir, as_root)
+            _limit_and_drop(limits, workdir, uid)
             sys.stdout = os.fdopen(1, "w", buffering=1)
             sys.stderr = os.fdopen(2, "w", buffering=1)
             program_main(call_r, ret_w)
         finally:
             os._exit(0)
-    os.close(call_r)
-    os.close(ret_w)
-    return pid, call_w, ret_r, workdir
+    for fd in (call_r, ret_w):
+        os.close(fd)
+    return pid, [call_w, ret_r, out, err], workdir
 
 
-def zygote_main(sock, as_root):
+def _remove_workdirs():
+    """The work dirs of finished runs (Z's job: as root with DAC_OVERRIDE it may remove what a
+    program left there; ``rmtree`` follows no link and opens no FIFO)."""
+    for leftover in glob.glob(f"{WORKDIR_PREFIX}{os.getpid()}-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def zygote_main(sock, uid, cgroup_fds):
     """Z: forks the program processes for H, so that H itself never forks. A fork marks every
     page of the forking process copy-on-write, and H, which runs the tests while P lives, would
     then pay a page fault for each page it writes (half a millisecond a run); Z only waits.
-    Z never sees a test or a secret. Requests (JSON on a SOCK_SEQPACKET socket): {"spawn":
-    limits} -> P's pid and work dir, with P's two pipe ends attached; {"wait": pid} -> its exit
-    status and peak memory (only asked for a run that did not pass)."""
+    Z never sees a test or a secret. It joins the sandbox's cgroups first, so that every P is
+    born in them. Requests (JSON on a SOCK_SEQPACKET socket): {"spawn": limits} -> P's pid, with
+    its four descriptors attached; {"wait": pid} -> its exit status and peak memory (only asked
+    for a run that did not pass)."""
+    for fd in cgroup_fds:
+        os.write(fd, b"0")
+        os.close(fd)
     while True:
         message = sock.recv(65536)
         if not message:
@@ -409,20 +572,21 @@ def zygote_main(sock, as_root):
             sock.send(json.dumps(reply).encode())
             continue
         _reap()  # the last runs' programs, killed by H and not asked about
+        _remove_workdirs()
         try:
-            pid, call_w, ret_r, workdir = _fork_program(request["spawn"], as_root)
+            pid, fds, workdir = _fork_program(request["spawn"], uid)
         except (KeyError, TypeError, ValueError, OSError) as err:
             sock.send(json.dumps({"error": f"{type(err).__name__}: {err}"}).encode())
             continue
-        socket.send_fds(sock, [json.dumps({"pid": pid, "workdir": workdir}).encode()], [call_w, ret_r])
-        os.close(call_w)
-        os.close(ret_r)
+        socket.send_fds(sock, [json.dumps({"pid": pid, "workdir": workdir}).encode()], fds)
+        for fd in fds:
+            os.close(fd)
 
 
 class Zygote:
     """H's end of Z. A Z that died (a program that killed it) makes every call raise EOFError."""
 
-    def __init__(self, as_root):
+    def __init__(self, uid, cgroup_fds):
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.pid = os.fork()
         if self.pid == 0:
@@ -431,10 +595,12 @@ class Zygote:
                 null = os.open(os.devnull, os.O_RDWR)
                 os.dup2(null, 0)  # not H's request and result pipes
                 os.dup2(null, 1)
-                zygote_main(theirs, as_root)
+                zygote_main(theirs, uid, cgroup_fds)
             finally:
                 os._exit(0)
         theirs.close()
+        for fd in cgroup_fds:
+            os.close(fd)
 
     def _ask(self, request, fds=0):
         try:
@@ -447,11 +613,11 @@ class Zygote:
         return json.loads(data), got
 
     def spawn(self, limits):
-        """-> the spare (pid, call_w, ret_r, workdir, limits)."""
-        reply, fds = self._ask({"spawn": limits}, 2)
+        """-> the spare (pid, [call_w, ret_r, stdout, stderr], limits)."""
+        reply, fds = self._ask({"spawn": limits}, 4)
         if "error" in reply:
             raise OSError(reply["error"])
-        return reply["pid"], fds[0], fds[1], reply["workdir"], limits
+        return reply["pid"], fds, limits
 
     def wait(self, pid):
         """-> (wait status, peak memory in KiB) of a program that was killed."""
@@ -461,10 +627,9 @@ class Zygote:
 
 def _discard(spare):
     if spare is not None:
-        os.close(spare[1])
-        os.close(spare[2])
+        for fd in spare[1]:
+            os.close(fd)
         os.kill(spare[0], signal.SIGKILL)
-        shutil.rmtree(spare[3], ignore_errors=True)
 
 
 def _peak_kib(pid):
@@ -475,45 +640,53 @@ def _peak_kib(pid):
         return 0
 
 
-def _read_capped(path, cap):
+def _on_alarm(signum, frame):
+    raise Deadline
+
+
+def _tests_phase(request, part2, fds, deadline):
+    """The program's names, then the tests against it. -> the result's fields."""
+    call_w, ret_r = fds[0], fds[1]
+    remote = Remote(call_w, ret_r, deadline)
     try:
-        with open(path, "rb") as f:
-            return f.read(cap).decode("utf-8", "replace")
-    except OSError:
-        return ""
+        hello = check_hello(remote.receive())
+        if "load_error" in hello:
+            return {"status": "runtime_error", "error": hello["load_error"]}
+        passed, total, error = run_tests(part2["tests"], remote, hello["names"])
+        status = "passed" if error is None and total and passed == total else "failed"
+        return {"status": status, "passed_cases": passed, "cases": total, "error": error}
+    except (TimeoutError, Deadline):
+        return {"status": "timeout"}
+    except ProtocolError as err:
+        return {"status": "failed", "error": f"the program broke the protocol: {err}"}
+    except (EOFError, OSError, struct.error) as err:
+        return {"status": "runtime_error", "error": f"the program stopped answering ({type(err).__name__})"}
 
 
-def test_run(request, stdin, zygote, spare):
+def test_run(request, stdin, zygote, spare, oom_fd):
     """One run: hand the program to P (the spare forked after the last run, if its limits fit),
-    only then read the tests and the secret (so P never had them), run the tests against P,
-    report."""
+    only then read the tests and the secret (so P never had them), run the tests against P
+    under an alarm at the run's deadline, report."""
     start = time.monotonic()
     deadline = start + request["limits"]["wall_s"]
-    if spare is None or spare[4] != request["limits"]:
+    if spare is None or spare[2] != request["limits"]:
         _discard(spare)
         spare = zygote.spawn(request["limits"])
-    pid, call_w, ret_r, workdir, _ = spare
-    write_frame(call_w, {"program": request["program"], "module": request.get("module", "solution")})
+    pid, fds, _ = spare
+    ooms = read_oom_kills(oom_fd)
+    write_frame(fds[0], {"program": request["program"], "module": request.get("module", "solution")})
     marks = {"forked": time.monotonic()}
     part2 = read_frame(stdin)
     result = {"secret": part2["secret"], "passed_cases": 0, "cases": 0}
+    signal.setitimer(signal.ITIMER_REAL, max(deadline - time.monotonic(), 0.001) + 0.5)
     try:
-        hello = read_frame(ret_r, deadline)
-        marks["loaded"] = time.monotonic()
-        if "load_error" in hello:
-            result.update(status="runtime_error", error=hello["load_error"][:2000])
-        else:
-            passed, total, error = run_tests(part2["tests"], Remote(call_w, ret_r, deadline), hello["names"])
-            status = "passed" if error is None and total and passed == total else "failed"
-            result.update(status=status, passed_cases=passed, cases=total, error=error)
-    except TimeoutError:
+        result.update(_tests_phase(request, part2, fds, deadline))
+    except Deadline:  # between the phase's end and the disarm
         result.update(status="timeout")
-    except (EOFError, ValueError, OSError, struct.error) as err:
-        result.update(status="runtime_error", error=f"the program stopped answering ({type(err).__name__})")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
     marks["tested"] = time.monotonic()
     peak_kib = _peak_kib(pid)  # while P still exists (it is reaped without waiting for it)
-    os.close(call_w)
-    os.close(ret_r)
     try:
         os.killpg(pid, signal.SIGKILL)  # P and what it forked (a fork that left the group: see serve)
     except (ProcessLookupError, PermissionError):
@@ -524,10 +697,11 @@ def test_run(request, stdin, zygote, spare):
         peak_kib = max(peak_kib, maxrss_kib)
     marks["reaped"] = time.monotonic()
     cap = request["limits"]["output_bytes"]
-    stderr = _read_capped(os.path.join(workdir, ".stderr"), cap)
-    stdout = _read_capped(os.path.join(workdir, ".stdout"), cap)
-    shutil.rmtree(workdir, ignore_errors=True)
-    if result["status"] == "runtime_error" and "MemoryError" in stderr + (result.get("error") or ""):
+    stdout, stderr = (os.pread(fd, cap, 0).decode("utf-8", "replace") for fd in fds[2:])
+    for fd in fds:
+        os.close(fd)
+    if result["status"] != "passed" and (read_oom_kills(oom_fd) > ooms or "MemoryError" in stderr
+                                         + (result.get("error") or "")):
         result["status"] = "memory_limit"
     if result["status"] != "passed" and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGXCPU:
         result["status"] = "timeout"
@@ -538,13 +712,21 @@ def test_run(request, stdin, zygote, spare):
     return result
 
 
+def read_oom_kills(fd):
+    """The ``oom_kill`` count of the sandbox cgroup's memory.events (v2) or memory.oom_control (v1)."""
+    if fd is None:
+        return 0
+    text = os.pread(fd, 4096, 0).decode()
+    return next((int(line.split()[1]) for line in text.splitlines() if line.startswith("oom_kill ")), 0)
+
+
 # ---------------------------------------------------------------- the fork server
 
 def _kill_everything_else(keep):
-    """Every process of this pid namespace but its init and ``keep`` (H and Z), and every work
-    dir: what a run left behind (orphans, daemons, files). Only inside a sandbox's own pid
-    namespace. A process with a SIGKILL pending cannot fork, so scanning until a scan finds no
-    new process also catches children forked between a scan and its kills."""
+    """Every process of this pid namespace but its init and ``keep`` (H and Z): what a run left
+    behind (orphans, daemons). Only inside a sandbox's own pid namespace. A process with a
+    SIGKILL pending cannot fork, so scanning until a scan finds no new process also catches
+    children forked between a scan and its kills."""
     killed = set(keep) | {1}
     while True:
         found = {int(p) for p in os.listdir("/proc") if p.isdigit()} - killed
@@ -556,8 +738,6 @@ def _kill_everything_else(keep):
             except ProcessLookupError:
                 pass
         killed |= found
-    for leftover in glob.glob("/tmp/run-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _reap():
@@ -570,32 +750,35 @@ def _reap():
             return
 
 
-def _add_site_packages():
-    """The interpreter's (or its virtual environment's) installed packages, for programs that
-    import them. The server starts without ``site`` (``-S``): its ``.pth`` hooks would import
-    modules that every fork then pays for; here only the folders are added."""
-    import site  # noqa: PLC0415 - not at the top: ``-S`` keeps importing it from doing anything else
+def set_up_sandbox(config):
+    """What every process of the sandbox shares, set before anything is forked: the CPU, the
+    seccomp filter, the folders of the installed packages the host bound."""
+    if config.get("cpu") is not None:
+        os.sched_setaffinity(0, {config["cpu"]})
+    if config.get("seccomp"):
+        install_seccomp(config["seccomp"])
+    sys.path.extend(p for p in config.get("path", ()) if p not in sys.path)
 
-    env = os.path.dirname(os.path.dirname(sys.executable))  # a virtual environment's, when it is one
-    prefixes = [env] if os.path.exists(os.path.join(env, "pyvenv.cfg")) else [sys.prefix]
-    sys.path.extend(p for p in site.getsitepackages(prefixes) if os.path.isdir(p) and p not in sys.path)
 
-
-def serve(stdin=0, stdout=1, own_pid_namespace=False, cpu=None):
+def serve(config, stdin=0, stdout=1):
     """Run requests from ``stdin`` until it closes; one result frame per request on ``stdout``.
-    This process is the trusted side of every run: not dumpable (P may not read or ptrace it),
-    and P runs as another uid when this one is root. ``cpu``: where H, Z and every P run (a
-    call's round trip between H and P costs ~5 us on one CPU, ~50 us between two)."""
-    as_root = os.getuid() == 0
-    if cpu is not None:
-        os.sched_setaffinity(0, {cpu})
+    ``config``: uid (P's, when started as root), cpu (where H, Z and every P run: a call's round
+    trip between H and P costs ~5 us on one CPU, ~50 us between two), seccomp (the filter, hex),
+    cgroup_fds and oom_fd (the sandbox's cgroup, opened by the host), path (installed packages),
+    own_pid_namespace."""
+    set_up_sandbox(config)
     LIBC.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0 (Z, forked below, inherits it)
-    _add_site_packages()
     for name in ("collections", "itertools", "functools", "heapq", "math", "re", "string", "typing", "bisect"):
         __import__(name)  # the usual imports of a program and its tests, paid once per server
     gc.freeze()  # objects loaded so far skip collection: a fork's pages stay shared, not copied
-    zygote = Zygote(as_root)
-    write_frame(stdout, {"ready": True, "as_root": as_root, "python": sys.version.split()[0]})
+    uid = config.get("uid") if os.getuid() == 0 else None
+    zygote = Zygote(uid, config.get("cgroup_fds", ()))
+    if os.getuid() == 0:
+        keep_only_capabilities(CAP_KILL)
+    resource.setrlimit(resource.RLIMIT_AS, (TEST_PROCESS_MB << 20,) * 2)
+    signal.signal(signal.SIGALRM, _on_alarm)
+    oom_fd = config.get("oom_fd")
+    write_frame(stdout, {"ready": True, "uid": uid, "python": sys.version.split()[0]})
     spare = None
     while True:
         try:
@@ -604,12 +787,12 @@ def serve(stdin=0, stdout=1, own_pid_namespace=False, cpu=None):
             _discard(spare)
             return
         try:
-            result = test_run(request, stdin, zygote, spare)
+            result = test_run(request, stdin, zygote, spare, oom_fd)
         except EOFError:  # the host went away, or Z died: this server ends (the host starts another)
             return
         except (KeyError, TypeError, ValueError, OSError) as err:
             result = {"status": "sandbox_error", "error": f"{type(err).__name__}: {err}"[:500]}
-        if own_pid_namespace:
+        if config.get("own_pid_namespace"):
             _kill_everything_else({os.getpid(), zygote.pid})
         write_frame(stdout, result)
         # The next run's program process, made while the host reads this result. It is forked
@@ -623,7 +806,7 @@ def serve(stdin=0, stdout=1, own_pid_namespace=False, cpu=None):
             spare = None  # a malformed request: the next one forks its own
 
 
-def unpack_files(workdir, as_root):
+def unpack_files(workdir, uid):
     """The work dir, made from one frame of files ({name: hex}) on stdin: the docker backend's
     ``Sandbox.run``, whose work dir cannot be bound from the host. Stdin is then empty."""
     files = read_frame(0)["files"]
@@ -635,27 +818,33 @@ def unpack_files(workdir, as_root):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:
             f.write(bytes.fromhex(content))
-    if as_root:
+    if uid is not None:
         for root, dirs, names in os.walk(workdir):
             for name in [root, *(os.path.join(root, n) for n in dirs + names)]:
-                os.chown(name, SANDBOX_UID, SANDBOX_UID)
+                os.chown(name, uid, uid)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
 
 
-def launch(limits, workdir, command):
-    """Become ``command`` with the run's limits and uid, in ``workdir`` (``Sandbox.run``); first
-    ``--files-on-stdin`` makes the work dir from stdin (``unpack_files``)."""
+def launch(config, workdir, command):
+    """Become ``command`` with the run's limits, uid, cgroups and seccomp filter, in ``workdir``
+    (``Sandbox.run``); first ``--files-on-stdin`` makes the work dir from stdin (``unpack_files``)."""
+    uid = config.get("uid") if os.getuid() == 0 else None
     if command[:1] == ["--files-on-stdin"]:
-        unpack_files(workdir, os.getuid() == 0)
+        unpack_files(workdir, uid)
         command = command[1:]
-    _limit_and_drop(limits, workdir, os.getuid() == 0)
+    for fd in config.get("cgroup_fds", ()):
+        os.write(fd, b"0")
+        os.close(fd)
+    set_up_sandbox(config)
+    _limit_and_drop(config["limits"], workdir, uid)
+    if config.get("path"):
+        os.environ["PYTHONPATH"] = os.pathsep.join(config["path"])
     signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # the command's own, not the program server's
     os.execvp(command[0], command)
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["serve"]:
-    serve(own_pid_namespace="--own-pid-namespace" in sys.argv,
-          cpu=int(sys.argv[sys.argv.index("--cpu") + 1]) if "--cpu" in sys.argv else None)
+    serve(json.loads(sys.argv[2]))
 elif __name__ == "__main__" and sys.argv[1:2] == ["launch"]:
     launch(json.loads(sys.argv[2]), sys.argv[3], sys.argv[4:])

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from environments.code import container, harness
+from environments.code.confine import UID_BASE, UID_SLOTS
 from environments.code.container import HEADER, container_options, demux
 from environments.code.sandbox import ROOT_CAPS, Limits, Sandbox, SandboxUnavailable
 
@@ -44,6 +45,7 @@ def test_limits_become_container_options():
     limits = Limits(memory_mb=512, processes=32, tmp_mb=64)
     options = container_options(limits, cpu=3)
     assert options["network_mode"] == "none" and options["read_only"] is True
+    assert options["ipc_mode"] == "none" and options["nano_cpus"] == 10**9  # no /dev/shm; one CPU
     assert options["tmpfs"] == {"/tmp": "rw,nosuid,nodev,size=64m,mode=1777"}
     assert options["mem_limit"] == options["memswap_limit"] == f"{512 + container.SERVER_MB}m"
     assert options["pids_limit"] == 32 + container.SERVER_PROCESSES
@@ -87,7 +89,7 @@ class StandInEngine:
 
     def create(self, image, command, **options):
         self.created.append(options)
-        return StandInContainer([sys.executable, *command[1:]])  # the image's python3 is this one
+        return StandInContainer([Sandbox("bubblewrap").python, *command[1:]])  # the image's python3 is this one
 
 
 class StandInContainer:
@@ -152,8 +154,8 @@ def test_work_dir_unpacked_from_stdin(tmp_path):
     sandbox = Sandbox("bubblewrap")
     files = {"main.py": b"print(open('data/x.txt').read(), end='')\n", "data/x.txt": b"hello"}
     payload = json.dumps({"files": {k: v.hex() for k, v in files.items()}}).encode()
-    launcher = [sys.executable, "-I", "-S", "-c", Path(harness.__file__).read_text(), "launch",
-                json.dumps(Limits().wire()), "/tmp/work", "--files-on-stdin", sys.executable, "main.py"]
+    launcher = [sandbox.python, "-I", "-S", "-c", Path(harness.__file__).read_text(), "launch",
+                json.dumps({"limits": Limits().wire()}), "/tmp/work", "--files-on-stdin", sandbox.python, "main.py"]
     done = subprocess.run(sandbox.wrap(launcher, Limits()), input=harness.FRAME.pack(len(payload)) + payload,
                           capture_output=True, timeout=60)
     assert (done.returncode, done.stdout) == (0, b"hello"), done.stderr
@@ -185,5 +187,6 @@ def test_docker_one_shot_run():
     sandbox = Sandbox("docker")
     result = sandbox.run({"main.py": "import os\nprint(open('data.txt').read(), os.getuid())\n", "data.txt": "hi"},
                          ["python3", "main.py"])
-    assert result.status == "passed" and result.stdout.split() == ["hi", str(harness.SANDBOX_UID)]
+    hi, uid = result.stdout.split()
+    assert result.status == "passed" and hi == "hi" and UID_BASE <= int(uid) < UID_BASE + UID_SLOTS
     assert sandbox.run({}, ["sleep", "30"], Limits(wall_s=1)).status == "timeout"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from environments.code.harness import SANDBOX_UID
+from environments.code.confine import UID_BASE, UID_SLOTS
 from environments.code.sandbox import Limits, Sandbox, claim_cpu
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
@@ -26,7 +26,7 @@ def runner():
 
 
 def sandbox_processes() -> list[int]:
-    """Live processes of the sandbox user anywhere on the machine, but a server's one spare
+    """Live processes of any sandbox's uid anywhere on the machine, but a server's one spare
     program process (forked by its zygote after a run, waiting for the next program, never ran
     any code); a zombie, dead and waiting to be collected, is not live either."""
     found = []
@@ -34,7 +34,7 @@ def sandbox_processes() -> list[int]:
         if entry.name.isdigit():
             try:
                 state, parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
-                if entry.stat().st_uid != SANDBOX_UID or state in ("Z", "X"):
+                if not UID_BASE <= entry.stat().st_uid < UID_BASE + UID_SLOTS or state in ("Z", "X"):
                     continue
                 if b"serve" in Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0"):
                     continue  # a spare: its parent is the server's zygote
@@ -154,8 +154,13 @@ def test_one_shot_command_in_a_fresh_sandbox(tmp_path):
     sandbox = Sandbox("bubblewrap")
     result = sandbox.run({"main.py": "import os\nprint(open('data.txt').read(), os.getuid())\n", "data.txt": "hi"},
                          [sandbox.python, "main.py"])
-    assert result.status == "passed" and result.stdout.split() == ["hi", str(SANDBOX_UID if os.getuid() == 0 else os.getuid())]
-    assert sandbox.run({}, ["/bin/sh", "-c", "sleep 30"], Limits(wall_s=1)).status == "timeout"
+    hi, uid = result.stdout.split()
+    assert result.status == "passed" and hi == "hi"
+    assert UID_BASE <= int(uid) < UID_BASE + UID_SLOTS if os.getuid() == 0 else int(uid) == os.getuid()
+    assert sandbox.run({}, [sandbox.python, "-c", "import time; time.sleep(30)"], Limits(wall_s=1)).status == "timeout"
+    # another executable is there with what it loads, and nothing else of the host
+    shell = sandbox.run({}, ["/bin/sh", "-c", "echo $0; ls /usr/bin"], Limits(wall_s=5))
+    assert shell.stdout.split() == ["/bin/sh"] and "ls: not found" in shell.stderr, shell
 
 
 def test_process_backend_warns_that_it_is_not_isolated():
@@ -169,9 +174,15 @@ def test_process_backend_warns_that_it_is_not_isolated():
         runner.close()
 
 
-def test_programs_import_the_interpreters_installed_packages(runner):
-    # the server starts without `site` (-S, for fast forks) and adds the site-packages folders itself
-    assert runner.check("import yaml\n" + ADD, TESTS).status == "passed"
+def test_installed_packages_only_when_named(runner):
+    # the standard library only, by default: an installed package is not even there
+    assert runner.check("import yaml\n" + ADD, TESTS).status == "runtime_error"
+    named = Sandbox("bubblewrap", packages=["pyyaml", "yaml"]).runner(Limits(wall_s=5))
+    try:
+        assert named.check("import yaml\n" + ADD, TESTS).status == "passed"
+        assert named.check("import torch\n" + ADD, TESTS).status == "runtime_error"
+    finally:
+        named.close()
 
 
 def test_runners_claim_distinct_cpus_and_run_there(runner):
@@ -232,9 +243,16 @@ def test_a_server_whose_zygote_died_is_replaced():
 
 @pytest.mark.skipif(os.getuid() != 0, reason="capabilities are kept only when the sandbox starts as root")
 def test_root_sandbox_keeps_only_the_capabilities_it_needs(runner):
-    # privileged bwrap keeps every capability unless told; the server needs five, a program none
+    # privileged bwrap keeps every capability unless told: the zygote keeps five (to make a
+    # program's uid and work dir, and remove it), the test process one (kill), a program none
     caps = "def caps():\n    return [l.split()[1] for l in open('/proc/self/status') if l.startswith('CapEff')][0]\n"
     assert runner.check(caps, {"code": "assert caps() == '0000000000000000'\n"}).status == "passed"
-    effective = next(line.split()[1] for line in Path(f"/proc/{_server(runner)}/status").read_text().splitlines()
-                     if line.startswith("CapEff"))
-    assert int(effective, 16) == sum(1 << bit for bit in (0, 1, 5, 6, 7))  # CHOWN DAC_OVERRIDE KILL SETGID SETUID
+
+    def capabilities(pid):
+        return {line.split()[0]: int(line.split()[1], 16) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if line.startswith(("CapEff", "CapPrm"))}
+
+    server = _server(runner)
+    zygote = next(p for p in _descendants(server) if _parent(p) == server)
+    assert capabilities(server) == {"CapEff:": 1 << 5, "CapPrm:": 1 << 5}  # KILL
+    assert capabilities(zygote)["CapEff:"] == sum(1 << bit for bit in (0, 1, 5, 6, 7))  # CHOWN DAC_OVERRIDE KILL SETGID SETUID
