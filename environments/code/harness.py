@@ -373,17 +373,11 @@ def _global_names(code):
     return reads, binds
 
 
-def _subjects(tree):
-    """The functions the asserts are about: the outermost call on the left of each assert."""
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Assert):
-            test = node.test.left if isinstance(node.test, ast.Compare) else node.test
-            if isinstance(test, ast.UnaryOp):
-                test = test.operand
-            if isinstance(test, ast.Call) and isinstance(test.func, ast.Name):
-                found.add(test.func.id)
-    return found
+def _called_in_every_assert(tree):
+    """The names called in every assert (MBPP/126's ``sum``, but not the ``abs`` of one of them)."""
+    calls = [{n.func.id for n in ast.walk(node) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+             for node in ast.walk(tree) if isinstance(node, ast.Assert)]
+    return set.intersection(*calls) if calls else set()
 
 
 def plan_tests(tests):
@@ -392,7 +386,8 @@ def plan_tests(tests):
     prelude read and bind nowhere, that are neither builtins nor standard modules (which H
     imports itself), plus the entry point. Rows without an entry point whose tests read no
     such name (an MBPP task that names its function ``sum``) take the functions the asserts
-    call. -> (prelude code, tests code, names from P, standard modules to import)."""
+    call (every one of them). -> (prelude code, tests code, names from P, standard modules to
+    import)."""
     key = (tests["code"], tests.get("prelude", ""), tests.get("entry_point"))
     if key not in _PLANS:
         if len(_PLANS) >= 512:
@@ -404,7 +399,7 @@ def plan_tests(tests):
         modules = {n for n in free if n in sys.stdlib_module_names and n not in NO_IMPORT}
         from_program = free | ({key[2]} if key[2] else set())
         if not key[2] and not free - modules:
-            from_program |= _subjects(tree)
+            from_program |= _called_in_every_assert(tree)
         compiled = compile(ast.fix_missing_locations(_Cases().visit(tree)), "tests.py", "exec")
         _PLANS[key] = (compile(key[1], "prelude.py", "exec"), compiled, from_program, modules)
     return _PLANS[key]

@@ -106,3 +106,37 @@ def test_generated_function_tasks_grade_the_teacher_and_the_truth(env):
         got = env.score(row, row["response"]).value
         assert got == (1.0 if right else 0.0), row
     assert all(held_out(r["prompt"].split("# ")[1].split("\n")[0]) for r in function_rows(10, holdout="only"))
+
+
+def test_the_tests_take_from_the_program_only_what_they_call():
+    from environments.code.harness import plan_tests
+    _, _, names, modules = plan_tests({"code": "assert set(common([1, 2], [2])) == set([2])\n"
+                                               "assert math.isclose(area(2), 12.56, rel_tol=0.01)\n"})
+    assert names == {"common", "area", "math"} and modules == {"math"}  # math: P's only if P defines one
+    _, _, names, _ = plan_tests({"code": "assert sum(10, 15) == 6\nassert abs(sum(4, 6)) == 3\n"})
+    assert names == {"sum"}  # a task that names its function after a builtin (MBPP/126)
+    _, _, names, _ = plan_tests({"code": "def check(candidate):\n    xs = [1, 2]\n    assert abs(poly(xs, candidate(xs))) < 1e-4\n",
+                                 "call": "check", "entry_point": "find_zero",
+                                 "prelude": "def poly(xs, x):\n    return sum(xs)\n"})
+    assert names == {"find_zero"}
+
+
+def test_a_task_named_after_a_builtin_still_scores(env):
+    row = {"test_list": ["assert sum(10, 15) == 6", "assert sum(4, 6) == 3"]}
+    gcd_sum = "def sum(a, b):\n    total = 0\n    for i in range(1, min(a, b)):\n        if a % i == 0 and b % i == 0:\n" \
+              "            total += i\n    return total\n"
+    assert env.score(row, gcd_sum).value == 1.0
+    assert env.score(row, "def sum(a, b):\n    return 0\n").value == 0.0
+
+
+def test_setup_code_builds_values_from_the_programs_classes(env):
+    row = {"test_list": ["assert depth(root) == 3"],
+           "test_setup_code": "root = Node(1)\nroot.left = Node(2)\nroot.left.left = Node(3)\n"}
+    tree = "class Node:\n    def __init__(self, v):\n        self.v, self.left, self.right = v, None, None\n" \
+           "def depth(n):\n    return 0 if n is None else 1 + max(depth(n.left), depth(n.right))\n"
+    assert env.score(row, tree).value == 1.0
+
+
+def test_packages_option_is_checked():
+    with pytest.raises(ValueError, match="packages"):
+        CodeEnvironment(packages="numpy")
