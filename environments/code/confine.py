@@ -201,16 +201,22 @@ class Cgroup:
             self.events_fd = os.open(events / name, os.O_RDONLY | os.O_CLOEXEC)
 
     @classmethod
-    def create(cls, memory_mb: int, processes: int, cpus: float = 1.0) -> Cgroup | None:
-        """A new cgroup capping memory (+ swap) at ``memory_mb``, ``processes`` and ``cpus``
-        CPUs, or None (said once in the log) where this process cannot make one."""
+    def create(cls, memory_mb: int, processes: int, cpus: float | None = 1.0) -> Cgroup | None:
+        """A new cgroup capping memory (+ swap) at ``memory_mb``, ``processes``, and ``cpus``
+        CPUs unless None, or None (said once in the log) where this process cannot make one.
+        (A runner pinned to a CPU asks for no CPU cap: a program cannot leave that CPU, and a
+        group of its own would cost every call between the tests and the program ~1 ms of
+        scheduling.)"""
         try:
             own = _own_cgroups()
         except (OSError, ValueError):
             own = {}
         name = f"rlvr-sandbox-{os.getpid()}-{time.monotonic_ns()}"
         folders, errors = {}, []
+        wanted = [c for c in CONTROLLERS if c != "cpu" or cpus is not None]
         for controller, parent in own.items():
+            if controller not in wanted:
+                continue
             try:
                 _remove_stale(parent)
                 folder = parent / name
@@ -219,7 +225,7 @@ class Cgroup:
                 folders[controller] = folder
             except OSError as err:
                 errors.append(f"{controller}: {err.strerror or err}")
-        missing = [c for c in CONTROLLERS if c not in folders]
+        missing = [c for c in wanted if c not in folders]
         if missing and not cls.missing_said:
             cls.missing_said = True
             log.warning("code sandbox: no cgroup for %s here (%s); those limits apply per program process "

@@ -45,7 +45,6 @@ import base64
 import builtins
 import ctypes
 import gc
-import glob
 import importlib
 import itertools
 import json
@@ -100,13 +99,46 @@ def read_frame(fd, deadline=None, limit=1 << 26):
     (n,) = FRAME.unpack(read_exact(fd, FRAME.size, deadline))
     if n > limit:
         raise ValueError(f"a message of {n} bytes (at most {limit})")
+    return _loads(read_exact(fd, n, deadline), deadline)
+
+
+def _loads(data, deadline):
     try:
-        value = json.loads(read_exact(fd, n, deadline))
+        value = json.loads(data)
     except RecursionError:
         raise ValueError("a message nested too deeply") from None
     if deadline is not None and time.monotonic() > deadline:
         raise TimeoutError
     return value
+
+
+class FrameReader:
+    """``read_frame`` for a pipe this process alone reads (the calls between H and P): what is
+    there is read at once, so a frame whose header and body arrive together costs one read."""
+
+    def __init__(self, fd):
+        self.fd, self.buffer = fd, bytearray()
+
+    def _fill(self, n, deadline):
+        while len(self.buffer) < n:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                    raise TimeoutError
+            chunk = os.read(self.fd, max(n - len(self.buffer), 65536))
+            if not chunk:
+                raise EOFError
+            self.buffer += chunk
+
+    def read(self, deadline=None, limit=1 << 26):
+        self._fill(FRAME.size, deadline)
+        (n,) = FRAME.unpack_from(self.buffer)
+        if n > limit:
+            raise ValueError(f"a message of {n} bytes (at most {limit})")
+        self._fill(FRAME.size + n, deadline)
+        data = bytes(self.buffer[FRAME.size:FRAME.size + n])
+        del self.buffer[:FRAME.size + n]
+        return _loads(data, deadline)
 
 
 # ---------------------------------------------------------------- plain data across the pipe
@@ -179,8 +211,9 @@ def decode(e, depth=0, refs=None):
 def program_main(call_r, ret_w):
     """Wait for the program, define its names, then answer calls until the pipe closes.
     Untrusted: whatever it does, it can only write frames to ``ret_w`` (which H checks)."""
+    calls = FrameReader(call_r)
     try:
-        first = read_frame(call_r)
+        first = calls.read()
     except EOFError:
         return  # a spare process that was not needed
     module = first.get("module", "solution")
@@ -195,7 +228,7 @@ def program_main(call_r, ret_w):
     write_frame(ret_w, {"names": {k: kind for k, kind in names.items() if kind}})
     while True:
         try:
-            call = read_frame(call_r)
+            call = calls.read()
         except EOFError:
             return
         write_frame(ret_w, _answer(namespace, refs, call))
@@ -301,7 +334,7 @@ class Remote:
     """H's end of the pipe to P: calls with a deadline, replies checked and decoded strictly."""
 
     def __init__(self, call_w, ret_r, deadline):
-        self.call_w, self.ret_r, self.deadline = call_w, ret_r, deadline
+        self.call_w, self.replies, self.deadline = call_w, FrameReader(ret_r), deadline
 
     def function(self, name):
         def call(*args, **kwargs):
@@ -311,7 +344,7 @@ class Remote:
 
     def receive(self):
         try:
-            return read_frame(self.ret_r, self.deadline, REPLY_LIMIT)
+            return self.replies.read(self.deadline, REPLY_LIMIT)
         except ValueError as err:
             raise ProtocolError(str(err)) from None
 
@@ -535,11 +568,11 @@ def _fork_program(limits, uid):
     return pid, [call_w, ret_r, out, err], workdir
 
 
-def _remove_workdirs():
+def _remove_workdirs(workdirs):
     """The work dirs of finished runs (Z's job: as root with DAC_OVERRIDE it may remove what a
     program left there; ``rmtree`` follows no link and opens no FIFO)."""
-    for leftover in glob.glob(f"{WORKDIR_PREFIX}{os.getpid()}-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+    while workdirs:
+        shutil.rmtree(workdirs.pop(), ignore_errors=True)
 
 
 def zygote_main(sock, uid, cgroup_fds):
@@ -553,6 +586,7 @@ def zygote_main(sock, uid, cgroup_fds):
     for fd in cgroup_fds:
         os.write(fd, b"0")
         os.close(fd)
+    workdirs = []
     while True:
         message = sock.recv(65536)
         if not message:
@@ -567,9 +601,10 @@ def zygote_main(sock, uid, cgroup_fds):
             sock.send(json.dumps(reply).encode())
             continue
         _reap()  # the last runs' programs, killed by H and not asked about
-        _remove_workdirs()
+        _remove_workdirs(workdirs)
         try:
             pid, fds, workdir = _fork_program(request["spawn"], uid)
+            workdirs.append(workdir)
         except (KeyError, TypeError, ValueError, OSError) as err:
             sock.send(json.dumps({"error": f"{type(err).__name__}: {err}"}).encode())
             continue

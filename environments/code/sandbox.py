@@ -270,7 +270,8 @@ class WarmRunner:
         self.uid = _claim_uid(os.getuid() == 0 or self.sandbox.docker is not None)
         if self.sandbox.docker is None:
             self.cgroup = confine.Cgroup.create(self.limits.memory_mb + ZYGOTE_MB,
-                                                self.limits.processes + SANDBOX_PROCESSES)
+                                                self.limits.processes + SANDBOX_PROCESSES,
+                                                cpus=None if self.claim is not None else 1.0)
         self.server = self.sandbox.start_server(self.limits, None if self.claim is None else self.claim[0],
                                                 self.uid[0], self.cgroup)
         self.restarts += 1
