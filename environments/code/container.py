@@ -57,7 +57,7 @@ def container_options(limits: Limits, cpu: int | None = None) -> dict:
         "network_mode": "none",
         "ipc_mode": "none",
         "read_only": True,
-        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={limits.tmp_mb}m,mode=1777"},
+        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={limits.tmp_mb}m,mode=755"},  # programs write their work dirs only
         "mem_limit": f"{limits.memory_mb + SERVER_MB}m",
         "memswap_limit": f"{limits.memory_mb + SERVER_MB}m",  # the same: no swap
         "pids_limit": limits.processes + SERVER_PROCESSES,

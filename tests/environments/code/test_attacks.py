@@ -102,6 +102,25 @@ def walk():
         assert listing.status == "passed", listing
 
 
+def test_only_its_work_dir_is_writable(runner):
+    """Nothing a run writes outlives it: no folder of the tree but its own work dir takes a file."""
+    probe = """
+import os
+def writable():
+    out, here = [], os.getcwd()
+    for top, dirs, files in os.walk("/"):
+        dirs[:] = [d for d in dirs if os.path.join(top, d) not in ("/proc", "/sys")]
+        if not top.startswith(here):
+            try:
+                os.close(os.open(os.path.join(top, ".probe"), os.O_CREAT | os.O_WRONLY, 0o600))
+                out.append(top)
+            except OSError:
+                pass
+    return out
+"""
+    assert runner.check(probe, {"code": "assert writable() == []\n"}).status == "passed"
+
+
 def test_the_prompts_helpers_are_the_prompts(runner):
     """HumanEval/32 and /38 style: the tests call a helper of the prompt; a program that defines
     its own (a poly that is always 0, an identity encoder) changes nothing."""

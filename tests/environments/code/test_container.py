@@ -46,7 +46,7 @@ def test_limits_become_container_options():
     options = container_options(limits, cpu=3)
     assert options["network_mode"] == "none" and options["read_only"] is True
     assert options["ipc_mode"] == "none" and options["nano_cpus"] == 10**9  # no /dev/shm; one CPU
-    assert options["tmpfs"] == {"/tmp": "rw,nosuid,nodev,size=64m,mode=1777"}
+    assert options["tmpfs"] == {"/tmp": "rw,nosuid,nodev,size=64m,mode=755"}
     assert options["mem_limit"] == options["memswap_limit"] == f"{512 + container.SERVER_MB}m"
     assert options["pids_limit"] == 32 + container.SERVER_PROCESSES
     assert options["cap_drop"] == ["ALL"] and sorted(options["cap_add"]) == sorted(c[4:] for c in ROOT_CAPS)
