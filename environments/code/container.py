@@ -51,7 +51,7 @@ def engine():
 
 def container_options(limits: Limits, cpu: int | None = None) -> dict:
     """``Limits`` as keyword arguments of ``containers.create``. The per-program rlimits (address
-    space, CPU time, file size, open files, processes of nobody) are set by the harness inside,
+    space, CPU time, file size, open files, processes of the sandbox's uid) are set by the harness inside,
     as in every backend; these cap the container as a whole."""
     options = {
         "network_mode": "none",
@@ -65,7 +65,7 @@ def container_options(limits: Limits, cpu: int | None = None) -> dict:
         "cap_drop": ["ALL"],
         "cap_add": [cap.removeprefix("CAP_") for cap in ROOT_CAPS],
         "security_opt": ["no-new-privileges"],
-        "user": "0",  # root inside, so that programs can be made nobody
+        "user": "0",  # root inside, so that programs can be given the sandbox's uid
         "environment": {"PATH": "/usr/local/bin:/usr/bin:/bin"},
         "init": True,  # a real init reaps what the programs orphan
         "stdin_open": True,

@@ -11,10 +11,10 @@ STATUSES = ("passed", "failed", "timeout", "memory_limit", "runtime_error", "san
 class Limits:
     wall_s: float = 10.0  # whole run, wall clock; everything the run started is killed after
     cpu_s: int = 10
-    memory_mb: int = 1024  # address space of the program
+    memory_mb: int = 1024  # address space of each program process (and the sandbox's memory cgroup, + 64 MB)
     file_size_mb: int = 16  # largest file it may write (stdout/stderr included)
     open_files: int = 64
-    processes: int = 64  # of the sandbox user, counted over the machine
+    processes: int = 64  # of the sandbox's uid (and its pids cgroup, where there is one)
     output_bytes: int = 65536  # stdout/stderr kept in the result
     tmp_mb: int = 256  # size of the sandbox's private /tmp
 
@@ -40,7 +40,7 @@ class SandboxUnavailable(RuntimeError):
     """The backend asked for cannot run here (not installed, no engine); says what is missing."""
 
 
-# What the server and its zygote keep as root (bubblewrap, docker): to make a program process run
-# as nobody (SETUID, SETGID, CHOWN its work dir), then kill it and read and remove what it left
-# (KILL, DAC_OVERRIDE). A program process has none (it is nobody; no new privileges).
+# What the zygote keeps as root (bubblewrap, docker): to make a program process run as the
+# sandbox's uid (SETUID, SETGID, CHOWN its work dir) and remove what it left (DAC_OVERRIDE, KILL).
+# The test process keeps KILL only (to end a run's processes); a program process has none.
 ROOT_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_KILL", "CAP_DAC_OVERRIDE")

@@ -227,7 +227,7 @@ def _server(runner) -> int:
 
 
 def test_a_server_whose_zygote_died_is_replaced():
-    # A program cannot signal the zygote when the sandbox starts as root (it runs as nobody);
+    # A program cannot signal the zygote when the sandbox starts as root (another uid);
     # without root it can. Either way the next runs must still be scored.
     runner = Sandbox("bubblewrap").runner(Limits(wall_s=5))
     try:
