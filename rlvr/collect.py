@@ -48,6 +48,8 @@ class Collected:
     reward_seconds: float = 0.0
     scoring_failures: int = 0
     info_metrics: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # "<env>/<key>" -> values
+    # per sample: an episode's chat transcript (what offline scoring replays), None for a completion
+    transcripts: list[list | None] = dataclasses.field(default_factory=list)
 
 
 def as_completion(episode: Episode, index: int) -> Completion:
@@ -128,7 +130,8 @@ class Collector:
 
     def collect(self, prompts: list[Prompt], n: int, sampling, seed: int) -> Collected:
         """``n`` samples of each prompt with ``sampling`` (a SamplingConfig) and ``seed``."""
-        out = Collected([None] * (len(prompts) * n), [None] * (len(prompts) * n), torch.zeros(len(prompts) * n), [])
+        out = Collected([None] * (len(prompts) * n), [None] * (len(prompts) * n), torch.zeros(len(prompts) * n), [],
+                        transcripts=[None] * (len(prompts) * n))
         by_key: dict[tuple[str, str] | None, list[int]] = {}
         for i, p in enumerate(prompts):
             by_key.setdefault(p.scorer_key if self.multi_turn[p.scorer_key] else None, []).append(i)
@@ -150,6 +153,8 @@ class Collector:
                 out.rollout_seconds += time.monotonic() - before
                 out.episodes += played
                 found = [(as_completion(e, k // n), e.mask, e.reward) for k, e in enumerate(played)]
+                for k, e in enumerate(played):
+                    out.transcripts[idx[k // n] * n + k % n] = e.messages or None
             for k, (sample, mask, reward) in enumerate(found):
                 at = idx[k // n] * n + k % n
                 out.samples[at], out.masks[at], out.rewards[at] = sample, mask, reward

@@ -123,6 +123,8 @@ class MultiTurnEnvironment(Environment):
     # max_observation_tokens, and an episode ends when prompt + turns reach max_total_tokens.
     max_observation_tokens: int | None = None
     max_total_tokens: int | None = None
+    # Seconds one step may take before the driver ends that episode (its other episodes go on).
+    step_timeout: float = 30.0
 
     def reset(self, task: Mapping[str, Any]) -> Observation:
         raise NotImplementedError(f"{type(self).__name__} must implement reset(task)")

@@ -130,9 +130,12 @@ def _evaluate_chunk(collector, pool, prompts: list, sampling, seed: int, n: int)
     for i, prompt in enumerate(prompts):
         samples = got.samples[i * n:(i + 1) * n]
         responses = [s.text or pool.tokenizer.decode(s.token_ids) for s in samples]  # an episode: its transcript
+        transcripts = got.transcripts[i * n:(i + 1) * n]
         rows.append({**prompt.task, "prompt": prompt.text, "responses": responses, "rewards": rewards[i],
                      "response_tokens": [sum(m) for m in got.masks[i * n:(i + 1) * n]],
-                     "finish_reasons": [s.finish_reason for s in samples]})
+                     "finish_reasons": [s.finish_reason for s in samples],
+                     # an episode's chat, what `rlvr score` replays (a row per transcript, as `response`)
+                     **({"transcripts": transcripts} if any(transcripts) else {})})
     return rows, got.info_metrics
 
 

@@ -1,11 +1,15 @@
 """Mock databases for the SQL environment: SQLite in memory, one per episode, read-only.
 
-A database comes from a ``.sqlite`` file (read once, read-only, and deserialised into a private
-in-memory copy per episode, so no episode can change it for the next, nor the file) or from a
-schema and rows given in the task. Queries run locked down: an authorizer admits reads only (no
-ATTACH, no writes, no PRAGMA but the schema ones, no ``load_extension``), extension loading is
-off, ``query_only`` is on, no database can be attached, and a progress handler stops a query at
-its time limit; results are capped in rows and characters.
+A database comes from a ``.sqlite`` file under ``db_root`` (read once, read-only, and
+deserialised into a private in-memory copy per episode, so no episode can change it for the
+next, nor the file) or from a schema and rows given in the task, which are data too: they are
+applied with no database attachable and an authorizer that admits only CREATE TABLE / INDEX /
+VIEW and INSERT. Queries run locked down: an authorizer admits reads only (no ATTACH, no writes,
+no PRAGMA but the schema ones, no ``load_extension``), extension loading is off, ``query_only``
+is on, no database can be attached, a string or blob is at most ``QueryLimits.value_bytes``, and
+a progress handler stops a query at its time limit; results are capped in rows and in bytes as
+each row is read. (What the progress handler cannot stop, a single long function call, the
+executor's deadline does: ``executor.py``.)
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ class QueryError(Exception):
 class QueryLimits:
     timeout_s: float = 2.0  # per query, wall clock
     max_rows: int = 10_000  # rows a query may return (more is an error: the result is not used)
-    max_chars: int = 1_000_000  # characters of a result, all cells together
+    max_bytes: int = 1_000_000  # bytes of a result (UTF-8 text, blobs, 8 per number), counted row by row
+    value_bytes: int = 100_000  # the longest string or blob any expression may make (SQLITE_LIMIT_LENGTH)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,29 +69,50 @@ def _file_bytes(path: Path) -> bytes:
 
 
 def resolve_path(db_path: str, db_root: str | None) -> Path:
-    path = Path(db_path)
-    if not path.is_absolute() and db_root is not None:
-        path = Path(db_root) / path
+    """``db_path`` under ``db_root`` (the working folder when None): a path that leads elsewhere
+    (absolute, ``..``, a link out) is refused, as is one that is not a file."""
+    root = Path(db_root or ".").resolve()
+    path = (root / db_path).resolve()
+    if root != path and root not in path.parents:
+        raise ValueError(f"db_path {db_path!r} is outside db_root {str(root)!r}")
     if not path.is_file():
-        raise FileNotFoundError(f"db_path {db_path!r}: no such file{f' under db_root {db_root!r}' if db_root else ''}")
+        raise FileNotFoundError(f"db_path {db_path!r}: no such file under db_root {str(root)!r}")
     return path
 
 
-def open_database(task: Mapping[str, Any], db_root: str | None = None) -> sqlite3.Connection:
+def open_database(task: Mapping[str, Any], db_root: str | None = None,
+                  limits: QueryLimits = QueryLimits()) -> sqlite3.Connection:
     """A private in-memory copy of the task's database (``db_path``, or ``schema`` + ``rows``),
     locked down (``lock_down``)."""
     conn = sqlite3.connect(":memory:", check_same_thread=False)
+    _no_attach(conn, limits)
     if task.get("db_path"):
         conn.deserialize(_file_bytes(resolve_path(task["db_path"], db_root)))
     else:
+        conn.set_authorizer(_authorize_schema)
         conn.executescript(task["schema"])
         for table, rows in (task.get("rows") or {}).items():
             if rows:
                 marks = ", ".join("?" * len(rows[0]))
-                conn.executemany(f'INSERT INTO "{table}" VALUES ({marks})', rows)
+                name = str(table).replace('"', '""')
+                conn.executemany(f'INSERT INTO "{name}" VALUES ({marks})', rows)
         conn.commit()
-    lock_down(conn)
+    lock_down(conn, limits)
     return conn
+
+
+# What a row's schema may do: make tables, indexes and views, and fill them.
+_SCHEMA_ACTIONS = {sqlite3.SQLITE_CREATE_TABLE, sqlite3.SQLITE_CREATE_INDEX, sqlite3.SQLITE_CREATE_VIEW,
+                   sqlite3.SQLITE_INSERT, sqlite3.SQLITE_READ, sqlite3.SQLITE_SELECT, sqlite3.SQLITE_UPDATE,
+                   sqlite3.SQLITE_TRANSACTION}
+
+
+def _authorize_schema(action, arg1, arg2, db_name, trigger):
+    if action == sqlite3.SQLITE_FUNCTION:
+        return sqlite3.SQLITE_DENY if (arg2 or "").lower() in _DENIED_FUNCTIONS else sqlite3.SQLITE_OK
+    if action in (sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_INSERT, sqlite3.SQLITE_READ) and db_name not in ("main", None):
+        return sqlite3.SQLITE_DENY  # (sqlite_master of another schema, temp)
+    return sqlite3.SQLITE_OK if action in _SCHEMA_ACTIONS else sqlite3.SQLITE_DENY
 
 
 def _authorize(action, arg1, arg2, db_name, trigger):
@@ -99,13 +125,19 @@ def _authorize(action, arg1, arg2, db_name, trigger):
     return sqlite3.SQLITE_DENY
 
 
-def lock_down(conn: sqlite3.Connection) -> None:
-    conn.execute("PRAGMA query_only = ON")
+def _no_attach(conn: sqlite3.Connection, limits: QueryLimits) -> None:
     if hasattr(conn, "enable_load_extension"):
         conn.enable_load_extension(False)
-    if hasattr(conn, "setlimit"):  # Python >= 3.11
-        conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
-        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1_000_000)  # one string or blob
+    conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+    conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, limits.value_bytes)  # one string or blob
+    # LIKE / GLOB cost text x pattern: with patterns of at most 1,000 characters, ~0.1 s at most
+    conn.setlimit(sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH, 1_000)
+
+
+def lock_down(conn: sqlite3.Connection, limits: QueryLimits = QueryLimits()) -> None:
+    conn.set_authorizer(None)
+    conn.execute("PRAGMA query_only = ON")
+    _no_attach(conn, limits)
     conn.set_authorizer(_authorize)
 
 
@@ -133,17 +165,23 @@ def run_query(conn: sqlite3.Connection, query: str, limits: QueryLimits = QueryL
 
 
 def _fetch_capped(cursor: sqlite3.Cursor, limits: QueryLimits) -> list[tuple]:
-    """The rows, a batch at a time, stopping as soon as a cap is passed (a huge result is never
-    held whole)."""
-    rows, chars = [], 0
-    while batch := cursor.fetchmany(64):
-        rows += batch
-        chars += sum(len(str(v)) for row in batch for v in row)
+    """The rows, one at a time, stopping as soon as a cap is passed: at most one row beyond the
+    cap is ever held (a row is at most its columns x ``value_bytes``)."""
+    rows, size = [], 0
+    while (row := cursor.fetchone()) is not None:
+        rows.append(row)
+        size += sum(_bytes(v) for v in row)
         if len(rows) > limits.max_rows:
             raise QueryError(f"result too large: more than {limits.max_rows} rows")
-        if chars > limits.max_chars:
-            raise QueryError(f"result too large: more than {limits.max_chars} characters")
-    return [tuple(r) for r in rows]
+        if size > limits.max_bytes:
+            raise QueryError(f"result too large: more than {limits.max_bytes} bytes")
+    return rows
+
+
+def _bytes(value) -> int:
+    if isinstance(value, str):
+        return len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
+    return len(value) if isinstance(value, bytes) else 8
 
 
 def _message(err: Exception) -> str:

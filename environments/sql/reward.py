@@ -1,17 +1,25 @@
 """Execution match: does a query return what the gold query returns?
 
 Results are compared as rows of values: column names are ignored (``COUNT(*)`` and ``AS n`` are
-the same column), the column order is not (it is part of what was asked), numbers match within a
-relative tolerance (``3`` = ``3.0``; ``0.1 + 0.2`` = ``0.3``), and the rows' order only when the
-gold query orders them (a top-level ``ORDER BY``) or the task says ``order_matters``; otherwise
-the rows are compared as a multiset (duplicates count).
+the same column), the column order is not (it is part of what was asked). Integers and text
+compare exactly (another customer's phone number one digit off is another number); an integer
+equals a float only when they are the same number (``3`` = ``3.0``); two floats match within a
+relative tolerance of ``REL_TOL`` (or ``ABS_TOL`` near zero: ``0.1 + 0.2`` = ``0.3``). The rows'
+order counts only when the gold query orders them (a top-level ``ORDER BY``) or the task says
+``order_matters``; otherwise the rows are compared as a multiset (duplicates count).
+
+A gold result that a query matching nothing would also give (no rows, only NULLs, or one row of
+0 / NULL / empty text: a count or an aggregate over nothing) cannot tell an answer from a guess or
+from a filter that matched nothing by mistake: ``degenerate`` names it, generators never make
+one, and the environment refuses such a row unless told to score it.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from collections import Counter
 
+REL_TOL, ABS_TOL = 1e-9, 1e-12
 _STRINGS_AND_COMMENTS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/", re.S)
 
 
@@ -29,22 +37,45 @@ def has_top_level_order_by(sql: str) -> bool:
     return False
 
 
-def _cell(value, digits: int):
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)):
-        return float(f"{float(value):.{digits}g}")  # a relative tolerance, and 3 == 3.0
-    return value
+def same_value(a, b) -> bool:
+    """One cell against another (see the module docstring)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=ABS_TOL)
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers):
+        return a == b  # int against int or float: exact (Python compares them without rounding)
+    return type(a) is type(b) and a == b
 
 
-def canonical_rows(rows: list, digits: int = 9) -> list[tuple]:
-    return [tuple(_cell(v, digits) for v in row) for row in rows]
+def _sort_key(row: tuple) -> tuple:
+    """Orders rows whose values may differ within the float tolerance the same way: by type,
+    then by value, floats rounded to 9 digits."""
+    key = []
+    for v in row:
+        if v is None:
+            key.append((0, 0))
+        elif isinstance(v, (int, float)):
+            key.append((1, float(f"{v:.9g}") if isinstance(v, float) else v))
+        else:
+            key.append((2 if isinstance(v, str) else 3, v))
+    return tuple(key)
 
 
-def results_match(gold_rows: list, rows: list, ordered: bool, digits: int = 9) -> bool:
-    """``rows`` equal ``gold_rows`` (see the module docstring); ``digits``: significant digits
-    that must agree."""
-    gold, got = canonical_rows(gold_rows, digits), canonical_rows(rows, digits)
-    if ordered:
-        return gold == got
-    return Counter(gold) == Counter(got)
+def results_match(gold_rows: list, rows: list, ordered: bool) -> bool:
+    """``rows`` equal ``gold_rows`` (see the module docstring)."""
+    if len(gold_rows) != len(rows):
+        return False
+    if not ordered:
+        gold_rows, rows = sorted(gold_rows, key=_sort_key), sorted(rows, key=_sort_key)
+    return all(len(g) == len(r) and all(map(same_value, g, r)) for g, r in zip(gold_rows, rows))
+
+
+def degenerate(gold_rows: list) -> str | None:
+    """Why a gold result cannot tell an answer from a guess, or None."""
+    if not gold_rows:
+        return "the gold query returns no rows"
+    if all(v is None for row in gold_rows for v in row):
+        return "the gold query returns only NULLs"
+    if len(gold_rows) == 1 and all(v is None or v == 0 or v == "" for v in gold_rows[0]):
+        return "the gold query returns one row of 0 / NULL / empty text (what an aggregate over nothing gives)"
+    return None

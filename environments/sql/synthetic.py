@@ -4,7 +4,8 @@ SQL experiment (``rlvr-train experiment=sql``).
 Each row carries its own small database (``schema`` + ``rows``: customers, products, orders,
 drawn from the row's seed) and a question of one of five kinds (counts and lookups: customers in
 a city, a product's price, products of a category, customers' names, products under a price),
-with its gold query. A fixed quarter of all tasks is held out, never trained on: by database
+with its gold query; a question whose answer is a count of 0 or no rows is never asked (a guess
+or a filter that matched nothing by mistake would be paid). A fixed quarter of all tasks is held out, never trained on: by database
 (``holdout_by="database"``: the evaluation's databases never occur in training, its question
 texts do) or by question (``"question"``: its question texts never occur in training either;
 a city, product or price in them may occur only in other kinds of question, or not at all).
@@ -20,7 +21,10 @@ from __future__ import annotations
 
 import random
 
+import sqlite3
+
 from environments.sql import SqlEnvironment
+from environments.sql.reward import degenerate
 from environments.sql.tools import format_call
 from rlvr.env import in_split
 
@@ -71,6 +75,18 @@ def _question(rng: random.Random, db: dict[str, list[list]]) -> tuple[str, str, 
             "SELECT name FROM products", f"SELECT name FROM products WHERE cost < {price}")
 
 
+def _gold_rows(gold_sql: str, db: dict[str, list[list]]) -> list:
+    """The gold query's result on a task's database (built here: the generator's own data)."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.executescript(SCHEMA)
+        for table, rows in db.items():
+            conn.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(rows[0]))})", rows)
+        return conn.execute(gold_sql).fetchall()
+    finally:
+        conn.close()
+
+
 def held_out(question: str, db: dict, by: str) -> bool:
     """Whether a task is in the fixed held-out quarter (by its database or its question text)."""
     key = question if by == "question" else repr(sorted(db.items()))
@@ -91,8 +107,8 @@ def shop_rows(n: int, seed: int = 0, holdout: str | None = None, holdout_by: str
     while len(rows) < n:
         db = _database(rng)
         question, gold, wrong, misnamed = _question(rng, db)
-        if not in_split(held_out(question, db, holdout_by), holdout):
-            continue
+        if not in_split(held_out(question, db, holdout_by), holdout) or degenerate(_gold_rows(gold, db)):
+            continue  # (a count of 0 or an empty list: a guess, or a filter matching nothing, would pay)
         row = {"question": question, "gold_sql": gold, "schema": SCHEMA, "rows": db}
         if teacher:
             row["messages"] = demonstration(row, rng, wrong, misnamed, mistakes, careless)

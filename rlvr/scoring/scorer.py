@@ -8,7 +8,7 @@ import inspect
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from rlvr.env import Environment, TaskError, get_environment_class
+from rlvr.env import Environment, MultiTurnEnvironment, TaskError, get_environment_class
 from rlvr.rows import UsageError
 from rlvr.scoring.pool import Outcome
 
@@ -35,10 +35,17 @@ def build_task(row: Mapping[str, Any], field_map: Mapping[str, str], env: Enviro
     task = mapped(row, field_map)
     if RESPONSE_FIELD not in task or task[RESPONSE_FIELD] is None:
         raise TaskError(f"missing field {RESPONSE_FIELD!r}")
-    if not isinstance(task[RESPONSE_FIELD], str):
-        raise TaskError(f"field {RESPONSE_FIELD!r} must be str, got {type(task[RESPONSE_FIELD]).__name__}")
+    response = task[RESPONSE_FIELD]
+    if isinstance(env, MultiTurnEnvironment) and isinstance(response, list):  # an episode's transcript
+        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                   for m in response):
+            raise TaskError(f"field {RESPONSE_FIELD!r}: a transcript is a list of {{\"role\", \"content\"}} messages")
+    elif not isinstance(response, str):
+        raise TaskError(f"field {RESPONSE_FIELD!r} must be str"
+                        f"{' or a transcript (a list of messages)' if isinstance(env, MultiTurnEnvironment) else ''}"
+                        f", got {type(response).__name__}")
     env.check_task(task)
-    return task, task[RESPONSE_FIELD]
+    return task, response
 
 
 def build_group_task(row: Mapping[str, Any], field_map: Mapping[str, str], env: Environment) -> tuple[dict, list[str]]:

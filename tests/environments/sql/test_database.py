@@ -27,8 +27,8 @@ TASK = {"question": "How many items?", "gold_sql": "SELECT COUNT(*) FROM items"}
 
 
 def episode(shop, query: str):
-    env = SqlEnvironment(timeout=1.0)
-    env.reset({**TASK, "db_path": str(shop)})
+    env = SqlEnvironment(timeout=1.0, db_root=str(shop.parent))
+    env.reset({**TASK, "db_path": shop.name})
     start = time.monotonic()
     step = env.step(format_call("sql", query))
     return step.observation.text, time.monotonic() - start
@@ -61,14 +61,14 @@ def test_hostile_sql_gets_an_error_and_leaves_the_file_alone(shop, query, expect
 
 
 def test_ten_megabyte_result_is_refused(shop):
-    conn = open_database({"db_path": str(shop)})
-    query = "SELECT printf('%.500000c', 'x') FROM items a, items b, items c"  # 27 rows x 0.5 MB
+    conn = open_database({"db_path": shop.name}, str(shop.parent))
+    query = "SELECT printf('%.50000c', 'x') FROM items a, items b, items c, items d"  # 81 rows x 50 KB
     with pytest.raises(QueryError, match="too large|too big"):
         run_query(conn, query, QueryLimits(timeout_s=5))
 
 
 def test_episodes_get_private_copies(shop):
-    a, b = open_database({"db_path": str(shop)}), open_database({"db_path": str(shop)})
+    a, b = (open_database({"db_path": shop.name}, str(shop.parent)) for _ in range(2))
     a.set_authorizer(None)
     a.execute("PRAGMA query_only = OFF")
     a.execute("DELETE FROM items")  # even with the locks taken off one copy...
@@ -83,5 +83,5 @@ def test_inline_schema_and_rows():
 
 
 def test_schema_pragmas_are_allowed(shop):
-    conn = open_database({"db_path": str(shop)})
+    conn = open_database({"db_path": shop.name}, str(shop.parent))
     assert [r[1] for r in run_query(conn, "PRAGMA table_info(items)").rows] == ["id", "name", "price"]

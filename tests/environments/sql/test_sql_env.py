@@ -3,7 +3,7 @@ scoring, the execution match, and the shop task set."""
 
 import pytest
 
-from environments.sql import SqlEnvironment, final_query
+from environments.sql import SqlEnvironment
 from environments.sql.reward import has_top_level_order_by, results_match
 from environments.sql.synthetic import TEACHER_ENV, shop_rows
 from environments.sql.tools import format_call, format_table, parse_action
@@ -76,13 +76,16 @@ def test_wrong_answer_and_format_penalty():
     assert step.done and step.reward == 0.0 and step.info["turns"][-1]["error"]
 
 
-def test_offline_score_of_a_query_or_a_transcript():
+def test_offline_score_of_a_query_a_turn_or_a_transcript():
     env = SqlEnvironment()
-    assert env.score(TASK, "SELECT price FROM items WHERE shop = 'A'").value == 1.0
+    assert env.score(TASK, "SELECT price FROM items WHERE shop = 'A'").value == 1.0  # a bare query
     assert env.score(TASK, "SELECT price FROM items").value == 0.0
-    transcript = (format_call("sql", "SELECT 1") + "\nresult\n" + format_call("answer", "SELECT price FROM items "
-                  "WHERE shop = 'A'"))
-    assert final_query(transcript) == "SELECT price FROM items WHERE shop = 'A'"
+    assert env.score(TASK, format_call("answer", "SELECT price FROM items WHERE shop = 'A'")).value == 1.0
+    assert env.score(TASK, "Here:\n```sql\nSELECT price FROM items WHERE shop = 'A'\n```").value == 1.0
+    assert env.score(TASK, format_call("sql", "SELECT price FROM items WHERE shop = 'A'")).value == 0.0  # no answer
+    transcript = [{"role": "user", "content": "q"}, {"role": "assistant", "content": format_call("sql", "SELECT 1")},
+                  {"role": "tool", "content": "1"},
+                  {"role": "assistant", "content": format_call("answer", "SELECT price FROM items WHERE shop = 'A'")}]
     assert env.score(TASK, transcript).value == 1.0
     assert env.score(TASK, "DROP TABLE items").value == 0.0
 
@@ -97,12 +100,18 @@ def test_bad_rows_are_named():
         env.check_task({**TASK, "gold_sql": "SELECT * FROM nope"})
     with pytest.raises(TaskError, match="db_path 'missing.sqlite': no such file"):
         env.check_task({"question": "q", "gold_sql": "SELECT 1", "db_path": "missing.sqlite"})
+    with pytest.raises(TaskError, match="returns no rows"):
+        env.check_task({**TASK, "gold_sql": "SELECT price FROM items WHERE shop = 'Z'"})
 
 
 def test_execution_match_rules():
     assert results_match([(1, "a"), (2, "b")], [(2, "b"), (1, "a")], ordered=False)
     assert not results_match([(1, "a"), (2, "b")], [(2, "b"), (1, "a")], ordered=True)
     assert results_match([(3,)], [(3.0,)], ordered=True) and results_match([(0.3,)], [(0.1 + 0.2,)], ordered=True)
+    assert not results_match([(5551234567,)], [(5551234568,)], ordered=True)  # integers are exact
+    assert not results_match([(5551234567,)], [(5551234568.0,)], ordered=True)
+    assert not results_match([(1.0,)], [(1.0 + 1e-8,)], ordered=True)  # floats within 1e-9, not 1e-8
+    assert not results_match([("3",)], [(3,)], ordered=True)
     assert not results_match([(1,), (1,)], [(1,)], ordered=False)  # duplicates count
     assert not results_match([(1, 2)], [(2, 1)], ordered=False)  # columns keep their order
     assert has_top_level_order_by("SELECT a FROM t ORDER BY a")
@@ -126,6 +135,6 @@ def test_shop_tasks_hold_out_questions_and_teach_imperfectly():
     for row in train[:50] + held[:50]:
         env.check_task(row)
         assert env.score(row, row["gold_sql"]).value == 1.0
-    final = [env.score(r, final_query(r["messages"][-1]["content"])).value for r in train]
+    final = [env.score(r, r["messages"]).value for r in train]
     assert 0.1 < sum(final) / len(final) < 0.45  # the careless teacher answers wrongly ~75 % of the time
     assert any(m["content"].startswith("Error: no such column") for r in train for m in r["messages"])
