@@ -87,20 +87,24 @@ class SqlEnvironment(MultiTurnEnvironment):
 
     # ------------------------------------------------------------------ episodes
     def reset(self, task: Mapping[str, Any]) -> Observation:
-        self.close()
         if not isinstance(task.get("question"), str):
             raise TaskError("missing field 'question' (an episode asks it)")
-        self.task = task
-        self.db = self._open(task)
-        self.gold = self._gold(self.db, task)
-        self.ordered = bool(task.get("order_matters")) or has_top_level_order_by(task["gold_sql"])
-        self.turns: list[dict] = []
+        self._begin(task)
         user = task["question"]
         if self.schema_in_prompt:
             user = f"{executor.shared().schema(self.db)}\n{user}"
         messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
         messages.append({"role": "user", "content": user})
         return Observation(user, messages=tuple(messages))
+
+    def _begin(self, task: Mapping[str, Any]) -> None:
+        """A new episode's database, gold result and turn log."""
+        self.close()
+        self.task = task
+        self.db = self._open(task)
+        self.gold = self._gold(self.db, task)
+        self.ordered = bool(task.get("order_matters")) or has_top_level_order_by(task["gold_sql"])
+        self.turns: list[dict] = []
 
     def step(self, action: str) -> Step:
         parsed = parse_action(action)
@@ -156,7 +160,7 @@ class SqlEnvironment(MultiTurnEnvironment):
         if action.tool != "answer" and CALL_OPEN in response:
             return Reward(0.0, {"error": f"no answer: the turn's call is {action.tool!r}", "query": None})
         query = action.query if action.tool == "answer" else response.strip()
-        self.reset({"question": "", **task})
+        self._begin(task)
         self.turns.append({"turn": 1, "tool": "answer", "query": query})
         try:
             step = self._final(query, self.turns[-1])
@@ -173,7 +177,7 @@ class SqlEnvironment(MultiTurnEnvironment):
                    for m in messages):
             raise TaskError("field 'response': a transcript is a list of {\"role\", \"content\"} messages")
         turns = [m["content"] for m in messages if m["role"] == "assistant"]
-        self.reset({"question": "", **task})
+        self._begin(task)
         step = None
         try:
             for turn in turns[:self.max_turns]:
