@@ -131,23 +131,23 @@ def _closing_text(tokenizer, turn_ids: Sequence[int]) -> str:
     return inner.convert_ids_to_tokens(int(turn_ids[-1]))
 
 
-def transcript_segments(tokenizer, messages: Sequence[dict]) -> list[tuple[str, bool]]:
-    """A finished chat (a demonstration) as (text, is_model_turn) pieces, rendered exactly as an
-    episode would be: the first prompt, then each assistant turn and what follows it. A warm
-    start trains on the model turns only."""
+def transcript_ids(tokenizer, messages: Sequence[dict]) -> tuple[list[int], list[tuple[list[int], bool]]]:
+    """A finished chat (a demonstration) as token ids, exactly as an episode holds them: the
+    first prompt (``encode_chat``), then each assistant turn (is_model_turn True) and what
+    follows it (``encode_after_turn``). A warm start trains on the model turns only."""
     first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), None)
     if first is None or first == 0:
         raise ValueError("a transcript needs the first prompt's messages, then an assistant turn")
-    pieces = [(render(tokenizer, messages[:first]), False)]
-    i = first
+    prompt, pieces, i = encode_chat(tokenizer, messages[:first]), [], first
     while i < len(messages):
         if messages[i]["role"] != "assistant":
             raise ValueError(f"message {i}: expected an assistant turn, got {messages[i]['role']!r}")
-        pieces.append((messages[i]["content"], True))
+        turn = tokenizer.encode(messages[i]["content"])
+        pieces.append((turn, True))
         j = i + 1
         while j < len(messages) and messages[j]["role"] != "assistant":
             j += 1
         if j < len(messages):  # observations, then the next turn
-            pieces.append((after_turn(tokenizer, messages[:i], messages[i + 1:j]), False))
+            pieces.append((encode_after_turn(tokenizer, messages[:i], messages[i + 1:j], turn), False))
         i = j
-    return pieces
+    return prompt, pieces

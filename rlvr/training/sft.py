@@ -55,13 +55,12 @@ def encode(demo: tuple[str, str] | list[dict], tokenizer: Tokenizer) -> tuple[li
     if isinstance(demo, tuple):
         response = tokenizer.encode(demo[1]) + [tokenizer.eos_token_id]
         return tokenizer.encode(demo[0]), response, [1] * len(response)
-    pieces = chat.transcript_segments(tokenizer, demo)
+    prompt, pieces = chat.transcript_ids(tokenizer, demo)
     response, learn = [], []
-    for text, model_turn in pieces[1:]:
-        ids = tokenizer.encode(text)
+    for ids, model_turn in pieces:
         response += ids
         learn += [int(model_turn)] * len(ids)
-    return tokenizer.encode(pieces[0][0]), response + [tokenizer.eos_token_id], learn + [1]
+    return prompt, response + [tokenizer.eos_token_id], learn + [1]
 
 
 def collate(demos: list, tokenizer: Tokenizer, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,13 +17,14 @@ def test_plain_template():
     assert chat.after_turn(tok, MESSAGES[:2], [MESSAGES[3]]) == "\n<tool>\nn\n3\n<assistant>\n"
 
 
-def test_transcript_segments_render_like_an_episode():
+def test_transcript_ids_are_an_episodes():
     tok = ByteTokenizer()
-    pieces = chat.transcript_segments(tok, MESSAGES)
-    assert [trained for _, trained in pieces] == [False, True, False, True]
-    assert "".join(text for text, _ in pieces) + "\n" == chat.render(tok, MESSAGES, add_generation_prompt=False)
+    prompt, pieces = chat.transcript_ids(tok, MESSAGES)
+    assert [trained for _, trained in pieces] == [True, False, True]
+    text = tok.decode(prompt + [i for ids, _ in pieces for i in ids])
+    assert text + "\n" == chat.render(tok, MESSAGES, add_generation_prompt=False)
     with pytest.raises(ValueError, match="first prompt"):
-        chat.transcript_segments(tok, MESSAGES[2:])
+        chat.transcript_ids(tok, MESSAGES[2:])
 
 
 class ChatMLTokenizer:
