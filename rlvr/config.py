@@ -225,6 +225,22 @@ class LoggingConfig(_Strict):
     plot: bool = True  # reward curve PNG at the end
 
 
+class GateConfig(_Strict):
+    """A bound on a per-step metric (``rlvr.training.gates``)."""
+
+    metric: str  # a metric as metrics.jsonl names it, e.g. reward/judge/fallback_share
+    above: float | None = None  # trips when the window's mean is above this ...
+    below: float | None = None  # ... or below this (exactly one of the two)
+    window: int = Field(5, ge=1)  # steps (that log the metric) averaged
+    action: Literal["warn", "stop"] = "stop"
+
+    @model_validator(mode="after")
+    def _one_bound(self):
+        if (self.above is None) == (self.below is None):
+            raise ValueError("give exactly one of above and below")
+        return self
+
+
 class Config(_Strict):
     # the run's name: outputs/<name> holds its checkpoints and logs (a folder name, not a path)
     name: str = Field("default", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.,=+-]*$")
@@ -249,6 +265,9 @@ class Config(_Strict):
     reward: RewardConfig = RewardConfig()
     cluster: ClusterConfig = ClusterConfig()
     logging: LoggingConfig = LoggingConfig()
+    # bounds on per-step metrics that warn or stop the run; by default a judge whose answers hold
+    # no verdict on more than half of its comparisons for 5 steps stops it
+    gates: list[GateConfig] = [GateConfig(metric="reward/judge/fallback_share", above=0.5, window=5)]
 
     @model_validator(mode="after")
     def _batch_sizes_divide(self):

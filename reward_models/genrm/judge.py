@@ -13,7 +13,9 @@
 
 Both re-ask an answer that holds no verdict ``parse_retries`` times (sampled answers differ;
 greedy ones would not, so a greedy local judge does not re-ask), then use the neutral verdict,
-counted in ``stats.fallbacks``.
+counted in ``stats.fallbacks``. An answer holds a verdict only of the judge's own: not when it was
+cut off (``finish_reason`` "length"), and never one that quotes the candidates or the
+conversation (``verdict.parse_verdict``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ class Comparison:
     response_1: str
     response_2: str
     principle: str | None = None
+
+    def quoted(self) -> tuple[str, ...]:
+        """What the judge is shown besides its instructions: never a source of its verdict."""
+        return (self.response_1, self.response_2, *(m["content"] for m in self.conversation),
+                *((self.principle,) if self.principle else ()))
 
 
 class JudgeError(RuntimeError):
@@ -106,17 +113,17 @@ class HttpJudge(Judge):
         messages = judge_messages(item.conversation, item.response_1, item.response_2, item.principle,
                                   self.native_roles)
         for attempt in range(self.parse_retries + 1):
-            text = await self._complete(session, messages)
+            text, finish_reason = await self._complete(session, messages)
             try:
-                return parse_verdict(text)
+                return parse_verdict(text, finish_reason, item.quoted())
             except VerdictError:
                 if attempt < self.parse_retries:
                     self.stats.parse_retries += 1
         self.stats.fallbacks += 1
         return NEUTRAL
 
-    async def _complete(self, session, messages: list[dict]) -> str:
-        """The judge's answer to ``messages``, retrying failed requests with backoff."""
+    async def _complete(self, session, messages: list[dict]) -> tuple[str, str]:
+        """The judge's answer to ``messages`` and why it ended, retrying failed requests with backoff."""
         import aiohttp
 
         body = {"model": self.model, "messages": messages, "temperature": self.temperature,
@@ -151,12 +158,13 @@ class HttpJudge(Judge):
         self._thread.join(timeout=5)
 
 
-def _content(reply: dict) -> str:
-    """The answer's text from a chat-completions reply."""
-    content = reply["choices"][0]["message"].get("content")
+def _content(reply: dict) -> tuple[str, str]:
+    """The answer's text from a chat-completions reply, and its ``finish_reason``."""
+    choice = reply["choices"][0]
+    content = choice["message"].get("content")
     if not isinstance(content, str):
         raise ValueError("the reply has no message content")
-    return content
+    return content, str(choice.get("finish_reason") or "stop")
 
 
 class LocalJudge(Judge):
@@ -203,7 +211,7 @@ class LocalJudge(Judge):
             self.stats.requests += len(prompts)
             for i, completion in zip(list(prompts), self.engine.generate(list(prompts.values()), sampling)):
                 try:
-                    verdicts[i] = parse_verdict(completion.text)
+                    verdicts[i] = parse_verdict(completion.text, completion.finish_reason, items[i].quoted())
                     del prompts[i]
                 except VerdictError:
                     pass

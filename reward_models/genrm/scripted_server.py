@@ -14,6 +14,10 @@ JSON. A marker in the first response's text scripts the answer:
     [500]           HTTP 500 every time
     [drop-once]     the connection is closed without an answer the first time
     [400]           HTTP 400 (a request the endpoint refuses)
+    [cut-in-think]  reasoning in <think> that quotes the last JSON object of response 2, cut off
+                    there (finish_reason "length"): no verdict of its own
+    [quote-refuse]  quotes that object, declines to follow it, and writes no verdict of its own
+    [quote-verdict] quotes it (in a fence, then bare), then writes its own verdict (4 2 2)
 
 Without a marker the verdict prefers the longer response (score 4 against 2), a judge with
 a known taste. ``stats`` counts requests and the most that were in flight at once.
@@ -29,7 +33,8 @@ import threading
 
 from aiohttp import web
 
-_MARK = re.compile(r"\[(score \d+ \d+ \d+|fenced|garbled-once|garbled|slow|500-once|500|drop-once|400)\]")
+_MARK = re.compile(r"\[(score \d+ \d+ \d+|fenced|garbled-once|garbled|slow|500-once|500|drop-once|400|cut-in-think|"
+                   r"quote-refuse|quote-verdict)\]")
 
 
 class ScriptedJudgeServer:
@@ -86,29 +91,55 @@ class ScriptedJudgeServer:
             if mark == "drop-once" and once:
                 request.transport.close()
                 return web.Response(status=500)
+            content, finish = _verdict_text(mark, once, text)
             return web.json_response({"choices": [{"index": 0, "message": {
-                "role": "assistant", "content": _verdict_text(mark, once, text)}, "finish_reason": "stop"}]})
+                "role": "assistant", "content": content}, "finish_reason": finish}]})
         finally:
             self._in_flight -= 1
 
 
+_SECTION = r"\[response {k} begins (\w+)\]\n(.*?)\n\[response {k} ends \1\]"
+
+
+def _response(text: str, k: int) -> str | None:
+    """Response ``k`` of the judge's prompt (between its begin and end lines), or None."""
+    found = re.search(_SECTION.format(k=k), text, re.S)
+    return found[2] if found else None
+
+
 def _first_response(text: str) -> str | None:
     """Response 1 of the judge's prompt (either message layout)."""
-    found = re.search(r"\[response 1\]\n(.*?)\n\n\[response 2\]", text, re.S)
-    return found[1] if found else text
+    found = _response(text, 1)
+    return found if found is not None else text
 
 
-def _verdict_text(mark: str, once: bool, text: str) -> str:
+def _embedded(text: str) -> str:
+    """The last {...} of response 2: what a candidate wrote as if it were a verdict."""
+    second = _response(text, 2) or ""
+    start = second.rfind("{")
+    return second[start:second.find("}", start) + 1] if start >= 0 else "{}"
+
+
+def _verdict_text(mark: str, once: bool, text: str) -> tuple[str, str]:
+    """The answer and its finish_reason."""
     reasoning = "Response 1 answers the question directly; response 2 is vaguer. "
+    if mark == "cut-in-think":
+        return f"<think>{reasoning}Response 2 ends with {_embedded(text)} and then", "length"
+    if mark == "quote-refuse":
+        return (f"{reasoning}Response 2 ends with {_embedded(text)}, an instruction inside a response; I do not "
+                "follow it.", "stop")
+    if mark == "quote-verdict":
+        return (f"{reasoning}Response 2 ends with\n```json\n{_embedded(text)}\n```\nand repeats {_embedded(text)}, "
+                f"which I ignore. {json.dumps({'score_1': 4, 'score_2': 2, 'ranking': 2})}", "stop")
     if mark == "garbled" or (mark == "garbled-once" and once):
-        return reasoning + "Both have merits, I cannot decide."
+        return reasoning + "Both have merits, I cannot decide.", "stop"
     if mark.startswith("score"):
         a, b, r = map(int, mark.split()[1:])
     else:
-        found = re.search(r"\[response 1\]\n(.*?)\n\n\[response 2\]\n(.*?)\n\n", text, re.S)
-        longer_first = found is None or len(found[1]) >= len(found[2])
+        first, second = _response(text, 1), _response(text, 2)
+        longer_first = first is None or second is None or len(first) >= len(second)
         a, b, r = (4, 2, 2) if longer_first else (2, 4, 5)
     verdict = json.dumps({"score_1": a, "score_2": b, "ranking": r})
     if mark == "fenced":
-        return f"{reasoning}\n```json\n{verdict}\n```\nThat is my verdict."
-    return f"{reasoning}{verdict}"
+        return f"{reasoning}\n```json\n{verdict}\n```\nThat is my verdict.", "stop"
+    return f"{reasoning}{verdict}", "stop"

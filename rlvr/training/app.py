@@ -36,6 +36,7 @@ def _run(cfg) -> dict:
     (out / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=1) + "\n")
     log.info("run %r in %s (resolved config: config.json there)", config.name, out)
 
+    from rlvr.training.gates import GateTripped
     from rlvr.training.interrupt import Interrupted
     from rlvr.training.trainer import Trainer
 
@@ -49,6 +50,10 @@ def _run(cfg) -> dict:
             message = f"interrupted during {stop.where}: relaunch the same command to start again"
         print(f"rlvr-train: {message}", file=sys.stderr, flush=True)
         sys.exit(stop.exit_code)
+    except GateTripped as gate:
+        print(f"rlvr-train: stopped at step {trainer.step} by a gate: {gate} (config key gates; the checkpoint "
+              "of this step is saved: fix the cause and relaunch to resume)", file=sys.stderr, flush=True)
+        sys.exit(3)
     _print_summary(summary, out)
     return summary
 

@@ -30,6 +30,7 @@ import torch
 from rlvr import grpo, runtime
 from rlvr.config import Config, ConfigError
 from rlvr.data import Prompt, PromptStream, split_prompts
+from rlvr.training.gates import Gates, GateTripped
 from rlvr.training.interrupt import Interrupted, StopRequest
 from rlvr.training.learner import LearnerGroup, TrainBatch
 from rlvr.training.packing import right_pad
@@ -81,6 +82,7 @@ class Trainer:
         self.evals: list[tuple[int, float]] = []
         self.train_seconds = 0.0
         self.stop = StopRequest()
+        self.gates = Gates(cfg.gates)
         # Made by setup() (data, warm start, Ray actors); None until then, so shutdown() after a
         # failed setup closes what exists.
         self.tokenizer = None
@@ -207,7 +209,7 @@ class Trainer:
                     self.metrics.log(self.step, final)
                 self.save_checkpoint()
                 return self.finish()
-            except Interrupted:
+            except (Interrupted, GateTripped):
                 if self.step > 0 and self.learner is not None:
                     self.save_checkpoint()
                 raise
@@ -223,6 +225,7 @@ class Trainer:
             metrics.update(self.evaluate())
             self.evals.append((self.step, metrics["eval/accuracy"]))
         self.metrics.log(self.step, metrics)
+        self.gates.check(self.step, metrics)
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{self.evals[-1][1]:.3f}")
         if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:

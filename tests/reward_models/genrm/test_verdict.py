@@ -55,8 +55,9 @@ def test_the_conversation_with_and_without_the_genrm_roles():
     native = judge_messages(conv, "2", "9", principle="be correct", native_roles=True)
     assert [m["role"] for m in native] == ["user", "assistant", "user", "principle", "response_1", "response_2"]
     assert native[-2]["content"] == "2" and native[-1]["content"] == "9"
-    plain = judge_messages(conv, "2", "9")
+    plain = judge_messages(conv, "2", "9", nonce="f00d")
     assert len(plain) == 1 and plain[0]["role"] == "user"
     text = plain[0]["content"]
-    assert text.index("Name a prime.") < text.index("[response 1]\n2") < text.index("[response 2]\n9")
+    assert text.index("Name a prime.") < text.index("[response 1 begins f00d]\n2\n[response 1 ends f00d]") < text.index(
+        "[response 2 begins f00d]\n9\n[response 2 ends f00d]")
     assert '"score_1"' in text and "ranking" in text
