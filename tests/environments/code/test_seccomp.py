@@ -1,6 +1,6 @@
 """The programs' seccomp filter, decided as the kernel would (a BPF interpreter over the built
 filter) for every refused call, the calls every program makes, and the other ABIs; the calls
-refused inside a real sandbox are in test_attacks.py."""
+refused inside a real sandbox are in test_sandbox_attacks.py."""
 
 import pytest
 
