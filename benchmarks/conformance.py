@@ -5,8 +5,9 @@
 Each row carries the convention (Math-Verify, lighteval, hendrycks, simple-evals) whose label it
 is; the grader implements the Math-Verify convention, so that is the number that matters. Per-row
 grader settings that Math-Verify's own tests vary (``precision``, ``allow_set_relation_comp``)
-are passed through. Labels we consider mathematically wrong are listed in KNOWN_WRONG with the
-reason and still count as disagreements. Prints one JSON object.
+are passed through. Labels we consider mathematically wrong are listed in KNOWN_WRONG, and rows
+where the final-answer rule (README, "Math verifier") deliberately refuses what Math-Verify pays are
+listed in BY_RULE, each with its reason; both still count as disagreements. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ KNOWN_WRONG = {
     "se-0004": "3245/5 = 649 exactly; simple-evals forbids non-trivial simplification",
     "hm-0001": "hendrycks compares comma lists as ordered; we grade answer lists as sets",
     "hm-0008": "hendrycks compares comma lists as ordered; we grade answer lists as sets",
+}
+
+# Rows the final-answer rule refuses on purpose: paying them would pay a class of wrong answers.
+BY_RULE = {
+    "mv-0035": "'1/2 = 10/9' is an equation whose left side is no name: a false statement, not an answer",
+    "mv-0173": "an intermediate \\boxed{255} disagrees with the final answer 10,455: two final answers",
+    "mv-0219": "W(x) vs W(n): we never rename variables",
+    "le-0011": "French prose with the value before '$ a payer': we read English answer statements only",
+    "le-0022": "'just about 1$': an approximate answer is no committed answer",
 }
 
 
@@ -59,7 +69,7 @@ def main() -> None:
             disagreements.append({
                 "id": row["id"], "label": row["equivalent"], "ours": verdict.equal,
                 "extracted": verdict.pred, "gold": verdict.gold, "reason": verdict.reason,
-                "known_wrong_label": KNOWN_WRONG.get(row["id"]),
+                "why": KNOWN_WRONG.get(row["id"]) or BY_RULE.get(row["id"]),
             })
     elapsed = time.perf_counter() - start
     for stats in per.values():
@@ -70,7 +80,7 @@ def main() -> None:
     print(json.dumps({
         "rows": len(rows),
         "per_convention": per,
-        "disagreements": [{"id": d["id"], "label": d["label"], "why": d["known_wrong_label"]}
+        "disagreements": [{"id": d["id"], "label": d["label"], "why": d["why"]}
                           for d in disagreements],
         "seconds": round(elapsed, 2),
     }, indent=1))

@@ -25,14 +25,15 @@ class MathEnvironment(Environment):
     """Single-turn math answers graded with sympy.
 
     Row fields: ``answer`` (gold; a number, LaTeX, or a full reference solution whose last
-    ``\\boxed{}`` is the answer). The response's final answer is its last ``\\boxed{}``, else the
-    text after "The answer is", else its last math span or number.
+    ``\\boxed{}`` is the answer). The response's final answer follows the final-answer rule of
+    ``extract.py``; the comparison the rules of ``grader.py`` (exact unless the gold is a rounded
+    decimal or ``precision`` is set).
     """
 
     name = "math"
     task_fields: ClassVar[Mapping[str, type | tuple[type, ...]]] = {"answer": (str, int, float)}
 
-    def __init__(self, precision: int = 6, allow_set_relation: bool = False):
+    def __init__(self, precision: int | None = None, allow_set_relation: bool = True):
         self.options = Options(precision=precision, allow_set_relation=allow_set_relation)
 
     def check_task(self, task: Mapping[str, Any]) -> None:

@@ -62,6 +62,14 @@ class Union:
     parts: tuple  # Seq intervals/sets
 
 
+@dataclasses.dataclass(frozen=True)
+class Difference:
+    """``base \\setminus removed``: compared as a set of reals (``grader._real_set``)."""
+
+    base: object
+    removed: object
+
+
 # ---------------------------------------------------------------- tokenizer
 
 _TOKEN_RE = re.compile(
@@ -152,6 +160,7 @@ class Parser:
     def __init__(self, text: str):
         self.toks = tokenize(text)
         self.i = 0
+        self.exact_decimals = True
 
     # -- helpers
     def peek(self, k: int = 0) -> Tok | None:
@@ -226,11 +235,15 @@ class Parser:
         return terms[0] if not ops else Rel(tuple(ops), tuple(terms))
 
     def parse_union(self):
-        parts = [self.parse_expr()]
-        while self.at("\\cup", "\\sqcup"):
-            self.take()
-            parts.append(self.parse_expr())
-        return parts[0] if len(parts) == 1 else Union(tuple(parts))
+        value = self.parse_expr()
+        while self.at("\\cup", "\\sqcup", "\\setminus"):
+            op = self.take().value
+            right = self.parse_expr()
+            if op == "\\setminus":
+                value = Difference(value, right)
+            else:
+                value = Union((*(value.parts if isinstance(value, Union) else (value,)), right))
+        return value
 
     def parse_expr(self):
         """Sum of terms; structured values (sets, tuples, matrices, text) pass through alone."""
@@ -319,7 +332,7 @@ class Parser:
                     continue
                 exponent = self.parse_exponent()
                 base = _power(_expr(base), exponent)
-            elif self.at("!") and not (self.peek(1) is not None and self.peek(1).value == "="):
+            elif self.at("!"):  # ("5!=120" is tokenized as 5 != 120; "5! = 120" is a factorial)
                 self.take()
                 base = _factorial(_expr(base))
             elif self.at("%", "\\%") or self.at("'"):
@@ -346,7 +359,7 @@ class Parser:
     def parse_atom(self):
         t = self.take()
         if t.kind == "num":
-            value = _number(t.value)
+            value = _number(t.value, self.exact_decimals)
             if self.at("_"):
                 self.take()
                 return sympy.Symbol(f"{t.value}_{_name_of(self.parse_subscript())}")
@@ -360,10 +373,10 @@ class Parser:
         v = t.value
         if v in ("(", "["):
             return self.parse_bracketed(v)
-        if v == "{":
+        if v == "{":  # TeX grouping, not a set (that is \{ ... \}): {1,3} is the list 1, 3
             inner = self.parse_list(closers=("}",))
             self.expect("}")
-            return Seq(inner.items, "{", "}") if isinstance(inner, Seq) and inner.open == "" else inner
+            return inner
         if v == "\\{":
             if self.at("\\}"):
                 self.take()
@@ -401,6 +414,11 @@ class Parser:
         if v in _CONSTANTS:
             c = _CONSTANTS[v]
             return Seq((), "{", "}") if c == "empty" else c
+        if v == "\\mathbb":  # the reals as an interval; other number sets have no value to compare
+            name = _name_of(self.parse_arg())
+            if name != "R":
+                raise ParseError(f"unsupported set \\mathbb{{{name}}}")
+            return Seq((-sympy.oo, sympy.oo), "(", ")")
         if t.kind == "cmd" and _is_name_command(v):
             # Greek letters and unknown macros (\alpha, \zzz) are names.
             return self.parse_subscripted(sympy.Symbol(v[1:]))
@@ -465,7 +483,11 @@ class Parser:
             arg = _expr(self.parse_expr())
             self.expect(")")
         else:
+            # \sin 2x is sin(2x): a number and the letters right after it (a product without a
+            # sign, up to the next function or operator) are the argument
             arg = _expr(self.parse_factor())
+            while (t := self.peek()) is not None and t.kind in ("ch", "num") and t.value not in ("e",):
+                arg = arg * _expr(self.parse_factor())
         value = sympy.log(arg, base) if base is not None else _FUNCTIONS[name](arg)
         if power is not None:
             value = value ** -1 if power == -1 and name in ("\\sin", "\\cos", "\\tan") else value ** power
@@ -531,7 +553,9 @@ def _expr(value):
     raise ParseError(f"expected an expression, got {type(value).__name__}")
 
 
-def _number(text: str):
+def _number(text: str, exact: bool = True):
+    if "." in text and exact:
+        return sympy.Rational(text)
     if "." in text:
         whole, _, frac = text.partition(".")
         # Keep decimals exact (0.1 is 1/10) but remember they were written as decimals.
@@ -606,9 +630,15 @@ def expand_pm(value):
         return Rel(value.ops, tuple(expand_pm(t) for t in value.terms))
     if isinstance(value, Union):
         return Union(tuple(expand_pm(p) for p in value.parts))
+    if isinstance(value, Difference):
+        return Difference(expand_pm(value.base), expand_pm(value.removed))
     return value
 
 
-def parse_answer(text: str):
-    """Parse one answer string (LaTeX or plain) into sympy/answer types; raises ``ParseError``."""
-    return expand_pm(Parser(text).parse())
+def parse_answer(text: str, exact_decimals: bool = True):
+    """Parse one answer string (LaTeX or plain) into sympy/answer types; raises ``ParseError``.
+    ``exact_decimals``: a decimal is the exact rational of its digits (else a float that
+    remembers it was written as a decimal, for a grader that rounds)."""
+    parser = Parser(text)
+    parser.exact_decimals = exact_decimals
+    return expand_pm(parser.parse())

@@ -100,6 +100,10 @@ def make_environment_checked(env_name: str, env_kwargs: dict, option: str = "--e
             raise UsageError(f"{option}{key}: {env_name} takes no such argument "
                              f"(its arguments: {', '.join(params) or 'none'})")
         want = params[key].annotation
+        if isinstance(want, str) and want.replace(" ", "").endswith("|None"):  # "int | None": None or an int
+            if value is None:
+                continue
+            want = want.split("|")[0].strip()
         want = {"int": int, "float": float, "bool": bool, "str": str}.get(want, want)
         ok = (want in (inspect.Parameter.empty, Any) or not isinstance(want, type)
               or (isinstance(value, want) and not (want is int and isinstance(value, bool)))

@@ -36,7 +36,7 @@ CASES: dict[str, list[tuple[str, str, float]]] = {
     ],
     # ------------------------------------------------------------ hedges: more than one value, a bound, a negation
     "hedge": [
-        ("The answer is 7, not 9.", "9", W), ("The answer is between 7 and 9.", "9", W),
+        ("The answer is 7, not 9.", "9", W), ("The answer is 7, not 9.", "7", R), ("The answer is 7, not 9 or 8.", "7", W), ("The answer is between 7 and 9.", "9", W),
         ("The answer is at least 9.", "9", W), ("The answer is 9 or more.", "9", W),
         ("The answer is 7 (alternatively, 9).", "9", W), ("The answer is 7 | 9", "9", W),
         ("The answer is 7 vs 9", "9", W), ("The answer is 9 (maybe).", "9", W),
@@ -49,6 +49,15 @@ CASES: dict[str, list[tuple[str, str, float]]] = {
         ("The answer is 9.", "9", R), ("The answer is 9, since 3 times 3 is 9.", "9", R),
         ("The answer is 9 (three squared).", "9", R), ("The answer is 9 apples, one for each child.", "9", R),
         ("The answer is 9; the other choice, 7, does not work.", "9", R),
+        # conditions that lead to another value, modals, a box governed by a negation or a modal
+        ("The answer is 3 for even n and 9 if n is odd.", "9", W), ("The answer is 9 if n is odd, 3 if it is even.", "9", W),
+        ("The answer is 9, unless n is prime, in which case it is 3.", "9", W),
+        ("\\boxed{9} when the die is fair, otherwise 3", "9", W), ("The count might be 9.", "9", W),
+        ("Perhaps \\boxed{9}.", "9", W), ("It could be $\\boxed{9}$.", "9", W), ("The total is not \\boxed{9}.", "9", W),
+        ("The remainder is $\\boxed{2}$ when 17 is divided by 5.", "2", R), ("So she can keep at most $\\boxed{4}$ marbles.", "4", R),
+        ("The balance is $1000 \\cdot 1.05^2 \\approx \\boxed{1102.50}$ dollars.", "1102.50", R),
+        ("The smallest such number is $\\boxed{11}$.", "11", R), ("The two of them could share $\\boxed{6}$ stickers each.", "6", R),
+        ("Only $\\boxed{35}$ leaves a remainder of 3 when divided by 4, 8, or 16.", "35", R),
     ],
     # ------------------------------------------------------------ words and units in an answer
     "units and words": [
@@ -63,6 +72,9 @@ CASES: dict[str, list[tuple[str, str, float]]] = {
         ("\\boxed{15 \\text{ m}^2}", "15\\mbox{ cm}^2", W), ("\\boxed{3 \\text{ hours}}", "3 \\text{ minutes}", W),
         ("\\boxed{3\\text{ hours}}", "3", R), ("\\boxed{12 \\text{ kg}}", "12 \\text{ g}", W),
         ("The answer is 7 cm.", "7", R), ("The answer is 7 km.", "7\\text{ m}", W),
+        ("The answer is 45 kilometers per hour.", "45\\text{ km/h}", R), ("The answer is 45 miles per hour.", "45\\text{ km/h}", W),
+        ("The answer is fifteen.", "15", R), ("\\boxed{\\text{forty-two}}", "42", R), ("The answer is sixteen.", "15", W),
+        ("\\boxed{\\text{9 marbles}}", "9", R), ("\\boxed{\\text{9 or 10 marbles}}", "9", W),
     ],
     # ------------------------------------------------------------ exact where the gold is exact
     "exactness": [
@@ -87,6 +99,10 @@ CASES: dict[str, list[tuple[str, str, float]]] = {
         ("\\boxed{2x + 1 = y}", "y = 2x + 1", R), ("\\boxed{y = 2x + 2}", "y = 2x + 1", W),
         ("\\boxed{(2, 1)}", "(1, 2)", W), ("\\boxed{[1, 2)}", "[1, 2]", W), ("\\boxed{\\{1, 2, 3\\}}", "\\{1, 2\\}", W),
         ("\\boxed{x = 2, y = 3}", "(2, 3)", R),
+        ("\\boxed{\\mathbb{R} \\setminus \\{0\\}}", "(-\\infty, 0) \\cup (0, \\infty)", R),
+        ("\\boxed{\\mathbb{R} \\setminus \\{1\\}}", "(-\\infty, 0) \\cup (0, \\infty)", W),
+        ("\\boxed{[1,2]\\cup[2,3]}", "[1,3]", R), ("\\boxed{[1,2)\\cup(2,3]}", "[1,3]", W),
+        ("\\boxed{(-\\infty, \\infty)}", "\\mathbb{R}", R), ("\\boxed{(3,4)\\cup(1,2)}", "(1,2)\\cup(3,4)", R),
     ],
     # ------------------------------------------------------------ formats a careful grader accepts
     "formats": [
@@ -100,6 +116,13 @@ CASES: dict[str, list[tuple[str, str, float]]] = {
         ("\\boxed{25\\%}", "0.25", R), ("\\boxed{25}", "0.25", W),
         ("The final answer is:\n$$\n7\n$$", "7", R), ("The final answer is:\n\\[\n7\n\\]", "7", R),
         ("The answer is $\\dfrac{3}{4}$.", "0.75", R), ("\\boxed{\\displaystyle \\frac{3}{4}}", "3/4", R),
+        ('The final answer is "$12$ and $13$".', "12\\text{ and }13", R), ("The answer is “7”.", "7", R),
+        ("The answer is '7'.", "7", R), ("The answer is 'not 7'.", "7", W), ("between $\\boxed{12 $ and $13}$", "12, 13", R),
+        ("$\\boxed{$5$}$", "5", R), ("\\boxed{$x$ or $y$}", "x", W),
+        ("The answer is ¾.", "0.75", R), ("The answer is 2¼.", "\\frac94", R), ("The answer is π/3.", "\\frac{\\pi}{3}", R),
+        ("The answer is 5π.", "5\\pi", R), ("The answer is 4π.", "5\\pi", W), ("The answer is $4! \\cdot 2! = \\boxed{48}$.", "48", R),
+        ("The answer is $4! \\cdot 2! = 48$.", "48", R), ("\\boxed{2 + 3 = 6}", "6", W), ("\\boxed{2 + 4 = 6}", "6", R),
+        ("Therefore, the answer is\n$40 + 2 = \\boxed{42}$.", "42", R),
     ],
 }
 

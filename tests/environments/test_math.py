@@ -4,8 +4,9 @@ benchmarks/conformance.py, not here)."""
 import pytest
 
 from environments.math import MathEnvironment
-from environments.math.extract import candidates, normalize
-from environments.math.grader import Options, grade, simple_number
+from environments.math.normalize import normalize
+from environments.math.grader import Options, final_answer, grade, simple_number
+from environments.math.units import split_unit
 from environments.math.latex import ParseError, Rel, Seq, parse_answer
 
 EQUAL = [
@@ -13,7 +14,9 @@ EQUAL = [
     ("42", "42"), ("1,234,567", "1234567"), ("1 000", "1000"), ("3.50", "3.5"), (".5", "1/2"),
     ("\\frac{3}{4}", "0.75"), ("\\dfrac{6}{8}", "3/4"), ("\\tfrac34", "\\frac{3}{4}"), ("-\\frac12", "-0.5"),
     ("2,75", "2.75"), ("12.5\\%", "12.5"), ("45^\\circ", "45"), ("\\$18.00", "18"), ("7 \\text{ cm}", "7"),
-    ("15\\frac{1}{2}", "31/2"), ("0.333333", "1/3"),
+    ("15\\frac{1}{2}", "31/2"), ("3.14159", "3.14"),
+    # a gold written as a rounded decimal takes what rounds to it at its places
+    ("\\sqrt{2}", "1.41"), ("2\\pi", "6.28"), ("\\frac{1}{3}", "0.33"),
     # expressions
     ("2\\sqrt{2}", "\\sqrt{8}"), ("\\sqrt[3]{27}", "3"), ("\\frac{\\pi}{2}", "\\pi/2"), ("2x+3", "3+2x"),
     ("(x+1)^2", "x^2+2x+1"), ("\\sin^2 x + \\cos^2 x", "1"), ("e^{2}", "\\exp(2)"), ("\\binom{5}{2}", "10"),
@@ -30,10 +33,11 @@ EQUAL = [
     ("\\text{(B)}", "B"), ("\\text{Monday}", "monday"),
 ]
 DIFFERENT = [
-    ("41", "42"), ("0.33", "1/3"), ("1,2", "1.2"), ("(1, 2)", "(2, 1)"), ("[0,1]", "[0,1)"),
+    ("41", "42"), ("0.33", "1/3"), ("0.333333", "1/3"), ("1,2", "1.2"), ("(1, 2)", "(2, 1)"), ("[0,1]", "[0,1)"),
     ("\\{1,2\\}", "\\{1,2,3\\}"), ("2x+3", "2y+3"), ("x > 2", "x \\ge 2"), ("x < 2", "x > 2"),
-    ("\\sqrt{2}", "1.41"), ("x^2", "x^3"), ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{pmatrix}2\\\\1\\end{pmatrix}"),
-    ("3", "x + 3 = 0"), ("\\text{A}", "\\text{B}"), ("12:00", "1:00"), ("2\\pi", "6.28"),
+    ("\\sqrt{2}", "1.42"), ("x^2", "x^3"), ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{pmatrix}2\\\\1\\end{pmatrix}"),
+    ("3", "x + 3 = 0"), ("\\text{A}", "\\text{B}"), ("12:00", "1:00"), ("2\\pi", "6.29"),
+    ("\\frac{12}{5}", "2.5"), ("3", "3.1"),
 ]
 
 
@@ -50,7 +54,6 @@ def test_different(pred, gold):
 
 
 @pytest.mark.parametrize("response,expected", [
-    ("first \\boxed{1} then finally \\boxed{2}", "2"),
     ("We get \\boxed{\\frac{a}{b}} here", "\\frac{a}{b}"),
     ("Thus the answer is 17.", "17"),
     ("Final Answer: The final answer is $5$. I hope it is correct.", "5"),
@@ -60,16 +63,19 @@ def test_different(pred, gold):
     ("\\boxed{3} and \\boxed{5}", "3, 5"),
 ])
 def test_extraction(response, expected):
-    assert normalize(candidates(response)[0][0]) == normalize(expected)
+    assert normalize(final_answer(response)[0]) == normalize(expected)
 
 
-def test_boxes_separated_by_prose_are_not_merged():
-    assert candidates("\\boxed{1} we tried many other ideas here \\boxed{2}")[0][0] == "2"
+def test_boxes_separated_by_prose_are_two_statements_that_must_agree():
+    answer, _, why = final_answer("\\boxed{1} we tried many other ideas here \\boxed{2}")
+    assert answer is None and why.startswith("final answers disagree")
+    assert final_answer("\\boxed{2} we tried many other ideas here \\boxed{2}")[0] == "2"
 
 
-def test_boxed_before_a_later_final_answer_loses():
+def test_a_box_and_a_later_final_answer_that_disagree_score_zero():
     text = "first try \\boxed{200}. Later: Final Answer: The final answer is $255$."
-    assert grade(text, "255").equal
+    assert not grade(text, "255").equal and not grade(text, "200").equal
+    assert grade("first try \\boxed{255}. Final Answer: The final answer is $255$.", "255").equal
 
 
 def test_no_answer_is_a_zero_with_a_reason():
@@ -81,7 +87,7 @@ def test_no_answer_is_a_zero_with_a_reason():
 def test_normalize_strips_units_and_separators():
     assert normalize("$1{,}000{,}000$") == "1000000"
     assert normalize("\\left( 1, 2 \\right)") == "( 1, 2 )"
-    assert normalize("5\\text{ meters}") == "5"
+    assert split_unit("5\\text{ meters}") == ("5", "m")
     assert normalize("32, 349") == "32, 349"  # comma + space is a list, not thousands
 
 

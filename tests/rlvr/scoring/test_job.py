@@ -150,6 +150,7 @@ def test_environment_arguments_are_json_and_type_checked(tmp_path):
     _error(_score(src, tmp_path / "o.jsonl", "--env-arg", "precisoin=6"), "takes no such argument")
     assert not (tmp_path / "o.jsonl").exists()
     assert _score(src, tmp_path / "o.jsonl", "--env-arg", "precision=3").returncode == 0
+    assert _score(src, tmp_path / "n.jsonl", "--env-arg", "precision=null").returncode == 0  # (int | None)
 
 
 def test_stdout_as_output_streams_the_rows(tmp_path):
