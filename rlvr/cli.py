@@ -149,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a registered generator of rows with responses (group rlvr.generators; "
                               "default math_responses)")
     example.add_argument("--env", default="math", help="the environment that scores them (default math)")
+    example.add_argument("--generator-arg", action="append", default=[], type=_parse_env_arg, metavar="KEY=JSON",
+                         help="keyword argument for the generator, value as JSON, checked against its "
+                         "signature (repeatable; a bare word is a string)")
+    example.add_argument("--env-arg", action="append", default=[], type=_parse_env_arg, metavar="KEY=JSON",
+                         help="keyword argument for the environment (repeatable)")
     _add_eval_parser(sub)
     _add_generate_parser(sub)
     return parser
@@ -225,14 +230,18 @@ def _parse_env_arg(spec: str) -> tuple[str, object]:
 
 
 def _cmd_example(args: argparse.Namespace) -> int:
-    from rlvr.env import get_generator
+    from rlvr.plugins import generate_checked
+    from rlvr.scoring.scorer import RESPONSE_FIELD
 
     try:
-        generate = get_generator(args.generator)
-    except KeyError as err:
-        raise UsageError(f"--generator: {err.args[0]}") from None
+        rows = generate_checked(args.generator, args.rows, 0, dict(args.generator_arg))
+    except UsageError as err:
+        raise UsageError(f"--generator: {err}" if str(err).startswith("unknown") else str(err)) from None
+    if rows and not any(RESPONSE_FIELD in r or "responses" in r for r in rows[:100]):
+        raise UsageError(f"--generator: {args.generator} writes tasks without responses (its rows' fields: "
+                         f"{', '.join(rows[0])}); `rlvr example` scores rows with a {RESPONSE_FIELD!r} field, "
+                         "as math_responses writes them")
     src, out = args.dir / "responses.jsonl", args.dir / "scored.jsonl"
-    rows = generate(args.rows, seed=0)
     lines = [json.dumps(r) for r in rows]
     lines[len(lines) // 2] = json.dumps({"id": "broken", "answer": "3"})  # a bad row, on purpose
     try:
@@ -243,7 +252,7 @@ def _cmd_example(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"cannot write the example under {args.dir}: {exc.strerror or exc}") from None
     print(f"wrote {len(rows)} generated rows to {src}; scoring them into {out}")
-    return _score_and_report(args.env, src, out, workers=args.workers)
+    return _score_and_report(args.env, src, out, workers=args.workers, env_kwargs=dict(args.env_arg))
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
@@ -279,6 +288,9 @@ def _score_and_report(env: str, src: Path, out: Path, **kwargs) -> int:
         print(f"  agreement with the rows' preference labels: {s['agreement']:.4f} over {s['labelled']} labelled pairs",
               file=_summary_stream(out))
     print(json.dumps(s), file=_summary_stream(out))
+    if s["new_rows"] and not s["scored"]:
+        print(f"rlvr: none of the {s['new_rows']} rows was scored (see the errors above)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -348,7 +360,7 @@ def _eval_setup(args: argparse.Namespace):
         if not path.is_file():
             raise UsageError(f"--run: {args.run} holds no config.json (not an rlvr-train run folder)")
         cfg = load_config(json.loads(path.read_text()))
-        _, prompts = split_prompts(cfg)
+        _, prompts, _ = split_prompts(cfg)
         if not prompts:
             raise UsageError(f"--run: the run {args.run} has no held-out prompts (data.eval empty, data.holdout 0)")
         rc, model = cfg.rollout, args.model or args.run / "final"

@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rlvr.rollout.engine import SamplingParams
+if typing.TYPE_CHECKING:
+    from rlvr.rollout.engine import SamplingParams
 
 
 class ConfigError(ValueError):
@@ -84,11 +85,15 @@ class DataSource(_Strict):
 
 class DataConfig(_Strict):
     train: list[DataSource] = Field(min_length=1)
+    # Empty: evaluation follows the training sources (rlvr.data.eval_plan): a generator's own
+    # held-out split (its `holdout` argument), else this share of a source's rows, held out
+    # (never trained on); holdout=0 runs no evaluation.
     eval: list[DataSource] = []
-    # With no eval sources: this share of each training source's rows is held out (never
-    # trained on) for the held-out accuracy; 0 runs no evaluation.
     holdout: float = Field(0.05, ge=0, lt=1)
     prompt_template: str = "{prompt}"  # format string over the row's fields
+    # Prompts longer than the engine's context minus the generation budget: "drop" leaves them
+    # out (counted and reported when the data is loaded), "error" stops the run before Ray starts.
+    long_prompts: Literal["drop", "error"] = "drop"
 
 
 class AlgorithmConfig(_Strict):
@@ -127,6 +132,8 @@ class SamplingConfig(_Strict):
 
     def params(self, n: int, seed: int) -> SamplingParams:
         """The engines' ``SamplingParams`` for ``n`` samples per prompt."""
+        from rlvr.rollout.engine import SamplingParams  # (torch: not needed to read a config)
+
         return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                               max_tokens=self.max_tokens, stop=tuple(self.stop), n=n, seed=seed)
 

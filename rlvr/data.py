@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from rlvr.config import Config, ConfigError, DataSource
-from rlvr.env import TaskError, get_generator
-from rlvr.rows import BadRow, UsageError, read_rows
-from rlvr.scoring.scorer import make_environment_checked, mapped
+from rlvr.env import MultiTurnEnvironment, TaskError, get_environment_class, get_generator
+from rlvr.plugins import generate_checked, make_environment_checked, takes_argument
+from rlvr.rows import BadRow, UsageError, mapped, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,14 @@ class Prompt:
         return self.env, self.env_args
 
 
-def load_rows(src: DataSource, seed: int) -> list[dict | BadRow]:
+def load_rows(src: DataSource, seed: int, where: str = "data") -> list[dict | BadRow]:
     """The raw rows of one source (a ``BadRow`` for a line that is not even a JSON object)."""
     if src.generator:
         try:
-            generate = get_generator(src.generator)
-        except KeyError as err:
-            raise ConfigError(f"data: {err.args[0]}") from None
-        return generate(src.size or 1000, seed=seed, **src.generator_args)
+            return generate_checked(src.generator, src.size or 1000, seed, src.generator_args,
+                                    option=f"{where}.generator_args.")
+        except UsageError as err:
+            raise ConfigError(str(err)) from None
     if src.path:
         path = Path(src.path).expanduser()
         if not path.exists():
@@ -107,7 +107,7 @@ def to_prompts(rows: list[dict | BadRow], src: DataSource, template: str, where:
 def load_prompts(sources: list[DataSource], template: str, seed: int, split: str) -> list[list[Prompt]]:
     """One list of prompts per source (``split`` is "train" or "eval", for messages and seeds)."""
     offset = 0 if split == "train" else 1_000_003  # generators: held-out rows differ from training rows
-    out = [to_prompts(load_rows(src, seed + offset + i), src, template, f"data.{split}[{i}]")
+    out = [to_prompts(load_rows(src, seed + offset + i, f"data.{split}.{i}"), src, template, f"data.{split}.{i}")
            for i, src in enumerate(sources)]
     names = [source_name(src) for src in sources]
     for i, prompts in enumerate(out):
@@ -116,34 +116,101 @@ def load_prompts(sources: list[DataSource], template: str, seed: int, split: str
     return out
 
 
-def split_prompts(cfg: Config) -> tuple[list[list[Prompt]], list[Prompt]]:
-    """A run's training prompts (one list per source) and held-out prompts: ``data.eval``, or
-    else ``data.holdout`` of the training rows (never trained on), or else none (said plainly);
-    at most ``eval_prompts`` of them. The trainer and ``rlvr eval --run`` both draw them here."""
-    train = load_prompts(cfg.data.train, cfg.data.prompt_template, cfg.seed, "train")
+# Prompts per held-out split of a generator when data.eval is empty and eval_prompts is unset.
+EVAL_SIZE = 500
+
+
+def with_split(src: DataSource, split: str) -> DataSource:
+    """A generator source with a held-out split of its own (its ``holdout`` argument, see
+    ``rlvr.env.in_split``) drawn from ``split`` ("exclude": training, "only": evaluation); a
+    training source keeps a ``holdout`` the user gave."""
+    if not (src.generator and _has_split(src.generator)):
+        return src
+    if split == "exclude" and "holdout" in src.generator_args:
+        return src
+    return src.model_copy(update={"generator_args": src.generator_args | {"holdout": split}})
+
+
+def _has_split(generator: str) -> bool:
+    try:
+        return takes_argument(get_generator(generator), "holdout")
+    except KeyError:
+        return False  # unknown: load_rows names it
+
+
+def eval_plan(cfg: Config) -> tuple[list[DataSource], list[int], str]:
+    """Where the held-out prompts come from: ``data.eval`` when given; else each training source's
+    own held-out split (a generator with a ``holdout`` argument) or ``data.holdout`` of its rows;
+    ``data.holdout=0``: none. -> (eval sources, indices of training sources to hold rows out of,
+    a description for the log and the summary)."""
     if cfg.data.eval:
-        evals = [p for source in load_prompts(cfg.data.eval, cfg.data.prompt_template, cfg.seed, "eval") for p in source]
-    elif cfg.data.holdout:
-        train, evals = hold_out(train, cfg.data.holdout, cfg.seed)
-        log.info("held out %d training rows for evaluation (data.holdout=%g; data.eval is empty)",
-                 len(evals), cfg.data.holdout)
+        return list(cfg.data.eval), [], "data.eval: " + ", ".join(map(source_name, cfg.data.eval))
+    if not cfg.data.holdout:
+        return [], [], "none (data.eval is empty and data.holdout=0)"
+    train = cfg.data.train
+    per_source = -(-(cfg.eval_prompts or EVAL_SIZE) // len(train))
+    sources, shares, said = [], [], []
+    for i, src in enumerate(train):
+        if src.generator and _has_split(src.generator):
+            sources.append(with_split(src, "only").model_copy(update={"size": per_source, "weight": 1.0}))
+            said.append(f"the held-out split of {source_name(src)}")
+        else:
+            shares.append(i)
+            said.append(f"{cfg.data.holdout:.0%} of the rows of {source_name(src)}, held out")
+    return sources, shares, ", ".join(said)
+
+
+def split_prompts(cfg: Config) -> tuple[list[list[Prompt]], list[Prompt], str]:
+    """A run's training prompts (one list per source), held-out prompts (at most
+    ``eval_prompts``) and where those come from (``eval_plan``). The trainer and
+    ``rlvr eval --run`` both draw them here."""
+    sources, shares, said = eval_plan(cfg)
+    train = load_prompts([with_split(s, "exclude") for s in cfg.data.train], cfg.data.prompt_template, cfg.seed, "train")
+    evals = [p for source in load_prompts(sources, cfg.data.prompt_template, cfg.seed, "eval") for p in source]
+    if shares:
+        for i in shares:
+            train[i], held = hold_out(train[i], cfg.data.holdout, f"{cfg.seed}:{i}")
+            evals += held
+    if said.startswith("none"):
+        log.warning("no held-out evaluation: %s", said)
     else:
-        evals = []
-        log.warning("no held-out evaluation: data.eval is empty and data.holdout=0")
-    return train, evals[:cfg.eval_prompts]
+        log.info("held-out evaluation: %s", said)
+    return train, evals[:cfg.eval_prompts], said
 
 
-def hold_out(sources: list[list[Prompt]], share: float, seed: int) -> tuple[list[list[Prompt]], list[Prompt]]:
-    """Split ``share`` of each source's prompts off for evaluation (a fixed, seeded choice: the
-    same rows on every launch), at least one and never all of them."""
-    train, held = [], []
-    for i, prompts in enumerate(sources):
-        order = list(range(len(prompts)))
-        random.Random(f"holdout:{seed}:{i}").shuffle(order)
-        k = min(max(1, round(share * len(prompts))), len(prompts) - 1)
-        held += [prompts[j] for j in sorted(order[:k])]
-        train.append([prompts[j] for j in sorted(order[k:])])
-    return train, held
+def hold_out(prompts: list[Prompt], share: float, key: str) -> tuple[list[Prompt], list[Prompt]]:
+    """Split ``share`` of one source's prompts off for evaluation (a fixed choice seeded by
+    ``key``: the same rows on every launch), at least one and never all of them."""
+    order = list(range(len(prompts)))
+    random.Random(f"holdout:{key}").shuffle(order)
+    k = min(max(1, round(share * len(prompts))), len(prompts) - 1)
+    return [prompts[j] for j in sorted(order[k:])], [prompts[j] for j in sorted(order[:k])]
+
+
+def fitting_prompts(prompts: list[Prompt], *, tokenizer, context: int, budget: int, where: str, setting: str,
+                    strict: bool = False) -> list[Prompt]:
+    """The prompts whose tokens plus a ``budget`` of new tokens fit the engine's ``context``;
+    the others are counted and reported once (how many, the longest, the settings that decide)
+    and left out, or with ``strict`` (``data.long_prompts=error``) a ``ConfigError``. A
+    multi-turn environment's prompts are left to its own token budget per episode."""
+    single = {p.env: not issubclass(get_environment_class(p.env), MultiTurnEnvironment) for p in prompts}
+    limit = context - budget
+    kept, long = [], []
+    for p in prompts:
+        n = len(tokenizer.encode(p.text)) if single[p.env] else 0
+        (long if n > limit else kept).append((n, p))
+    if not long:
+        return prompts
+    longest = max(n for n, _ in long)
+    message = (f"{where}: {len(long)} of {len(prompts)} prompts are longer than {limit} tokens (the longest: "
+               f"{longest}): the engine's context of {context} tokens (rollout.max_model_len, by default the "
+               f"model's max_position_embeddings) minus {budget} new tokens ({setting})")
+    if strict:
+        raise ConfigError(f"{message}; data.long_prompts=error")
+    if not kept:
+        raise ConfigError(f"{message}: none is left")
+    log.warning("%s: left out (data.long_prompts=drop)", message)
+    return [p for _, p in kept]
 
 
 class PromptStream:

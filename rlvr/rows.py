@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from rlvr.env import TaskError
 
 FORMATS = ".jsonl, .json, .parquet or a datasets.save_to_disk folder"
 
@@ -165,3 +167,14 @@ def first_row(path: Path, split: str | None = None, look: int = 100) -> dict[str
         if not isinstance(row, BadRow):
             return row
     return None
+
+
+def mapped(row: Mapping[str, Any], field_map: Mapping[str, str]) -> dict:
+    """The row with environment fields added from the columns ``field_map`` names (env name ->
+    column); ``TaskError`` naming a missing column."""
+    task = dict(row)
+    for name, column in field_map.items():
+        if column not in row:
+            raise TaskError(f"missing column {column!r} (mapped to field {name!r})")
+        task[name] = row[column]
+    return task

@@ -79,3 +79,35 @@ def test_core_does_not_import_builtin_environments():
     offenders = {m: sorted(t for t in targets if t.startswith("environments"))
                  for m, targets in graph().items() if m.startswith("rlvr")}
     assert {m: t for m, t in offenders.items() if t} == {}
+
+
+# Layers that must not reach up: offline scoring runs without the trainer, and the data layer
+# (reading rows into prompts) without the scorer.
+BOUNDARIES = [("rlvr.scoring", "rlvr.training"), ("rlvr.data", "rlvr.scoring"), ("rlvr.data", "rlvr.training")]
+
+
+def reaches(edges: dict[str, set[str]], start: str) -> set[str]:
+    """Every module ``start`` imports, directly or through others."""
+    seen, todo = set(), [start]
+    while todo:
+        for w in edges.get(todo.pop(), ()):
+            if w not in seen:
+                seen.add(w)
+                todo.append(w)
+    return seen
+
+
+def test_lower_layers_do_not_import_higher_ones():
+    edges = graph()
+    crossings = {}
+    for lower, higher in BOUNDARIES:
+        for module in edges:
+            if module == lower or module.startswith(lower + "."):
+                bad = sorted(m for m in reaches(edges, module) if m == higher or m.startswith(higher + "."))
+                if bad:
+                    crossings[module] = bad
+    assert crossings == {}
+
+
+def test_the_boundary_checker_sees_an_indirect_crossing():
+    assert reaches({"a": {"b"}, "b": {"c"}, "c": set()}, "a") == {"b", "c"}

@@ -14,7 +14,8 @@ timeout and every other one is still scored. ``open_scorer`` serves the trainer'
 from __future__ import annotations
 
 from rlvr.scoring.pool import DeadlinePool, Outcome
-from rlvr.scoring.scorer import build_task, make_environment_checked, make_scorer
+from rlvr.plugins import make_environment_checked
+from rlvr.scoring.scorer import build_task, make_scorer
 
 
 def open_scorer(env_name: str, *, workers: int = 1, timeout: float = 10.0,

@@ -27,7 +27,7 @@ def connect(address: str, workers: int) -> bool:
     if ray.is_initialized():
         return False
     if address != "local":
-        from rlvr.training.preflight import unreachable_ray
+        from rlvr.ray_address import unreachable_ray
 
         why = unreachable_ray(address)
         if why:

@@ -37,7 +37,8 @@ from rlvr.env import Environment, TaskError, scores_groups
 from rlvr.scoring.pool import Outcome
 from rlvr.rows import BadRow, UsageError, count_rows, first_row, numbered_rows
 from rlvr.scoring import open_scorer
-from rlvr.scoring.scorer import build_group_task, build_task, make_environment_checked, map_groups
+from rlvr.plugins import make_environment_checked
+from rlvr.scoring.scorer import build_group_task, build_task, map_groups
 
 CHUNK_ROWS = 2048  # rows read, scored and written per round: bounded memory on big inputs
 Report = Callable[[str, str], None]  # (where: "row 3 (line 5)", message)

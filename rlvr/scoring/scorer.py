@@ -4,12 +4,11 @@ environment rewards through the same ``Environment.score`` that training calls.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from rlvr.env import Environment, MultiTurnEnvironment, TaskError, get_environment_class
-from rlvr.rows import UsageError
+from rlvr.rows import mapped
 from rlvr.scoring.pool import Outcome
 
 RESPONSE_FIELD = "response"
@@ -17,17 +16,6 @@ GROUPS_PER_PAYLOAD = 256  # groups sent together to an environment that scores g
 
 
 # ---------------------------------------------------------------- turning rows into tasks
-
-def mapped(row: Mapping[str, Any], field_map: Mapping[str, str]) -> dict:
-    """The row with environment fields added from the columns ``field_map`` names (env name ->
-    column); ``TaskError`` naming a missing column."""
-    task = dict(row)
-    for name, column in field_map.items():
-        if column not in row:
-            raise TaskError(f"missing column {column!r} (mapped to field {name!r})")
-        task[name] = row[column]
-    return task
-
 
 def build_task(row: Mapping[str, Any], field_map: Mapping[str, str], env: Environment) -> tuple[dict, str]:
     """The environment's view of ``row``: fields renamed by ``field_map`` (env name -> column),
@@ -83,42 +71,6 @@ def map_groups(scorer, groups: list[tuple[dict, list[str]]]) -> Iterator[Outcome
             value = outcome.value[k] if outcome.status == "ok" else None
             yield Outcome(start + k, outcome.status, value, outcome.error, outcome.seconds)
         start += len(batch)
-
-
-def make_environment_checked(env_name: str, env_kwargs: dict, option: str = "--env-arg ") -> Environment:
-    """The environment, its keyword arguments checked against its signature first (an unknown
-    name or a value of the wrong type is a ``UsageError`` naming it, not a per-row failure).
-    ``option``: how the message names an argument (``--env-arg `` on the command line,
-    ``data.train[0].env_args.`` in a config)."""
-    try:
-        cls = get_environment_class(env_name)
-    except (KeyError, TypeError) as exc:
-        raise UsageError(str(exc).strip("'\"")) from None
-    params = {n: p for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self"}
-    for key, value in env_kwargs.items():
-        if key not in params:
-            raise UsageError(f"{option}{key}: {env_name} takes no such argument "
-                             f"(its arguments: {', '.join(params) or 'none'})")
-        want = params[key].annotation
-        if isinstance(want, str) and want.replace(" ", "").endswith("|None"):  # "int | None": None or an int
-            if value is None:
-                continue
-            want = want.split("|")[0].strip()
-        want = {"int": int, "float": float, "bool": bool, "str": str}.get(want, want)
-        ok = (want in (inspect.Parameter.empty, Any) or not isinstance(want, type)
-              or (isinstance(value, want) and not (want is int and isinstance(value, bool)))
-              or (want is float and isinstance(value, int) and not isinstance(value, bool)))
-        if not ok:
-            raise UsageError(f"{option}{key}: expected {want.__name__}, got {json_type(value)} {value!r}")
-    try:
-        return cls(**env_kwargs)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"{option.rstrip('. ')}: {env_name}: {exc}") from None
-
-
-def json_type(value: Any) -> str:
-    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "object"}.get(
-        type(value), type(value).__name__)
 
 
 class _Scorer:

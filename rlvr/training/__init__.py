@@ -1,7 +1,8 @@
 """GRPO training (``rlvr-train``): the driver loop and what it drives.
 
-    app.py        the Hydra app: command-line checks, then the trainer (``rlvr-train``)
-    preflight.py  every job of a command line composed and checked against the world before Ray
+    app.py        the Hydra app (``rlvr-train``) and ``train(overrides)``, the same job from Python
+    command_line.py  a command line read as Hydra reads it, every job of it composed and checked
+    preflight.py  the checks of a composed config against the world, before Ray
     trainer.py    the single-controller loop: prompts -> rollouts -> rewards -> update -> sync
     learner.py    DeepSpeed ranks in Ray actors: logprobs, the GRPO loss, optimizer steps
     packing.py    sequences packed into token-budget micro-batches
@@ -9,3 +10,7 @@
     tracking.py   metrics (JSONL, TensorBoard, W&B) and the reward-curve plot
     interrupt.py  SIGINT/SIGTERM -> stop at a step boundary, with a checkpoint
 """
+
+from rlvr.training.app import RunStopped, train
+
+__all__ = ["RunStopped", "train"]

@@ -6,19 +6,18 @@ fit. A mistake there used to surface after Ray, the actors and a warm start had 
 traceback. ``check`` finds each in well under a second (a Hugging Face tokenizer adds its
 import), before Ray starts, and raises ``ConfigError`` with one line naming the key.
 
-``compose_jobs`` runs Hydra's composition for every job of a command line (each job of a
-``--multirun`` sweep too) so that all of them are checked before the first one trains.
+``rlvr.training.command_line`` composes every job of a command line (each job of a
+``--multirun`` sweep too) and runs ``check`` on each before the first one trains.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import re
 from pathlib import Path
 from typing import Any
 
-from rlvr.config import Config, ConfigError, DataSource, load_config
+from rlvr.config import Config, ConfigError, DataSource
 
 # Keys a relaunch may change without being a different run: how long it goes on, where it
 # runs, what it logs. Anything else (the learning rate, the data, the model) is refused.
@@ -30,6 +29,8 @@ def check(cfg: Config, out: Path | None = None) -> None:
     """Every check below; ``out``: the run's output folder (checks a relaunch against it)."""
     for key, src in _sources(cfg):
         check_source(key, src)
+    check_warm_start_data(cfg)
+    check_logging(cfg)
     check_model(cfg)
     check_tokenizer(cfg.model.tokenizer)
     check_engine(cfg)
@@ -52,7 +53,7 @@ def check_source(key: str, src: DataSource) -> None:
     has the prompt field and the mapped columns."""
     from rlvr import env
     from rlvr.rows import UsageError
-    from rlvr.scoring.scorer import make_environment_checked
+    from rlvr.plugins import generate_checked, generator_checked, make_environment_checked
 
     if src.env not in env.available():
         raise ConfigError(f"{key}.env: unknown environment {src.env!r} (registered: {', '.join(sorted(env.available()))})")
@@ -63,6 +64,13 @@ def check_source(key: str, src: DataSource) -> None:
     if src.generator and src.generator not in env.available_generators():
         raise ConfigError(f"{key}.generator: unknown generator {src.generator!r} "
                           f"(registered: {', '.join(sorted(env.available_generators()))})")
+    if src.generator:
+        try:
+            generator_checked(src.generator, src.generator_args, option=f"{key}.generator_args.")
+            # the generator's own checks of its values, on a few rows (a split name, a range)
+            generate_checked(src.generator, 2, 0, src.generator_args, option=f"{key}.generator_args.")
+        except UsageError as err:
+            raise ConfigError(str(err)) from None
     if src.path:
         first = _first_row(key, Path(src.path).expanduser(), src.split)
         if not key.startswith("sft") and src.prompt_field not in first:
@@ -72,6 +80,26 @@ def check_source(key: str, src: DataSource) -> None:
             if column not in first:
                 raise ConfigError(f"{key}.fields.{name}: the first row of {src.path} has no column {column!r} "
                                   f"(its fields: {', '.join(first) or 'none'})")
+
+
+def check_warm_start_data(cfg: Config) -> None:
+    """A warm start on a generator's demonstrations is for a run on that generator's task: the
+    default job's SFT (data/addition.yaml asks for it) left in place under other training data
+    would teach one task and reward another."""
+    if cfg.sft is None or not cfg.sft.data.generator:
+        return
+    trained = {s.generator for s in cfg.data.train if s.generator}
+    if cfg.sft.data.generator not in trained:
+        names = ", ".join(s.generator or Path(s.path or s.hub or "").name for s in cfg.data.train)
+        raise ConfigError(f"sft.data.generator: the warm start learns {cfg.sft.data.generator!r}, which no training "
+                          f"source uses (data.train: {names}); run none with ~sft, or give one for your task "
+                          "with sft=<a config in sft/> (or sft.data.generator=...)")
+
+
+def check_logging(cfg: Config) -> None:
+    if cfg.logging.wandb_project and importlib.util.find_spec("wandb") is None:
+        raise ConfigError(f"logging.wandb_project: {cfg.logging.wandb_project!r} asks for W&B, but wandb is not "
+                          "installed in this Python (pip install -e '.[wandb]'), or leave it unset")
 
 
 def _first_row(key: str, path: Path, split: str) -> dict[str, Any]:
@@ -93,14 +121,15 @@ def _first_row(key: str, path: Path, split: str) -> dict[str, Any]:
 
 
 def check_model(cfg: Config) -> None:
-    from rlvr.model.config import PRESETS
-
     if cfg.model.path is not None:
         path = Path(cfg.model.path).expanduser()
         if not (path / "config.json").is_file():
             what = "does not exist" if not path.exists() else "is not a checkpoint folder (no config.json)"
             raise ConfigError(f"model.path: {path} {what}")
-    elif cfg.model.preset not in PRESETS:
+        return
+    from rlvr.model.config import PRESETS  # (imports torch: after the checks that need nothing)
+
+    if cfg.model.preset not in PRESETS:
         raise ConfigError(f"model.preset: unknown preset {cfg.model.preset!r} (known: {', '.join(PRESETS)})")
 
 
@@ -142,34 +171,11 @@ def check_local_gpus(cfg: Config) -> None:
 
 def check_cluster_address(address: str | None) -> None:
     """A Ray cluster to join must answer (Ray itself retries for minutes before it gives up)."""
+    from rlvr.ray_address import unreachable_ray
+
     why = None if address is None else unreachable_ray(address)
     if why:
         raise ConfigError(f"cluster.address: {why}")
-
-
-def unreachable_ray(address: str) -> str | None:
-    """Why the Ray cluster at ``address`` cannot be joined, or None: ``auto`` needs a cluster
-    started on this machine (or RAY_ADDRESS); HOST:PORT and ray://HOST:PORT must accept a
-    connection."""
-    import os
-    import socket
-
-    if address == "auto":
-        address = os.environ.get("RAY_ADDRESS") or ""
-        if not address:
-            if Path("/tmp/ray/ray_current_cluster").exists():  # written by `ray start` on this machine
-                return None
-            return ("auto, but no Ray cluster runs on this machine and RAY_ADDRESS is unset (start one with "
-                    "`ray start --head`, or leave it unset to start Ray inside the job)")
-    host, _, port = address.split("://")[-1].rstrip("/").rpartition(":")
-    if not host or not port.isdigit():
-        return f"{address!r} is not HOST:PORT, ray://HOST:PORT or auto"
-    try:
-        socket.create_connection((host, int(port)), timeout=3).close()
-    except OSError as err:
-        return (f"nothing answers at {host}:{port} ({err.strerror or err}); is the Ray head started there "
-                "(`ray start --head --port=...`)?")
-    return None
 
 
 def check_cluster_resources(cfg: Config, nodes: list[dict]) -> None:
@@ -231,112 +237,3 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
-
-
-# ---------------------------------------------------------------- Hydra command lines
-
-HYDRA_FLAGS_WE_CHECK = ("--multirun", "-m")
-
-
-def compose_jobs(config_dir: Path, args: list[str]) -> list[tuple[list[str], dict, Path | None]]:
-    """The jobs of an ``rlvr-train`` command line: (overrides, composed config as a dict, output
-    folder or None when it cannot be told). A composition error (a missing experiment, a bad
-    override) raises ``ConfigError`` with Hydra's message."""
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    multirun = any(a in HYDRA_FLAGS_WE_CHECK for a in args)
-    overrides = [a for a in args if a not in HYDRA_FLAGS_WE_CHECK]
-    number, job, out = 0, overrides, []
-    try:
-        jobs = sweep_jobs(overrides) if multirun else [overrides]
-        with initialize_config_dir(str(config_dir), version_base="1.3"):
-            for number, job in enumerate(jobs):
-                job, cfg = _compose(job)
-                out.append((job, plain_config(cfg), _output_dir(cfg, number if multirun else None)))
-    except (HydraException, OmegaConfBaseException) as err:
-        where = f" (job {number}: {' '.join(job)})" if multirun else ""
-        raise ConfigError(f"{_first_lines(err)}{where}") from None
-    return out
-
-
-def _compose(job: list[str]):
-    """Hydra's composition of one job. The SFT warm start is a default of the data config that
-    asks for it (``data/addition.yaml``), so with other data ``~sft`` has nothing to delete and
-    ``sft=X`` nothing to override: both are taken as meant (no warm start; add one)."""
-    from hydra import compose
-    from hydra.errors import HydraException
-
-    try:
-        return job, compose("config", overrides=job, return_hydra_config=True)
-    except HydraException as err:
-        if "Could not delete 'sft'" in str(err) and "~sft" in job:
-            return _compose([a for a in job if a != "~sft"])
-        if "use +sft=" in str(err):
-            return _compose([f"+{a}" if a.startswith("sft=") else a for a in job])
-        raise
-
-
-def sweep_jobs(overrides: list[str]) -> list[list[str]]:
-    """The overrides of each job of a basic ``--multirun`` sweep (the cartesian product)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-
-
-def plain_config(cfg) -> dict:
-    """A composed Hydra config as the plain dict ``load_config`` validates (a ``???`` value
-    left unset raises, naming its key)."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import MissingMandatoryValue
-
-    body = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
-    try:
-        return OmegaConf.to_container(body, resolve=True, throw_on_missing=True)
-    except MissingMandatoryValue as err:
-        key = re.sub(r"\[(\d+)\]", r".\1", err.full_key)
-        raise ConfigError(f"{key}: must be set (e.g. {key}=...)") from None
-
-
-def _output_dir(cfg, number: int | None) -> Path | None:
-    from omegaconf import OmegaConf
-
-    try:
-        if cfg.get("output_dir"):
-            return Path(cfg.output_dir)
-        if number is None:
-            return Path(cfg.hydra.run.dir)
-        OmegaConf.update(cfg, "hydra.job.num", number, force_add=True)
-        return Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)
-    except Exception:  # noqa: BLE001 - an interpolation only Hydra's runtime resolves: the trainer checks later
-        return None
-
-
-def _first_lines(err: Exception) -> str:
-    text = str(err).strip()
-    if m := re.match(r"Could not override '([^']+)'\.\s*To append to your config use", text):
-        key = m.group(1)
-        return (f"{key}: unknown key, or a value with keys the config does not have (a typo? a new key is added "
-                f"with +{key}=...)")
-    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith(("\tprovider=", "Config search path"))]
-    return " ".join(ln.strip() for ln in lines[:6])
-
-
-def check_command_line(config_dir: Path, args: list[str]) -> list[str]:
-    """Compose, validate and check every job of the command line; raise ``ConfigError``.
-    Returns the command line as Hydra should run it (``~sft`` / ``sft=X`` made to fit the data
-    config, see ``_compose``)."""
-    multirun = any(a in HYDRA_FLAGS_WE_CHECK for a in args)
-    jobs = compose_jobs(config_dir, args)
-    for job, plain, out in jobs:
-        try:
-            check(load_config(plain), out)
-        except ConfigError as err:
-            if multirun:  # named by the overrides that set it apart from the other jobs
-                label = " ".join(a for a in job if not all(a in other for other, _, _ in jobs)) or " ".join(job)
-                raise ConfigError(f"job {label}: {err}") from None
-            raise
-    return args if multirun else jobs[0][0]

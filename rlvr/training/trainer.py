@@ -29,7 +29,7 @@ import torch
 
 from rlvr import grpo, runtime
 from rlvr.config import Config, ConfigError
-from rlvr.data import Prompt, PromptStream, split_prompts
+from rlvr.data import Prompt, PromptStream, fitting_prompts, split_prompts
 from rlvr.training.gates import Gates, GateTripped
 from rlvr.training.interrupt import Interrupted, StopRequest
 from rlvr.training.learner import LearnerGroup, TrainBatch
@@ -70,6 +70,20 @@ def _open_scorer(env: str, env_kwargs: dict, workers: int, timeout: float):
     return open_scorer(env, workers=workers, timeout=timeout, env_kwargs=env_kwargs)
 
 
+def context_length(cfg: Config) -> int:
+    """Prompt + response tokens an engine holds: rollout.max_model_len, else the model's
+    max_position_embeddings (of model.path's checkpoint, or of the preset)."""
+    if cfg.rollout.max_model_len is not None:
+        return cfg.rollout.max_model_len
+    if "max_position_embeddings" in cfg.model.overrides:
+        return int(cfg.model.overrides["max_position_embeddings"])
+    if cfg.model.path is not None:
+        return int(json.loads((Path(cfg.model.path).expanduser() / "config.json").read_text())["max_position_embeddings"])
+    from rlvr.model.config import PRESETS
+
+    return PRESETS[cfg.model.preset]().max_position_embeddings
+
+
 class Trainer:
     def __init__(self, cfg: Config, output_dir: Path):
         self.cfg = cfg
@@ -89,6 +103,7 @@ class Trainer:
         self.pad_id: int | None = None
         self.stream: PromptStream | None = None
         self.eval_prompts: list[Prompt] = []
+        self.eval_source = ""  # where the held-out prompts come from (data.eval_plan)
         self.start_checkpoint: str | None = None
         self.collector: Collector | None = None
         self.learner: LearnerGroup | None = None
@@ -128,7 +143,14 @@ class Trainer:
         return self.learner.weight_buckets(self.cfg.rollout.sync_bucket_bytes)
 
     def _load_prompts(self) -> None:
-        train, self.eval_prompts = split_prompts(self.cfg)
+        cfg = self.cfg
+        train, evals, self.eval_source = split_prompts(cfg)
+        context = context_length(cfg)
+        fit = functools.partial(fitting_prompts, tokenizer=self.tokenizer, context=context, strict=cfg.data.long_prompts == "error")
+        train = [fit(prompts, budget=cfg.rollout.sampling.max_tokens, where=f"data.train.{i}",
+                     setting="rollout.sampling.max_tokens") for i, prompts in enumerate(train)]
+        self.eval_prompts = fit(evals, budget=cfg.rollout.eval_sampling.max_tokens, where="held-out",
+                                setting="rollout.eval_sampling.max_tokens") if evals else []
         self.stream = PromptStream(train, [s.weight for s in self.cfg.data.train], self.cfg.seed)
 
     def _start_ray(self) -> None:
@@ -162,14 +184,16 @@ class Trainer:
             return cfg.model.path
         from rlvr.training.sft import build_model, run_sft
 
-        target = self.out / "sft"
         if cfg.sft is None:
             log.info("no warm start (sft is unset): starting from a fresh %r model", cfg.model.preset)
-            # Saved once, so that every actor (and every relaunch) loads the same weights.
-            if not (target / "config.json").exists():
+            # Saved once (in initial/: no SFT ran), so that every actor and every relaunch loads
+            # the same weights.
+            initial = self.out / "initial"
+            if not (initial / "config.json").exists():
                 torch.manual_seed(cfg.seed)
-                build_model(cfg.model, self.tokenizer).save(target)
-            return str(target)
+                build_model(cfg.model, self.tokenizer).save(initial)
+            return str(initial)
+        target = self.out / "sft"
         if (target / "sft.json").exists():
             log.info("warm start: the SFT checkpoint of an earlier launch, %s", target)
             return str(target)
@@ -181,6 +205,11 @@ class Trainer:
                         stop=self.stop.check)
         log.info("SFT done: %s", stats)
         return str(target)
+
+    def _start_kind(self) -> str:
+        if self.cfg.model.path is not None:
+            return "model.path"
+        return "fresh model.preset (no warm start)" if self.cfg.sft is None else "SFT warm start"
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
@@ -197,12 +226,11 @@ class Trainer:
                 runtime.settle()  # what setup built lives as long as the run
                 if not self.evals:
                     self.evals.append((self.step, self.evaluate()["eval/accuracy"]))
-                bar = tqdm(total=self.cfg.steps, initial=self.step, desc="GRPO", unit="step",
-                           disable=not self.cfg.logging.progress)
-                while self.step < self.cfg.steps and not self._out_of_time():
-                    self.stop.check(f"step {self.step}")
-                    self._one_step(bar)
-                bar.close()
+                with tqdm(total=self.cfg.steps, initial=self.step, desc="GRPO", unit="step",
+                          disable=not self.cfg.logging.progress) as bar:  # closed on a stop too: no glued lines
+                    while self.step < self.cfg.steps and not self._out_of_time():
+                        self.stop.check(f"step {self.step}")
+                        self._one_step(bar)
                 if self.evals[-1][0] != self.step:
                     final = self.evaluate()
                     self.evals.append((self.step, final["eval/accuracy"]))
@@ -227,7 +255,9 @@ class Trainer:
         self.metrics.log(self.step, metrics)
         self.gates.check(self.step, metrics)
         bar.update(1)
-        bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{self.evals[-1][1]:.3f}")
+        # the held-out accuracy shown is the last evaluation's, labelled by its step
+        bar.set_postfix({"reward": f"{metrics['reward/mean']:.3f}",
+                         f"held-out@{self.evals[-1][0]}": f"{self.evals[-1][1]:.3f}"})
         if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
             self.save_checkpoint()
 
@@ -403,11 +433,12 @@ class Trainer:
             # None, not NaN, when no evaluation ran (summary.json stays strict JSON)
             "eval_accuracy_before": self.evals[0][1] if self.eval_prompts else None,
             "eval_accuracy_after": self.evals[-1][1] if self.eval_prompts else None,
-            "eval_prompts": len(self.eval_prompts), "steps": self.step,
+            "eval_prompts": len(self.eval_prompts), "eval_source": self.eval_source, "steps": self.step,
             "wall_seconds": round(self._wall_seconds(), 1), "train_seconds": round(self.train_seconds, 1),
             "reward_first_steps": sum(rewards[:k]) / k if rewards else None,
             "reward_last_steps": sum(rewards[-k:]) / k if rewards else None,
-            "evals": self.evals, "starting_checkpoint": self.start_checkpoint, "final_model": str(self.out / "final"),
+            "evals": self.evals, "starting_checkpoint": self.start_checkpoint, "start": self._start_kind(),
+            "final_model": str(self.out / "final"),
             "placement": {"rollout_nodes": self.pool.node_ids(), "learner_nodes": self.learner.node_ids()},
         }
         for phase in ("rollout", "reward", "learn", "sync", "step"):

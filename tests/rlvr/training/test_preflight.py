@@ -13,7 +13,7 @@ import torch
 import rlvr.model as M
 from rlvr.config import ConfigError, load_config
 from rlvr.model.config import tiny
-from rlvr.training.preflight import check_command_line, compose_jobs
+from rlvr.training.command_line import check_command_line, compose_jobs, fit_overrides, parse
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
@@ -64,6 +64,13 @@ CASES = [
     (["cluster.address=auto"], "cluster.address: auto, but no Ray cluster runs on this machine"),
     (["cluster.address=127.0.0.1:9"], "cluster.address: nothing answers at 127.0.0.1:9"),
     (["resume=maybe"], "resume: expected true, false or force"),
+    (["data.train.0.generator_args.digits=abc"], "data.train.0.generator_args.digits: expected int, got string 'abc'"),
+    (["data.train.0.generator_args.length=4"], "data.train.0.generator_args.length: addition takes no such argument"),
+    (["data.train.0.generator_args.holdout=some"], "data.train.0.generator_args: addition: holdout must be"),
+    (["sft.data.generator_args.digits=two"], "sft.data.generator_args.digits: expected int"),
+    (["data.train.0.generator=functions", "data.train.0.env=code", "data.train.0.generator_args={{}}"],
+     "sft.data.generator: the warm start learns 'addition', which no training source uses"),
+    (["data.long_prompts=truncate"], "data.long_prompts: Input should be 'drop' or 'error'"),
 ]
 
 
@@ -79,6 +86,16 @@ def test_each_mistake_is_one_line_naming_the_key_within_a_second(files, args, ne
     assert "\n" not in message and elapsed < 3, (message, elapsed)
 
 
+def test_a_wandb_project_without_wandb_is_refused_naming_the_extra(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else find_spec(name, *a))
+    with pytest.raises(ConfigError, match=r"logging.wandb_project: 'demo' asks for W&B, but wandb is not installed "
+                                          r"in this Python \(pip install -e '.\[wandb\]'\)"):
+        _check("logging.wandb_project=demo")
+
+
 def test_vllm_engine_where_vllm_is_not_installed():
     pytest.importorskip("hydra")
     import importlib.util
@@ -91,8 +108,10 @@ def test_vllm_engine_where_vllm_is_not_installed():
 
 
 def _composed(*args: str) -> dict:
-    [(_, plain, _)] = compose_jobs(CONFIGS, list(args))
-    return plain
+    """The config of a command line, composed as rlvr-train composes it (no checks)."""
+    cl = parse(list(args), CONFIGS)
+    [job] = compose_jobs(cl, fit_overrides(cl))
+    return job.config
 
 
 def test_the_warm_start_belongs_to_the_default_data_only(files):
@@ -101,6 +120,9 @@ def test_the_warm_start_belongs_to_the_default_data_only(files):
     assert _composed(*gsm).get("sft") is None
     assert _composed(*gsm, "~sft").get("sft") is None  # nothing to delete: fine
     assert _composed(*gsm, "sft=addition_teacher")["sft"]["steps"] == 1000  # asked for: added
+    # ... although checks refuse a warm start on a generator no training source uses
+    with pytest.raises(ConfigError, match="sft.data.generator: the warm start learns 'addition'"):
+        _check(*gsm, "sft=addition_teacher")
     assert _composed("~sft").get("sft") is None
 
 

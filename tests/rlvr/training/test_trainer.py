@@ -17,7 +17,7 @@ from rlvr.training.trainer import build_batch
 
 # A small, fast job: 1-digit addition, a short SFT warm start, 4 GRPO steps of 16 prompts x 4.
 QUICK = [
-    "data.train.0.generator_args.digits=1", "data.eval.0.generator_args.digits=1", "eval_prompts=40",
+    "data.train.0.generator_args.digits=1", "eval_prompts=40",  # (evaluation follows: 1-digit held-out pairs)
     "sft.data.generator_args.digits=1", "sft.steps=120",
     "steps=4", "time_limit=null", "prompts_per_step=16", "algorithm.group_size=4",
     "learner.max_tokens_per_micro_batch=256", "eval_every=2", "checkpoint_every=2", "rollout.sampling.max_tokens=3",
@@ -180,22 +180,26 @@ def test_kill_9_then_relaunch_continues_exactly(whole, tmp_path, kill_at_checkpo
 
 
 @pytest.mark.slow
-def test_multirun_sweeps_one_run_per_value(tmp_path):
-    import rlvr.model as M
-    from rlvr.model.config import tiny
-
-    torch.manual_seed(0)
-    M.HybridLM(tiny(initializer_range=0.1, eos_token_id=258)).save(tmp_path / "ckpt")
-    command = _command(tmp_path / "unused", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                       f"model.path={tmp_path / 'ckpt'}", "~sft", "steps=1", "learner.lr=1e-4,1e-3")
+def test_multirun_sweeps_one_run_per_value_into_folders_named_by_it(tmp_path):
+    command = _command(tmp_path / "unused", f"hydra.sweep.dir={tmp_path / 'sweep'}", "~sft", "steps=1",
+                       "learner.lr=1e-4,1e-3", "--multirun")  # (Hydra's flags may stand anywhere)
     command = [c for c in command if c != f"hydra.run.dir={tmp_path / 'unused'}" and not c.startswith("sft.")]
-    command.insert(1, "--multirun")  # Hydra's flags go before the overrides
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    runs = sorted((tmp_path / "sweep").glob("*/summary.json"))
-    assert len(runs) == 2
-    lrs = [json.loads((r.parent / "config.json").read_text())["learner"]["lr"] for r in runs]
-    assert sorted(lrs) == [1e-4, 1e-3]
+    sweep = tmp_path / "sweep"
+    runs = {p.parent.name: json.loads((p.parent / "config.json").read_text())["learner"]["lr"]
+            for p in sweep.glob("*/summary.json")}
+    assert runs == {"learner.lr=0.0001": 1e-4, "learner.lr=0.001": 1e-3}
+    # no warm start ran: the fresh model is kept as initial/, nothing reads as an SFT checkpoint
+    for name in runs:
+        summary = json.loads((sweep / name / "summary.json").read_text())
+        assert not (sweep / name / "sft").exists() and (sweep / name / "initial" / "config.json").exists()
+        assert summary["start"] == "fresh model.preset (no warm start)"
+    rows = json.loads((sweep / "sweep_summary.json").read_text())
+    assert sorted(r["job"] for r in rows) == ["learner.lr=0.0001", "learner.lr=0.001"]
+    assert all(r["finished"] and r["eval_accuracy_after"] is not None and r["wall_seconds"] > 0 for r in rows)
+    table = (sweep / "sweep_summary.md").read_text()
+    assert "| learner.lr=0.001 |" in table and str(sweep / "sweep_summary.md") in done.stdout
 
 
 @pytest.mark.slow
