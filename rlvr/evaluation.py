@@ -83,14 +83,20 @@ def evaluate(collector, pool, prompts: list, sampling, seed: int, n: int, ks: It
     prompt, ``responses``, ``rewards``, ``response_tokens``, ``finish_reasons``) is written a chunk
     at a time; re-running the same ``job`` continues after the last complete row."""
     report = report or (lambda where, message: None)
-    kept = []
+    kept, longest = [], 0
     for i, prompt in enumerate(prompts):  # (an episode renders its own prompt and keeps to the context itself)
         try:
             if not collector.multi_turn[prompt.scorer_key]:
                 check_length(pool, prompt.text, sampling.max_tokens)
             kept.append(prompt)
         except ValueError as err:
-            report(f"prompt {i} ({prompt.text[:40]!r}...)", f"{err}; skipped")
+            longest = max(longest, len(pool.tokenizer.encode(prompt.text)))
+            if i + 1 - len(kept) <= 10:  # the first ten by number, then the count below
+                report(f"prompt {i} ({prompt.text[:40]!r}...)", f"{err}; skipped")
+    if kept and len(kept) < len(prompts):
+        report("prompts", f"{len(prompts) - len(kept)} of {len(prompts)} are longer than the model's context of "
+                          f"{pool.max_model_len} tokens minus --max-tokens {sampling.max_tokens} (the longest: "
+                          f"{longest} tokens): skipped")
     if not kept:
         raise UsageError(f"none of the {len(prompts)} prompts fits the model's context with --max-tokens "
                          f"{sampling.max_tokens}")

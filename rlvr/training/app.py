@@ -4,11 +4,14 @@
     rlvr-train learner.lr=3e-4 steps=300           # any key can be overridden
     rlvr-train experiment=nano_gpu cluster=ray     # presets and config groups
     rlvr-train --multirun learner.lr=1e-4,3e-4     # a sweep, one run per value
+    rlvr-train --config-dir my_configs data=mine   # configs of your own beside the framework's
     rlvr-train --cfg job                           # print the composed config and exit
 
-The composed config is validated by ``rlvr.config`` before anything starts; a mistake is
-reported by key, without a traceback. Outputs go to ``outputs/<name>`` (``hydra.run.dir``):
-relaunching the same command resumes from the newest checkpoint there.
+Every job of the command line is composed, validated by ``rlvr.config`` and checked against the
+world (``rlvr.training.command_line``) before anything starts; a mistake is reported by key,
+without a traceback. Outputs go to ``outputs/<name>`` (``hydra.run.dir``): relaunching the same
+command resumes from the newest checkpoint there. ``train(overrides)`` is the same job from
+Python.
 """
 
 from __future__ import annotations

@@ -105,8 +105,9 @@ def fit_overrides(cl: CommandLine) -> list[str]:
     first = sweep_jobs(plain)[0] if cl.multirun else plain
     fitted_first, cfg = _compose_session(cl, first, fit_sft=True)
     # ~sft / sft=X as the data config needs them (the first job decides for the whole line)
-    out = [o for o in cl.overrides if not (o == "~sft" and "~sft" not in fitted_first)]
-    out = [f"+{o}" if o.startswith("sft=") and f"+{o.split(',')[0]}" in fitted_first else o for o in out]
+    kept = {(_prefix(o), _key(o)) for o in fitted_first}  # (a sweep's job writes ~sft as ~sft=null)
+    out = [o for o in cl.overrides if not (o == "~sft" and ("~", "sft") not in kept)]
+    out = [f"+{o}" if o.startswith("sft=") and ("+", "sft") in kept else o for o in out]
     fitted = []
     for o in out:
         whole = _free_form(o)
@@ -155,8 +156,9 @@ def _compose(cl: CommandLine, job: list[str], fit_sft: bool = False):
     try:
         return job, compose(cl.config_name, overrides=search + job, return_hydra_config=True)
     except HydraException as err:
-        if fit_sft and "Could not delete 'sft'" in str(err) and "~sft" in job:
-            return _compose(cl, [a for a in job if a != "~sft"], fit_sft)
+        deletes_sft = [a for a in job if _prefix(a) == "~" and _key(a) == "sft"]  # (~sft, or ~sft=null in a sweep)
+        if fit_sft and "Could not delete 'sft'" in str(err) and deletes_sft:
+            return _compose(cl, [a for a in job if a not in deletes_sft], fit_sft)
         if fit_sft and "use +sft=" in str(err):
             return _compose(cl, [f"+{a}" if a.startswith("sft=") else a for a in job], fit_sft)
         raise

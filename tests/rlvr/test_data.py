@@ -79,3 +79,24 @@ def test_held_out_pairs_look_like_all_pairs():
     last_digits = {(a + b) % 10 for a, b in pairs}
     carries = sum((a % 10 + b % 10) >= 10 for a, b in pairs) / len(pairs)
     assert last_digits == set(range(10)) and 0.35 < carries < 0.55  # 45% of all pairs carry
+
+
+def test_prompts_longer_than_the_context_are_left_out_counted_or_refused(caplog):
+    from rlvr.data import Prompt, fitting_prompts
+    from rlvr.tokenizer import make_tokenizer
+
+    tok = make_tokenizer("byte")
+    prompts = [Prompt("x" * n, "math", {"answer": "1"}) for n in (10, 95, 96, 300)]
+    kwargs = dict(tokenizer=tok, context=100, budget=5, where="data.train.0", setting="rollout.sampling.max_tokens")
+    with caplog.at_level(logging.WARNING):
+        kept = fitting_prompts(prompts, **kwargs)
+    n = [len(tok.encode(p.text)) for p in prompts]
+    assert [len(tok.encode(p.text)) for p in kept] == [x for x in n if x <= 95]
+    message = caplog.records[-1].getMessage()
+    assert f"{4 - len(kept)} of 4 prompts are longer than 95 tokens (the longest: {max(n)})" in message
+    assert "rollout.sampling.max_tokens" in message and "left out" in message
+    with pytest.raises(ConfigError, match="data.long_prompts=error"):
+        fitting_prompts(prompts, strict=True, **kwargs)
+    with pytest.raises(ConfigError, match="none is left"):
+        fitting_prompts(prompts[3:], **kwargs)
+    assert fitting_prompts(prompts[:1], **kwargs) == prompts[:1]

@@ -125,6 +125,7 @@ def test_breakdown_by_a_column_and_long_prompts_skipped(model, tmp_path, capsys)
     summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary["problems"] == 8 and summary["skipped"] == 1
     assert "prompt 4 " in captured.err and "exceed the model's context of 64" in captured.err
+    assert "prompts: 1 of 9 are longer than the model's context of 64 tokens minus --max-tokens" in captured.err
     assert {g: s["problems"] for g, s in summary["by_source"].items()} == {"L0": 3, "L1": 2, "L2": 3}
     assert "by_env" not in summary  # one environment: no breakdown
     assert main(_eval(model, src, "--by", "levle")) == 2

@@ -35,7 +35,8 @@ def held_out(word: str) -> bool:
 
 def reverse_rows(n: int, seed: int = 0, length: int = 4, holdout: str | None = None,
                  mistakes: float | None = None) -> list[dict]:
-    """``n`` rows ``{"prompt", "word"}`` (and ``response`` with ``mistakes``) of ``length``-letter words."""
+    """Words to reverse: ``n`` rows ``{"prompt", "word"}`` of ``length`` letters (and a teacher's
+    ``response`` with ``mistakes``)."""
     in_split(False, holdout)  # a bad split name is refused before any work
     if not 1 <= length <= 20:
         raise ValueError(f"length must be between 1 and 20, not {length}")

@@ -192,6 +192,21 @@ def test_one_line_errors_for_bad_paths_files_and_addresses(tmp_path):
     assert not (tmp_path / "o.jsonl").exists()  # a rejected input leaves no output behind
 
 
+def test_rlvr_example_takes_generator_arguments_and_fails_when_nothing_scores(tmp_path):
+    ex = ["example", "--rows", "20", "--dir", str(tmp_path / "ex")]
+    _error(_cli(*ex, "--generator", "math_responses", "--generator-arg", "digits=2"),
+           "--generator-arg digits: math_responses takes no such argument")
+    _error(_cli(*ex, "--generator", "addition"), "--generator: addition writes tasks without responses")
+    # a generator's own arguments reach it: the careless teacher's sums are scored
+    done = _cli(*ex, "--generator", "addition", "--generator-arg", "forget_carry=1.0", "--generator-arg", "digits=1")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in (tmp_path / "ex" / "responses.jsonl").read_text().splitlines()]
+    assert all(len(r["prompt"]) <= 4 for r in rows if "prompt" in r)  # one-digit problems: "a+b="
+    # every row failing (an environment that cannot read them): an exit code that says so
+    done = _cli(*ex, "--generator", "addition", "--generator-arg", "forget_carry=0.5", "--env", "code")
+    assert done.returncode == 1 and "none of the 20 rows was scored" in done.stderr, done.stderr[-2000:]
+
+
 def test_output_is_strict_json_and_a_lone_surrogate_is_reported(tmp_path):
     src = tmp_path / "a.jsonl"
     src.write_text('{"response": "\\\\boxed{1}", "answer": "1", "x": NaN}\n'

@@ -22,9 +22,6 @@ train:
   - generator: addition
     generator_args: {digits: 1}
     env: math
-prompt_template: "{prompt}"
-holdout: 0.05
-long_prompts: drop
 """
 
 
@@ -153,3 +150,10 @@ def test_rlvr_train_with_a_config_dir_writes_nothing_before_its_checks(mine, tmp
         assert not (tmp_path / "run").exists()
         print(f"rlvr-train {' '.join(args[:1])}: refused in {elapsed:.2f} s")
         assert elapsed < 10
+
+
+def test_a_sweep_keeps_or_drops_the_warm_start_as_its_data_config_needs():
+    assert "~sft" in check_command_line(CONFIGS, ["-m", "~sft", "learner.lr=1e-4,1e-3"]).argv
+    argv = check_command_line(CONFIGS, ["-m", "data=functions", "data.train.0.env_args={timeout: 3.0}", "~sft",
+                                        "seed=1,2"]).argv
+    assert "~sft" in argv and "~data.train.0.env_args" in argv and "++data.train.0.env_args={timeout: 3.0}" in argv

@@ -3,6 +3,7 @@ Ray actors, a real DeepSpeed engine, the builtin rollout engine and the math env
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -245,3 +246,33 @@ def test_rlvr_eval_on_a_file_and_a_prompt_too_long(whole, tmp_path):
     rows.write_text(json.dumps({"question": "1+" * 400 + "1=", "answer": "401"}) + "\n")
     done = subprocess.run(base, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "exceed the model's context" in done.stderr and "Traceback" not in done.stderr
+
+
+def _gsm8k_like(path: Path, rows: int = 60, long_every: int = 10) -> Path:
+    """Questions as GSM8K's, every ``long_every``-th one longer than the tiny engine's context."""
+    with path.open("w") as f:
+        for i in range(rows):
+            question = f"Tom has {i} apples and buys 3 more. How many now?"
+            if i % long_every == 0:
+                question = "A long story. " * 60 + question  # ~900 bytes: > 512 tokens
+            f.write(json.dumps({"question": question, "answer": str(i + 3)}) + "\n")
+    return path
+
+
+@pytest.mark.slow
+def test_prompts_too_long_for_the_context_are_left_out_and_reported(tmp_path):
+    data = _gsm8k_like(tmp_path / "gsm.jsonl")
+    command = [str(Path(sys.executable).parent / "rlvr-train"), "data=gsm8k_local", f"data.train.0.path={data}",
+               "~sft", "model.preset=tiny", "steps=1", f"hydra.run.dir={tmp_path / 'run'}", "prompts_per_step=8",
+               "algorithm.group_size=2", "logging.progress=false", "logging.tensorboard=false", "cluster.num_cpus=4",
+               "reward.workers=1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = done.stdout + done.stderr
+    counts = [int(n) for n in re.findall(r"(\d+) of \d+ prompts are longer than 507 tokens", log)]
+    assert sum(counts) == 6 and "(rollout.sampling.max_tokens)" in log and "left out" in log, log[-3000:]
+    # data.long_prompts=error: one line before Ray starts, naming the setting
+    done = subprocess.run([*command, "data.long_prompts=error", f"hydra.run.dir={tmp_path / 'strict'}"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and "data.long_prompts=error" in done.stderr and "Traceback" not in done.stderr
+    assert "Ray" not in done.stderr
