@@ -70,7 +70,9 @@ def check_source(key: str, src: DataSource) -> None:
             # the generator's own checks of its values, on a few rows (a split name, a range)
             generate_checked(src.generator, 2, 0, src.generator_args, option=f"{key}.generator_args.")
         except UsageError as err:
-            raise ConfigError(str(err)) from None
+            hint = (f"; to replace all of the source's arguments, give them whole: {key}.generator_args={{...}}"
+                    if "takes no such argument" in str(err) else "")
+            raise ConfigError(f"{err}{hint}") from None
     if src.path:
         first = _first_row(key, Path(src.path).expanduser(), src.split)
         if not key.startswith("sft") and src.prompt_field not in first:
