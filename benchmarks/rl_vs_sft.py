@@ -102,12 +102,11 @@ def main() -> None:
     from omegaconf import OmegaConf
 
     from rlvr.config import load_config
-    from rlvr.data import load_prompts
+    from rlvr.data import split_prompts
 
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         cfg = load_config(OmegaConf.to_container(compose("config"), resolve=True))
-    prompts = [p for src in load_prompts(cfg.data.eval, cfg.data.prompt_template, cfg.seed, "eval") for p in src]
-    prompts = prompts[:cfg.eval_prompts]
+    _, prompts, _ = split_prompts(cfg)  # the default job's held-out prompts, as the trainer draws them
     out = Path(args.out)
     import rlvr.model as M
     from rlvr.scoring import open_scorer

@@ -362,7 +362,7 @@ def _eval_setup(args: argparse.Namespace):
         cfg = load_config(json.loads(path.read_text()))
         _, prompts, _ = split_prompts(cfg)
         if not prompts:
-            raise UsageError(f"--run: the run {args.run} has no held-out prompts (data.eval empty, data.holdout 0)")
+            raise UsageError(f"--run: the run {args.run} has no held-out prompts (data.eval empty and data.holdout=0)")
         rc, model = cfg.rollout, args.model or args.run / "final"
         spec = _engine_spec(args, model, tokenizer=cfg.model.tokenizer, max_batch=rc.max_batch, backend=rc.engine,
                             max_model_len=rc.max_model_len, dtype=cfg.model.dtype)

@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from typing import Any, ClassVar
+
+log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "rlvr.environments"
 GENERATOR_GROUP = "rlvr.generators"
@@ -140,7 +143,13 @@ _registered: dict[str, dict[str, Any]] = {ENTRY_POINT_GROUP: {}, GENERATOR_GROUP
 def _entry_points(group: str) -> dict[str, metadata.EntryPoint]:
     """An entry-point group, read once per process: reading it opens every installed package's
     metadata (~9 ms, and the trainer asks every step)."""
-    return {ep.name: ep for ep in metadata.entry_points(group=group)}
+    found: dict[str, metadata.EntryPoint] = {}
+    for ep in metadata.entry_points(group=group):  # (in sys.path order: the first wins, as an import would)
+        if ep.name in found and found[ep.name].value != ep.value:
+            log.warning("%s: %r is registered by two packages: %s (used, first on sys.path) and %s", group, ep.name,
+                        found[ep.name].value, ep.value)
+        found.setdefault(ep.name, ep)
+    return found
 
 
 def _available(group: str) -> dict[str, Any]:

@@ -71,3 +71,30 @@ def test_a_registered_generator_is_a_training_data_source():
         get_generator("nope")
     with pytest.raises(TypeError, match="callable"):
         register_generator("bad", 3)
+
+
+def test_a_name_registered_by_two_packages_resolves_to_the_first_on_sys_path(tmp_path):
+    """As an import would: a package on PYTHONPATH wins over an installed one of the same name,
+    and the clash is said."""
+    import os
+    import subprocess
+    import sys
+
+    sites = []
+    for which in ("first", "second"):
+        site = tmp_path / which
+        (site / f"twin_{which}-0.1.dist-info").mkdir(parents=True)
+        (site / f"twin_{which}.py").write_text(
+            "from rlvr.env import Environment, Reward\n"
+            f"class Twin(Environment):\n    '''The {which} twin.'''\n"
+            "    def score(self, task, response):\n        return Reward(0.0)\n")
+        (site / f"twin_{which}-0.1.dist-info" / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: twin-{which}\nVersion: 0.1\n")
+        (site / f"twin_{which}-0.1.dist-info" / "entry_points.txt").write_text(
+            f"[rlvr.environments]\ntwin = twin_{which}:Twin\n")
+        sites.append(str(site))
+    done = subprocess.run([sys.executable, "-m", "rlvr", "envs"], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sites)))
+    assert done.returncode == 0 and "twin           twin_first.Twin  The first twin." in done.stdout, done.stdout
+    assert "'twin' is registered by two packages: twin_first:Twin (used, first on sys.path) and twin_second:Twin" \
+        in done.stderr

@@ -35,7 +35,7 @@ def test_nano_gpu_wiring_on_cpu_keeps_engine_and_learner_in_step(tmp_path):
         # a few small steps that move the weights far enough that a sync which did not land
         # (stale weights in vLLM) would show in the mismatch: one-digit sums, which a random
         # model sometimes gets right (so advantages are not all zero), and a large learning rate
-        "data.train.0.generator_args.digits=1", "data.eval.0.generator_args.digits=1", "learner.lr=1e-2",
+        "data.train.0.generator_args.digits=1", "learner.lr=1e-2",
         "steps=3", "prompts_per_step=32", "algorithm.group_size=4", "rollout.sampling.max_tokens=16",
         "rollout.eval_sampling.max_tokens=8", "eval_prompts=8", "checkpoint_every=0", "reward.workers=1",
         "logging.progress=false", "logging.tensorboard=false", "logging.plot=false",

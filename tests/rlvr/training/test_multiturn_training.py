@@ -11,10 +11,10 @@ import pytest
 
 SMALL = [
     "experiment=sql", "sft.steps=30", "sft.seconds=null", "sft.batch_size=8", "sft.data.size=200",
-    "data.train.0.size=300", "data.eval.0.size=16", "eval_prompts=16", "steps=4", "time_limit=null",
+    "data.train.0.size=300", "eval_prompts=16", "steps=4", "time_limit=null",
     "prompts_per_step=4", "algorithm.group_size=4", "eval_every=2", "checkpoint_every=2",
     "rollout.sampling.max_tokens=48", "rollout.eval_sampling.max_tokens=48", "learner.max_tokens_per_micro_batch=2048",
-    "data.train.0.env_args.max_turns=2", "data.eval.0.env_args.max_turns=2",
+    "data.train.0.env_args.max_turns=2",  # (evaluation follows the training source)
     "logging.progress=false", "logging.tensorboard=false", "cluster.num_cpus=4",
 ]
 
