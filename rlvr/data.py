@@ -144,6 +144,12 @@ def eval_plan(cfg: Config) -> tuple[list[DataSource], list[int], str]:
     ``data.holdout=0``: none. -> (eval sources, indices of training sources to hold rows out of,
     a description for the log and the summary)."""
     if cfg.data.eval:
+        trained = {s.generator for s in cfg.data.train if s.generator}
+        others = sorted({s.generator for s in cfg.data.eval if s.generator} - trained)
+        if others and trained:  # (a file or hub source may well be evaluated on another file)
+            log.warning("data.eval evaluates generator(s) %s, which no training source uses (data.train: %s); "
+                        "with data.eval empty, evaluation follows the training sources", ", ".join(others),
+                        ", ".join(map(source_name, cfg.data.train)))
         return list(cfg.data.eval), [], "data.eval: " + ", ".join(map(source_name, cfg.data.eval))
     if not cfg.data.holdout:
         return [], [], "none (data.eval is empty and data.holdout=0)"

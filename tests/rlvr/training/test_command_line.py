@@ -157,3 +157,17 @@ def test_a_sweep_keeps_or_drops_the_warm_start_as_its_data_config_needs():
     argv = check_command_line(CONFIGS, ["-m", "data=functions", "data.train.0.env_args={timeout: 3.0}", "~sft",
                                         "seed=1,2"]).argv
     assert "~sft" in argv and "~data.train.0.env_args" in argv and "++data.train.0.env_args={timeout: 3.0}" in argv
+
+
+def test_an_explicit_evaluation_of_another_generator_is_said(caplog):
+    import logging
+
+    from rlvr.config import load_config
+    from rlvr.data import eval_plan
+
+    [job] = _check("data.train.0.generator=word_problems", "data.train.0.generator_args={}", "~sft",
+                   "data.eval=[{generator: addition, env: math}]").jobs
+    with caplog.at_level(logging.WARNING):
+        _, _, said = eval_plan(load_config(job.config))
+    assert said == "data.eval: addition"
+    assert "data.eval evaluates generator(s) addition, which no training source uses" in caplog.text
