@@ -79,8 +79,9 @@ def parse(args: list[str], framework_configs: Path) -> CommandLine:
             setattr(flags, key, str(folder))
     primary = Path(flags.config_path) if flags.config_path else framework_configs.resolve()
     name = flags.config_name or "config"
-    if not (primary / f"{name}.yaml").is_file() and not (flags.config_dir and (Path(flags.config_dir) / f"{name}.yaml").is_file()):
-        raise ConfigError(f"--config-name: no {name}.yaml in {primary}" + (f" or {flags.config_dir}" if flags.config_dir else ""))
+    folders = [primary, *([Path(flags.config_dir)] if flags.config_dir else [])]
+    if not any((folder / f"{name}.yaml").is_file() for folder in folders):
+        raise ConfigError(f"--config-name: no {name}.yaml in {' or '.join(map(str, folders))}")
     return CommandLine(overrides, flags, primary, name)
 
 
@@ -110,11 +111,11 @@ def fit_overrides(cl: CommandLine) -> list[str]:
     out = [f"+{o}" if o.startswith("sft=") and ("+", "sft") in kept else o for o in out]
     fitted = []
     for o in out:
-        whole = _free_form(o)
-        if whole == "whole":
+        kind = _free_form(o)
+        if kind == "whole":
             exists = OmegaConf.select(cfg, _key(o), default=_ABSENT) is not _ABSENT
             fitted += ([f"~{_key(o)}"] if exists else []) + [f"++{o}"]
-        elif whole == "entry":
+        elif kind == "entry":
             fitted.append(f"++{o}")
         else:
             fitted.append(o)
