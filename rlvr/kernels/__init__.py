@@ -30,7 +30,7 @@ from rlvr.kernels.cpu import frozen_weights
 from rlvr.kernels.attention import attention_ref
 from rlvr.kernels.mamba import MambaDims, MambaWeights, mamba_chunk_ref, mamba_step_ref
 from rlvr.kernels.moe import MoEDims, MoEWeights, moe_routed_ref, relu2 as relu2_ref
-from rlvr.kernels.logprob import target_logprobs_ref
+from rlvr.kernels.logprob import linear_target_logprobs_chunked, target_logprobs_ref
 from rlvr.kernels.norm import rms_norm_ref
 from rlvr.kernels.sampling import counter_uniform_ref, sample_ref
 
@@ -117,6 +117,24 @@ def target_logprobs(logits, targets, consume_logits: bool = False):
     return target_logprobs_ref(logits, targets)
 
 
+# The fp32 logits one learner micro-batch may hold at once: beyond this, the lm-head projection and
+# the log-probabilities run a chunk of tokens at a time (``LinearLogprob``). Nano's vocabulary and
+# 8,192 tokens would be 4.3 GB per copy; 256 MiB is 512 tokens of it, a tiny model's whole batch.
+LOGITS_BUDGET_BYTES = 256 * 1024**2
+
+
+def linear_target_logprobs(hidden, weight, targets):
+    """Log-probabilities of the targets and entropies of the logits ``hidden (n, d) @ weight.T``
+    (the lm head), on the fastest path that fits: the whole logits through ``target_logprobs``
+    while they fit ``LOGITS_BUDGET_BYTES``, else ``LinearLogprob`` chunk by chunk (the same
+    numbers, see its test)."""
+    chunk = LOGITS_BUDGET_BYTES // (4 * weight.shape[0])
+    if hidden.shape[0] > chunk:
+        return linear_target_logprobs_chunked(hidden, weight, targets, chunk)
+    logits = torch.nn.functional.linear(hidden, weight).float()
+    return target_logprobs(logits, targets, consume_logits=True)  # (nothing else reads these logits)
+
+
 def token_logprobs(logits, input_ids, consume_logits: bool = False):
     """``target_logprobs`` of every next token: logits (B, L - 1, V) of input_ids (B, L)."""
     return target_logprobs(logits, input_ids[:, 1:], consume_logits)
@@ -172,4 +190,4 @@ def counter_uniform(keys, positions):
 
 __all__ = ["BACKENDS", "counter_uniform", "MambaDims", "MambaWeights", "MoEDims", "MoEWeights", "attention",
            "backend", "frozen_weights", "mamba_chunk", "mamba_step", "moe_routed", "relu2", "rms_norm",
-           "sample", "set_backend", "target_logprobs", "token_logprobs"]
+           "sample", "set_backend", "linear_target_logprobs", "target_logprobs", "token_logprobs"]

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from rlvr.kernels import linear_target_logprobs
 from rlvr.model.cache import HybridCache
 from rlvr.model.checkpoint import save_checkpoint
 from rlvr.model.config import HybridConfig
@@ -74,12 +75,25 @@ def check_seq_idx(seq_idx: torch.Tensor, shape) -> None:
         raise ValueError("seq_idx must be >= 0 and non-decreasing along each row (documents one after another)")
 
 
+class LMHead(nn.Linear):
+    """The output projection (checkpoint name ``lm_head.weight``). Given the targets, it returns
+    their log-probabilities and the entropies instead of the logits
+    (``rlvr.kernels.linear_target_logprobs``: at a large vocabulary the logits are never held
+    whole). Inside the module's forward, so that ZeRO-3 gathers the weight for it as for any
+    layer."""
+
+    def forward(self, hidden: torch.Tensor, targets: torch.Tensor | None = None):
+        if targets is None:
+            return super().forward(hidden)
+        return linear_target_logprobs(hidden, self.weight, targets)
+
+
 class HybridLM(nn.Module):
     def __init__(self, config: HybridConfig):
         super().__init__()
         self.config = config
         self.backbone = Backbone(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = LMHead(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.backbone.embeddings.weight
         self.gradient_checkpointing = False
@@ -89,7 +103,7 @@ class HybridLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, cache: HybridCache | None = None,
                 seq_idx: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
                 lengths: torch.Tensor | None = None, logits_dtype: torch.dtype = torch.float32,
-                keep: torch.Tensor | None = None) -> torch.Tensor:
+                keep: torch.Tensor | None = None, targets: torch.Tensor | None = None):
         """input_ids (batch, seqlen) -> logits (batch, seqlen, vocab), fp32 by default.
 
         ``cache``: a ``HybridCache`` to fill (prefill) or extend (one token = a decode step).
@@ -99,7 +113,10 @@ class HybridLM(nn.Module):
         each row; the cache then continues each row from its own last real token.
         ``keep`` (batch, seqlen) bool: the logits of these positions only, (n, vocab) in row-major
         order (a learner needs them where its loss reads them: the response tokens, not the
-        prompt's, which saves that share of the largest matrix multiply and its softmax)."""
+        prompt's, which saves that share of the largest matrix multiply and its softmax).
+        ``targets`` (n,) with ``keep``: instead of logits, the fp32 log-probabilities of these
+        next tokens and the entropies at the kept positions, two (n,) tensors (the learner's
+        read; see ``LMHead``)."""
         if input_ids.dim() != 2 or input_ids.numel() == 0:
             raise ValueError(f"input_ids must be (batch, seqlen) with at least one token, got shape "
                              f"{tuple(input_ids.shape)}")
@@ -119,6 +136,10 @@ class HybridLM(nn.Module):
             # index_select, not hidden[keep]: the same rows, and a backward that adds them back
             # (index_add_) where the mask's accumulating index_put_ took 1.5 ms for 10K rows
             hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep.reshape(-1).nonzero()[:, 0])
+        if targets is not None:
+            if keep is None:
+                raise ValueError("targets need keep (the positions whose next tokens they are)")
+            return self.lm_head(self.backbone.norm_f(hidden), targets)
         return self.lm_head(self.backbone.norm_f(hidden)).to(logits_dtype)
 
     def new_cache(self) -> HybridCache:

@@ -31,7 +31,8 @@ import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from rlvr import grpo, kernels, runtime
+from rlvr import grpo, runtime
+from rlvr.training.precision import Fp32Params, clip_coefficient
 from rlvr.training import packing
 from rlvr.config import Config
 from rlvr.rollout.workers import EngineCalls
@@ -107,11 +108,17 @@ class LearnerRank(EngineCalls):
             for module in model.modules():
                 if isinstance(module, Router):
                     module.weight.requires_grad_(False)
+        # bf16: the SSM's A_log, D, dt_bias stay fp32, outside DeepSpeed (rlvr/training/precision.py)
+        self.fp32 = Fp32Params(model) if lc.bf16 else None
         params = [p for p in model.parameters() if p.requires_grad]
-        # fused: one kernel over every parameter (CPU and CUDA), where the default loops over them
-        # in Python (0.77 -> 0.16 ms a step for the default job's policy)
-        optimizer = torch.optim.AdamW(params, lr=lc.lr, betas=lc.betas, eps=lc.eps, weight_decay=lc.weight_decay,
-                                      fused=True)
+
+        def adamw(tensors):
+            # fused: one kernel over every parameter (CPU and CUDA), where the default loops over
+            # them in Python (0.77 -> 0.16 ms a step for the default job's policy)
+            return torch.optim.AdamW(tensors, lr=lc.lr, betas=lc.betas, eps=lc.eps, weight_decay=lc.weight_decay,
+                                     fused=True)
+
+        optimizer = adamw(params)
         total = self.cfg.steps * self.cfg.algorithm.epochs
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(lc.lr_schedule, lc.warmup_steps, total))
         # The number of micro-batches changes from step to step (a token budget): the learner
@@ -130,6 +137,8 @@ class LearnerRank(EngineCalls):
             ds_config["gradient_clipping"] = lc.grad_clip
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, dist_init_required=False)
+        if self.fp32 is not None:
+            self.fp32.start(adamw)
         self.reference = None
         if self.cfg.algorithm.kl_coef:
             # The KL anchor: the starting policy, frozen (a second copy of the weights).
@@ -141,6 +150,7 @@ class LearnerRank(EngineCalls):
             tis_cap=self.cfg.algorithm.tis_cap)
         self._sync_items = None
         self._grad_norm = None
+        self._grad_norm_total = None  # (bf16: with the fp32 tensors' share)
         if self.cfg.rollout.colocate:
             from rlvr.rollout.builtin import BuiltinEngine
             from rlvr.tokenizer import make_tokenizer
@@ -153,14 +163,14 @@ class LearnerRank(EngineCalls):
 
     # -- log-probabilities
     @staticmethod
-    def _logprobs(model, micro: MicroBatch, consume_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def _logprobs(model, micro: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probabilities and entropies (R, W - 1) of a micro-batch's next-token targets where
         its mask is set (the response tokens; zero elsewhere, where no loss or metric reads them):
-        the model computes logits at those positions only."""
+        the model projects those positions only, and never holds a large vocabulary's logits
+        whole (``LMHead``)."""
         seq_idx = None if micro.seq_idx is None else micro.seq_idx[:, :-1]
         keep = micro.tokens["mask"] > 0
-        logits = model(micro.input_ids[:, :-1], seq_idx=seq_idx, keep=keep)
-        logp, entropy = kernels.target_logprobs(logits, micro.input_ids[:, 1:][keep], consume_logits)
+        logp, entropy = model(micro.input_ids[:, :-1], seq_idx=seq_idx, keep=keep, targets=micro.input_ids[:, 1:][keep])
         zeros = torch.zeros(keep.shape, dtype=logp.dtype, device=logp.device)
         return zeros.masked_scatter(keep, logp), zeros.masked_scatter(keep, entropy)
 
@@ -195,6 +205,8 @@ class LearnerRank(EngineCalls):
             out["old_logprob_mismatch"] = old_mismatch
         out["lr"] = self.scheduler.get_last_lr()[0]
         grad_norm = self._grad_norm if self.cfg.learner.zero_stage == 0 else self.engine.get_global_grad_norm()
+        if self.fp32 is not None:
+            grad_norm = self._grad_norm_total
         if grad_norm is not None:
             out["grad_norm"] = float(grad_norm)
         return out
@@ -207,7 +219,7 @@ class LearnerRank(EngineCalls):
         return parts
 
     def _micro_step(self, micro: MicroBatch, old_logp: torch.Tensor | None) -> dict[str, float]:
-        logp, entropy = self._logprobs(self.engine, micro, consume_logits=True)
+        logp, entropy = self._logprobs(self.engine, micro)
         t = micro.tokens
         ref_logp = None
         if self.loss_config.kl_coef:
@@ -222,11 +234,15 @@ class LearnerRank(EngineCalls):
                                        engine_logp=t["engine_logp"], ref_logp=ref_logp, weights=t["weights"])
         # The weights normalise over the global batch; DeepSpeed averages gradients over ranks.
         self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
-        if self.cfg.learner.zero_stage == 0 and self.engine.is_gradient_accumulation_boundary():
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        if self.cfg.learner.zero_stage == 0 and boundary:
             # DeepSpeed reports the global norm only from its ZeRO optimisers: measure it here.
             grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
             self._grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+        lr = self.scheduler.get_last_lr()[0]  # (the step's rate: DeepSpeed advances the schedule after it)
         self.engine.step()
+        if boundary and self.fp32 is not None:
+            self._step_fp32(lr)
         mask = t["mask"]
         n = float(mask.sum())
         diff = (logp.detach() - t["engine_logp"]) * mask
@@ -238,6 +254,16 @@ class LearnerRank(EngineCalls):
         out = {k: v * n for k, v in metrics.items()}
         out.update(loss=float(loss.detach()), tokens=n, old_logprob_mismatch=old_mismatch)
         return out
+
+    def _step_fp32(self, lr: float) -> None:
+        """The fp32 tensors' update after DeepSpeed's: averaged over ranks, clipped with the norm
+        of every gradient (DeepSpeed clipped its own by theirs: the two differ by these few
+        numbers' share), stepped at the same rate."""
+        self.fp32.average_grads(self.world_size)
+        ds_norm = self._grad_norm if self.cfg.learner.zero_stage == 0 else self.engine.get_global_grad_norm()
+        total, coef = clip_coefficient(self.cfg.learner.grad_clip, float(ds_norm or 0.0) ** 2, self.fp32.grad_norm_sq())
+        self.fp32.step(lr, coef)
+        self._grad_norm_total = total
 
     # -- weight sync (bucketed: one bucket in flight at a time)
     def prepare_sync(self, bucket_bytes: int) -> int:
@@ -266,12 +292,15 @@ class LearnerRank(EngineCalls):
 
     # -- checkpoints
     def save(self, directory: str, tag: str) -> None:
-        self.engine.save_checkpoint(directory, tag=tag)
+        extra = {} if self.fp32 is None else {"fp32_params": self.fp32.state_dict()}
+        self.engine.save_checkpoint(directory, tag=tag, client_state=extra)
 
     def load(self, directory: str, tag: str) -> None:
-        path, _ = self.engine.load_checkpoint(directory, tag=tag)
+        path, extra = self.engine.load_checkpoint(directory, tag=tag)
         if path is None:
             raise FileNotFoundError(f"no learner checkpoint {tag!r} in {directory}")
+        if self.fp32 is not None:
+            self.fp32.load_state_dict(extra["fp32_params"])  # (values and moments: an exact resume)
 
     def save_model(self, directory: str) -> None:
         """A Hugging Face style checkpoint of the current policy (rank 0 writes)."""
