@@ -40,3 +40,21 @@ def retain_freed_memory() -> bool:
     # (older glibc caps the mmap threshold at 32 MiB: blocks past it keep their own mappings)
     mapped = mallopt(M_MMAP_THRESHOLD, 1 << 30) or mallopt(M_MMAP_THRESHOLD, 32 << 20)
     return bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1)) and bool(mapped)
+
+
+def peak_resident_bytes(reset: bool = False) -> int:
+    """This process's peak resident set (``VmHWM``) since it started or the last reset; with
+    ``reset``, the peak restarts from the current resident set afterwards (Linux 4.0+;
+    elsewhere the peak is never reset and 0 is read where ``/proc`` is absent)."""
+    from pathlib import Path
+
+    status = Path("/proc/self/status")
+    if not status.exists():
+        return 0
+    peak = next(int(line.split()[1]) * 1024 for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
+    if reset:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+    return peak

@@ -181,6 +181,16 @@ def nemotron3_nano_30b_a3b(**overrides) -> HybridConfig:
     return HybridConfig(**(base | overrides))
 
 
+def nano_slice(**overrides) -> HybridConfig:
+    """Nemotron 3 Nano's widths (hidden 2688, vocabulary 131,072, its head, state and group
+    sizes, its expert widths) with one layer of each kind (Mamba-2, MoE, attention) and 8 routed
+    experts: 0.87B parameters (3.5 GB in fp32, 0.7 GB of it each for the embeddings and the lm
+    head), so that Nano's memory behaviour (the vocabulary, the layer widths) can be measured on
+    a CPU machine."""
+    return nemotron3_nano_30b_a3b(**({"pattern": "ME*", "n_routed_experts": 8, "max_position_embeddings": 4096}
+                                     | overrides))
+
+
 def nemotron3_super_120b_a12b(**overrides) -> HybridConfig:
     """Nemotron 3 Super 120B-A12B sizes as published in its config.json: 88 layers of which 40
     Mamba-2, 40 Latent MoE and 8 attention, hidden 4096, 512 experts, top-22, latent 1024,
@@ -199,6 +209,6 @@ def nemotron3_super_120b_a12b(**overrides) -> HybridConfig:
 
 
 PRESETS = {
-    "tiny": tiny, "small-100m": small_100m,
+    "tiny": tiny, "small-100m": small_100m, "nano-slice": nano_slice,
     "nemotron3-nano-30b-a3b": nemotron3_nano_30b_a3b, "nemotron3-super-120b-a12b": nemotron3_super_120b_a12b,
 }

@@ -9,6 +9,7 @@
     sft.py        the supervised warm start
     tracking.py   metrics (JSONL, TensorBoard, W&B) and the reward-curve plot
     interrupt.py  SIGINT/SIGTERM -> stop at a step boundary, with a checkpoint
+    precision.py  the SSM tensors kept fp32 while DeepSpeed trains the rest in bf16
 """
 
 from rlvr.training.app import RunStopped, train

@@ -159,6 +159,8 @@ class LearnerRank(EngineCalls):
             self.rollout = BuiltinEngine(self.engine.module, make_tokenizer(self.cfg.model.tokenizer),
                                          max_batch=rc.max_batch, max_model_len=rc.max_model_len)
         runtime.settle()  # what exists now lives as long as the rank
+        # the peak of building the model and the engine (the load), then each step's on its own
+        self._load_peak_rss = runtime.peak_resident_bytes(reset=True)
         return sum(p.numel() for p in params)
 
     # -- log-probabilities
@@ -204,6 +206,8 @@ class LearnerRank(EngineCalls):
         if old_logp is not None:
             out["old_logprob_mismatch"] = old_mismatch
         out["lr"] = self.scheduler.get_last_lr()[0]
+        out["learner/load_peak_rss_gib"] = self._load_peak_rss / 1024**3
+        out["learner/peak_rss_gib"] = runtime.peak_resident_bytes(reset=True) / 1024**3
         grad_norm = self._grad_norm if self.cfg.learner.zero_stage == 0 else self.engine.get_global_grad_norm()
         if self.fp32 is not None:
             grad_norm = self._grad_norm_total
@@ -387,8 +391,9 @@ class LearnerGroup:
                 out[key] = results[0].pop(key)
                 for m in results[1:]:
                     m.pop(key, None)
-        if "old_logprob_mismatch" in results[0]:
-            out["old_logprob_mismatch"] = max(m.pop("old_logprob_mismatch") for m in results)
+        for key in ("old_logprob_mismatch", "learner/load_peak_rss_gib", "learner/peak_rss_gib"):  # the worst rank's
+            if key in results[0]:
+                out[key] = max(m.pop(key) for m in results)
         out.update({k: sum(m[k] for m in results) / max(tokens, 1) for k in results[0]})
         computed = sum(m.num_tokens for rank in micros for m in rank)
         out["micro_batches"] = len(micros[0])

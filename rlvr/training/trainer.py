@@ -357,7 +357,7 @@ class Trainer:
             rows = torch.tensor([p.env == env for p in prompts]).repeat_interleave(G)
             m[f"reward/{env}/mean"] = float(rewards[rows].mean())
         m.update({f"reward/{name}": sum(values) / len(values) for name, values in stats.get("info", {}).items()})
-        m.update({f"train/{k}": v for k, v in learner_metrics.items()})
+        m.update({k if k.startswith("learner/") else f"train/{k}": v for k, v in learner_metrics.items()})
         m.update({f"time/{k}": v for k, v in t.items() if k != "start"})
         return m
 

@@ -56,9 +56,11 @@ def test_a_short_job_trains_and_writes_its_summary(tmp_path):
     metrics = _metrics(tmp_path)
     assert sorted(metrics) == [1, 2, 3, 4]
     for key in ("reward/mean", "reward/math/mean", "train/loss", "train/entropy", "train/clip_fraction",
-                "train/logprob_mismatch", "throughput/tokens_per_s", "time/rollout", "time/learn", "time/sync"):
+                "train/logprob_mismatch", "throughput/tokens_per_s", "time/rollout", "time/learn", "time/sync",
+                "learner/load_peak_rss_gib", "learner/peak_rss_gib"):
         assert key in metrics[1], key
     assert metrics[1]["train/logprob_mismatch"] < 1e-3  # engine and learner agree on the sampled tokens
+    assert 0.1 < metrics[1]["learner/load_peak_rss_gib"] < 8 and 0.1 < metrics[1]["learner/peak_rss_gib"] < 8
     assert (tmp_path / "reward_curve.png").stat().st_size > 1000
     assert (tmp_path / "final" / "config.json").exists()
 
