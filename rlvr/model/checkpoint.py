@@ -21,18 +21,26 @@ SHARD_BYTES = 4 * 1024**3
 
 def save_checkpoint(model, path: str | Path, dtype: torch.dtype | None = None) -> None:
     """``config.json`` + ``model.safetensors`` (sharded with an index past 4 GiB)."""
+    save_state(model.config, model.state_dict(), path, dtype)
+
+
+def save_state(hybrid_config, state: dict[str, torch.Tensor], path: str | Path, dtype: torch.dtype | None = None) -> None:
+    """``save_checkpoint`` of a model's ``state_dict`` (module names): where the state exists
+    without its module, as a ZeRO-3 learner's consolidated state on rank 0, whose own module
+    holds only its partition."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    config = model.config.to_dict()
+    config = hybrid_config.to_dict()
     tensors = {}
-    for name, tensor in checkpoint_items(model.state_dict()):
-        if model.config.tie_word_embeddings and name == "lm_head.weight":
+    for name, tensor in checkpoint_items(state):
+        if hybrid_config.tie_word_embeddings and name == "lm_head.weight":
             continue
         tensor = tensor.detach()
         if dtype is not None and tensor.is_floating_point() and "e_score_correction_bias" not in name:
             tensor = tensor.to(dtype)
         tensors[name] = tensor.contiguous().cpu()
-    config["torch_dtype"] = str(dtype or next(model.parameters()).dtype).removeprefix("torch.")
+    first = next(t for t in state.values() if t.is_floating_point())
+    config["torch_dtype"] = str(dtype or first.dtype).removeprefix("torch.")
     (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     shards = _shard(tensors)
     if len(shards) == 1:

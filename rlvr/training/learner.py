@@ -309,10 +309,14 @@ class LearnerRank(EngineCalls):
     def save_model(self, directory: str) -> None:
         """A Hugging Face style checkpoint of the current policy (rank 0 writes)."""
         if self.cfg.learner.zero_stage == 3:
+            # rank 0's module holds its partition only (parameters past DeepSpeed's persistence
+            # threshold, 1e5 elements, are empty there): write the gathered state itself
             state = self.engine._zero3_consolidated_16bit_state_dict()
             if self.rank == 0:
-                self.engine.module.load_state_dict(state)
-        if self.rank == 0:
+                from rlvr.model.checkpoint import save_state
+
+                save_state(self.engine.module.config, state, directory)
+        elif self.rank == 0:
             self.engine.module.save(directory)
 
     def shutdown(self) -> None:

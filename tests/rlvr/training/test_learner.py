@@ -123,3 +123,24 @@ def test_old_logprobs_of_a_second_epoch_follow_the_deepspeed_step(ray_cluster, t
         group.shutdown()
     print(f"ZeRO-{zero_stage}: old vs current log-probs before each update: {mismatch}")
     assert all(m < 1e-4 for m in mismatch)
+
+
+@pytest.mark.slow
+def test_zero3_exports_final_with_parameters_partitioned_across_ranks(ray_cluster, tmp_path):
+    """Parameters past DeepSpeed's persistence threshold (1e5 elements: every real model's) are
+    empty on rank 0's module under ZeRO-3; final/ is written from the gathered state."""
+    torch.manual_seed(0)
+    M.HybridLM(tiny(vocab_size=2048, initializer_range=0.1)).save(tmp_path / "start")  # 2048 x 64 > 1e5
+    group = LearnerGroup(_config(tmp_path / "start", num_ranks=2, zero_stage=3), str(tmp_path / "start"))
+    try:
+        group.train(_batch(0))
+        weights = _weights(group)
+        group.save_model(str(tmp_path / "final"))
+    finally:
+        group.shutdown()
+    from rlvr.model.names import checkpoint_items
+
+    saved = dict(checkpoint_items(M.load(tmp_path / "final").state_dict()))  # (checkpoint names, as synced)
+    assert saved["lm_head.weight"].shape == (2048, 64)
+    for name, tensor in weights.items():
+        assert torch.equal(saved[name], tensor), name
