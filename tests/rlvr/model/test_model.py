@@ -245,3 +245,15 @@ def test_published_presets_have_the_published_parameter_counts(preset, total, ac
     n_active = n - experts + experts * cfg.num_experts_per_tok // cfg.n_routed_experts
     print(f"{preset}: {n / 1e9:.2f}B total, {n_active / 1e9:.2f}B active")
     assert n == pytest.approx(total, rel=0.01) and n_active == pytest.approx(active, rel=0.01)
+
+
+def test_nano_slice_has_nanos_widths_with_one_layer_of_each_kind():
+    nano, piece = M.PRESETS["nemotron3-nano-30b-a3b"](), M.PRESETS["nano-slice"]()
+    for key in ("hidden_size", "vocab_size", "mamba_num_heads", "mamba_head_dim", "ssm_state_size", "n_groups",
+                "head_dim", "num_attention_heads", "num_key_value_heads", "moe_intermediate_size",
+                "moe_shared_expert_intermediate_size", "num_experts_per_tok"):
+        assert getattr(piece, key) == getattr(nano, key), key
+    assert sorted(piece.pattern) == ["*", "E", "M"] and piece.n_routed_experts == 8
+    with torch.device("meta"):
+        n = sum(p.numel() for p in M.HybridLM(piece).parameters())
+    assert n == pytest.approx(0.867e9, rel=0.01)
