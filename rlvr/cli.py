@@ -5,6 +5,7 @@
     rlvr eval --run outputs/default -n 8 -k 1,8
     rlvr envs           # registered environments and task generators
     rlvr example        # generate a small dataset of responses and score it
+    rlvr plan experiment=nano_gpu --gpu-memory 80 141   # memory per device, before launching
 """
 
 from __future__ import annotations
@@ -137,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sub.add_parser("envs", help="list registered environments")
+    plan = sub.add_parser("plan", help="memory per device of an rlvr-train job, before launching it",
+                          description="The memory a job needs per device (learner rank: weights, gradients, optimizer "
+                          "state, activations, log-probabilities, loading; rollout engine: weights, per-sequence "
+                          "state, sequences that fit), and per device size whether it fits. Takes the overrides "
+                          "rlvr-train takes. The last line is one JSON object.")
+    plan.add_argument("overrides", nargs="*", help="rlvr-train's overrides (experiment=nano_gpu, learner.num_ranks=8, ...)")
+    plan.add_argument("--gpu-memory", type=float, nargs="+", default=[80.0, 141.0], metavar="GIB",
+                      help="device sizes to judge, in GiB (default: 80 141)")
 
     example = sub.add_parser("example", help="write a small generated dataset of responses and score it",
                              description="Generate arithmetic word problems with imitation model "
@@ -469,6 +478,54 @@ def _cmd_envs() -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from rlvr.config import ConfigError, load_config
+    from rlvr.model.config import PRESETS, HybridConfig
+    from rlvr.training.app import CONFIG_DIR
+    from rlvr.training.command_line import compose_jobs, fit_overrides, parse
+    from rlvr.training.plan import plan
+
+    overrides = list(args.overrides)
+    try:
+        cl = parse(overrides, CONFIG_DIR)
+        try:
+            [job] = compose_jobs(cl, fit_overrides(cl))
+        except ConfigError as err:
+            if not str(err).startswith("model.path: must be set"):
+                raise
+            # no checkpoint yet: the preset's shape (the tokenizer, which names the checkpoint, is not needed)
+            [job] = compose_jobs(cl, [*fit_overrides(cl), "model.path=null", "model.tokenizer=byte"])
+        cfg = load_config(job.config)
+    except ConfigError as err:
+        raise UsageError(str(err)) from None
+    if cfg.model.path is not None:
+        config_file = Path(cfg.model.path).expanduser() / "config.json"
+        if not config_file.is_file():
+            raise UsageError(f"model.path: {config_file} not found")
+        model_config = HybridConfig.from_dict(json.loads(config_file.read_text()))
+        source = str(cfg.model.path)
+    else:
+        model_config = PRESETS[cfg.model.preset](**cfg.model.overrides)
+        source = f"model.preset={cfg.model.preset}"
+    result = plan(cfg, model_config, args.gpu_memory) | {"model": source}
+    _print_plan(result)
+    print(json.dumps(result))
+    return 0
+
+
+def _print_plan(p: dict) -> None:
+    print(f"{p['model']}: {p['parameters'] / 1e9:.2f}B parameters ({p['expert_parameters'] / 1e9:.2f}B in routed experts)")
+    for part in ("learner", "rollout"):
+        for row in p[part]:
+            print(f"  {row['name']:<30s} {row['gib']:>9.2f} GiB   {row['how']}")
+    print(f"  (+ {p['overhead_gib']:g} GiB per device: CUDA context, allocator, communication buffers)")
+    for device, v in p["devices"].items():
+        state = "fits" if v["fits"] else f"does NOT fit: {v['first_problem']}"
+        print(f"  {device}: {state}; learner step {v['learner_step_gib']} GiB, load {v['learner_load_gib']} GiB; "
+              f"rollout: {v['rollout']['sequences_that_fit']} sequences of {v['rollout']['sequence_tokens']} tokens "
+              f"at gpu_memory_utilization {v['rollout']['gpu_memory_utilization']:g}")
+
+
 def _stop(signum, frame):
     raise KeyboardInterrupt  # SIGTERM ends the run the way Ctrl-C does: workers stopped, rows kept
 
@@ -487,6 +544,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_eval(args)
         if args.command == "generate":
             return _cmd_generate(args)
+        if args.command == "plan":
+            return _cmd_plan(args)
         return _cmd_envs()
     except UsageError as exc:
         print(f"rlvr: error: {exc}", file=sys.stderr)

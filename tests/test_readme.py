@@ -24,7 +24,7 @@ ELSEWHERE = {
     "pip install -e examples/reverse": "tests/examples/test_reverse_example.py (into a folder of its own)",
     "rlvr eval --run outputs/reverse": "tests/examples/test_reverse_example.py",
 }
-QUICK = ("rlvr-train --cfg", "rlvr example", "rlvr score", "rlvr envs")
+QUICK = ("rlvr-train --cfg", "rlvr example", "rlvr score", "rlvr envs", "rlvr plan")
 AFTER_TRAINING = ("rlvr eval --run outputs/default", "rlvr generate --model outputs/default")
 
 

@@ -3,6 +3,7 @@
     app.py        the Hydra app (``rlvr-train``) and ``train(overrides)``, the same job from Python
     command_line.py  a command line read as Hydra reads it, every job of it composed and checked
     preflight.py  the checks of a composed config against the world, before Ray
+    plan.py       ``rlvr plan``: a job's memory per device, from the config and the model's shape
     trainer.py    the single-controller loop: prompts -> rollouts -> rewards -> update -> sync
     learner.py    DeepSpeed ranks in Ray actors: logprobs, the GRPO loss, optimizer steps
     packing.py    sequences packed into token-budget micro-batches
