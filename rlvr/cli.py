@@ -480,10 +480,9 @@ def _cmd_envs() -> int:
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from rlvr.config import ConfigError, load_config
-    from rlvr.model.config import PRESETS, HybridConfig
     from rlvr.training.app import CONFIG_DIR
     from rlvr.training.command_line import compose_jobs, fit_overrides, parse
-    from rlvr.training.plan import plan
+    from rlvr.training.plan import model_shape, plan
 
     overrides = list(args.overrides)
     try:
@@ -498,15 +497,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         cfg = load_config(job.config)
     except ConfigError as err:
         raise UsageError(str(err)) from None
-    if cfg.model.path is not None:
-        config_file = Path(cfg.model.path).expanduser() / "config.json"
-        if not config_file.is_file():
-            raise UsageError(f"model.path: {config_file} not found")
-        model_config = HybridConfig.from_dict(json.loads(config_file.read_text()))
-        source = str(cfg.model.path)
-    else:
-        model_config = PRESETS[cfg.model.preset](**cfg.model.overrides)
-        source = f"model.preset={cfg.model.preset}"
+    if cfg.model.path is not None and not (Path(cfg.model.path).expanduser() / "config.json").is_file():
+        raise UsageError(f"model.path: {cfg.model.path} holds no config.json")
+    model_config = model_shape(cfg)
+    source = str(cfg.model.path) if cfg.model.path is not None else f"model.preset={cfg.model.preset}"
     result = plan(cfg, model_config, args.gpu_memory) | {"model": source}
     _print_plan(result)
     print(json.dumps(result))

@@ -35,6 +35,19 @@ class Figure:
         return {"name": self.name, "gib": round(self.bytes / GiB, 2), "how": self.how}
 
 
+def model_shape(cfg):
+    """The model's ``HybridConfig``: ``model.path``'s config.json, else the preset with its
+    overrides."""
+    import json
+    from pathlib import Path
+
+    from rlvr.model.config import PRESETS, HybridConfig
+
+    if cfg.model.path is not None:
+        return HybridConfig.from_dict(json.loads((Path(cfg.model.path).expanduser() / "config.json").read_text()))
+    return PRESETS[cfg.model.preset](**cfg.model.overrides)
+
+
 def parameter_count(model_config) -> tuple[int, int]:
     """(all parameters, those of the routed experts), counted on the meta device."""
     import torch

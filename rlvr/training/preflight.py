@@ -169,6 +169,19 @@ def check_local_gpus(cfg: Config) -> None:
         if per and per * count > have:
             raise ConfigError(f"{key}: {per:g} GPU(s) x {count} asked for, but this machine has {have} "
                               "(cluster.address is unset, so Ray runs here)")
+    if cfg.learner.gpus_per_rank or cfg.rollout.gpus_per_worker:
+        check_fits(cfg, min(torch.cuda.get_device_properties(i).total_memory for i in range(have)))
+
+
+def check_fits(cfg: Config, device_bytes: int) -> None:
+    """A learner rank and a rollout engine fit one GPU of ``device_bytes`` (``rlvr plan``'s verdict)."""
+    from rlvr.training.plan import GiB, model_shape, plan
+
+    verdict = next(iter(plan(cfg, model_shape(cfg), [device_bytes / GiB])["devices"].values()))
+    if not verdict["fits"]:
+        key = "rollout.gpus_per_worker" if verdict["first_problem"].startswith("rollout") else "learner.gpus_per_rank"
+        raise ConfigError(f"{key}: the job does not fit this machine's GPUs: {verdict['first_problem']} "
+                          "(`rlvr plan` with the same overrides shows every figure)")
 
 
 def check_cluster_address(address: str | None) -> None:

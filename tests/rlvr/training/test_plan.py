@@ -39,6 +39,24 @@ def test_gradient_checkpointing_keeps_fewer_activations():
     assert activation_elements_per_token(c, True) < activation_elements_per_token(c, False) / 5
 
 
+def _nano():
+    return load_config({"data": {"train": [{"generator": "addition"}]},
+                        "model": {"preset": "nemotron3-nano-30b-a3b", "dtype": "bfloat16"},
+                        "learner": {"num_ranks": 8, "zero_stage": 3, "bf16": True, "max_tokens_per_micro_batch": 8192},
+                        "rollout": {"engine": "vllm", "vllm_kwargs": {"gpu_memory_utilization": 0.8},
+                                    "sampling": {"max_tokens": 1024}}})
+
+
+def test_preflight_refuses_a_job_that_does_not_fit_the_gpus_here():
+    from rlvr.config import ConfigError
+    from rlvr.training.preflight import check_fits
+
+    with pytest.raises(ConfigError, match=r"learner.gpus_per_rank: the job does not fit this machine's GPUs: "
+                                          r"learner load: 117.6 GiB .* > 80 GiB .*rlvr plan"):
+        check_fits(_nano(), 80 * GiB)
+    check_fits(_nano(), 141 * GiB)
+
+
 def test_nano_on_80_gib_is_refused_naming_todays_load_and_fits_141():
     cfg = load_config({"data": {"train": [{"generator": "addition"}]}, "model": {"dtype": "bfloat16"},
                        "learner": {"num_ranks": 8, "zero_stage": 3, "bf16": True, "max_tokens_per_micro_batch": 8192},
