@@ -173,11 +173,10 @@ def split_prompts(cfg: Config) -> tuple[list[list[Prompt]], list[Prompt], str]:
     sources, shares, said = eval_plan(cfg)
     train = load_prompts([with_split(s, "exclude") for s in cfg.data.train], cfg.data.prompt_template, cfg.seed, "train")
     evals = [p for source in load_prompts(sources, cfg.data.prompt_template, cfg.seed, "eval") for p in source]
-    if shares:
-        for i in shares:
-            train[i], held = hold_out(train[i], cfg.data.holdout, f"{cfg.seed}:{i}")
-            evals += held
-    if said.startswith("none"):
+    for i in shares:
+        train[i], held = hold_out(train[i], cfg.data.holdout, f"{cfg.seed}:{i}")
+        evals += held
+    if not sources and not shares:
         log.warning("no held-out evaluation: %s", said)
     else:
         log.info("held-out evaluation: %s", said)

@@ -53,7 +53,7 @@ def check_source(key: str, src: DataSource) -> None:
     has the prompt field and the mapped columns."""
     from rlvr import env
     from rlvr.rows import UsageError
-    from rlvr.plugins import generate_checked, generator_checked, make_environment_checked
+    from rlvr.plugins import generate_checked, make_environment_checked
 
     if src.env not in env.available():
         raise ConfigError(f"{key}.env: unknown environment {src.env!r} (registered: {', '.join(sorted(env.available()))})")
@@ -66,8 +66,7 @@ def check_source(key: str, src: DataSource) -> None:
                           f"(registered: {', '.join(sorted(env.available_generators()))})")
     if src.generator:
         try:
-            generator_checked(src.generator, src.generator_args, option=f"{key}.generator_args.")
-            # the generator's own checks of its values, on a few rows (a split name, a range)
+            # the signature, then the generator's own checks of its values on a few rows
             generate_checked(src.generator, 2, 0, src.generator_args, option=f"{key}.generator_args.")
         except UsageError as err:
             hint = (f"; to replace all of the source's arguments, give them whole: {key}.generator_args={{...}}"
