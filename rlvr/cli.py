@@ -481,19 +481,19 @@ def _cmd_envs() -> int:
 def _cmd_plan(args: argparse.Namespace) -> int:
     from rlvr.config import ConfigError, load_config
     from rlvr.training.app import CONFIG_DIR
-    from rlvr.training.command_line import compose_jobs, fit_overrides, parse
+    from rlvr.training.command_line import compose_jobs, fitted_overrides, parse
     from rlvr.training.plan import model_shape, plan
 
     overrides = list(args.overrides)
     try:
         cl = parse(overrides, CONFIG_DIR)
         try:
-            [job] = compose_jobs(cl, fit_overrides(cl))
+            [job] = compose_jobs(cl, fitted_overrides(cl))
         except ConfigError as err:
             if not str(err).startswith("model.path: must be set"):
                 raise
             # no checkpoint yet: the preset's shape (the tokenizer, which names the checkpoint, is not needed)
-            [job] = compose_jobs(cl, [*fit_overrides(cl), "model.path=null", "model.tokenizer=byte"])
+            [job] = compose_jobs(cl, [*fitted_overrides(cl), "model.path=null", "model.tokenizer=byte"])
         cfg = load_config(job.config)
     except ConfigError as err:
         raise UsageError(str(err)) from None
@@ -512,7 +512,7 @@ def _print_plan(p: dict) -> None:
     for part in ("learner", "rollout"):
         for row in p[part]:
             print(f"  {row['name']:<30s} {row['gib']:>9.2f} GiB   {row['how']}")
-    print(f"  (+ {p['overhead_gib']:g} GiB per device: CUDA context, allocator, communication buffers)")
+    print(f"  (+ {p['overhead_gib']:g} GiB per learner rank: {p['overhead']})")
     for device, v in p["devices"].items():
         state = "fits" if v["fits"] else f"does NOT fit: {v['first_problem']}"
         print(f"  {device}: {state}; learner step {v['learner_step_gib']} GiB, load {v['learner_load_gib']} GiB; "

@@ -177,6 +177,11 @@ class LearnerConfig(_Strict):
     placement: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     dist_backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl with GPUs, else gloo
     zero_stage: Literal[0, 1, 2, 3] = 0
+    # Elements in each of DeepSpeed's ZeRO buffers: gradient reduce buckets, all-gather buckets
+    # and, under ZeRO-3, parameters kept gathered and prefetched, and the optimizer's sub-groups
+    # (each stepped through its own fp32 gradient copy). DeepSpeed's defaults (5e8-1e9) hold up
+    # to a whole 1B model in them; memory per rank grows with this, speed barely (rlvr plan).
+    zero_bucket_elements: int = Field(100_000_000, ge=1_000_000)
     bf16: bool = False
     # Tokens per forward/backward on one rank: sequences are packed into rows (no padding) and
     # cut into micro-batches of at most this many tokens; accumulation follows from it.

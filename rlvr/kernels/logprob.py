@@ -38,49 +38,64 @@ def linear_target_logprobs_ref(hidden: torch.Tensor, weight: torch.Tensor,
 
 
 class LinearLogprob(torch.autograd.Function):
-    """``linear_target_logprobs_ref`` over chunks of ``chunk`` tokens: forward and backward hold
-    one chunk's logits at a time. The entropy is a metric (no gradient), as in the C kernel
-    ``TokenLogprob``. Saved for the backward: the inputs.
+    """``linear_target_logprobs_ref`` over tiles: the forward projects ``chunk`` tokens at a time
+    onto the whole vocabulary; the backward takes the vocabulary ``rows`` at a time, each slice
+    of the weight's gradient accumulated in fp32 over every token chunk and then written in the
+    weight's dtype, so neither the logits nor an fp32 copy of the whole weight gradient (Nano:
+    1.3 GiB) ever exists. The entropy is a metric (no gradient), as in the C kernel
+    ``TokenLogprob``. Saved for the backward: the inputs and each token's log-normaliser.
 
-    With z the logits of a token, p = softmax(z) and t its target, d log p_t / dz = onehot(t) - p;
-    the chunk's dz then gives d hidden = dz @ W and dW += dz.T @ hidden (accumulated in fp32)."""
+    With z the logits of a token, p = softmax(z) = exp(z - lse) and t its target,
+    d log p_t / dz = onehot(t) - p; a tile's dz then adds dz @ W[slice] to d hidden and
+    dz.T @ hidden to dW[slice]."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk: int):
+    def forward(ctx, hidden, weight, targets, chunk: int, rows: int):
         n = hidden.shape[0]
         logp = torch.empty(n, dtype=torch.float32, device=hidden.device)
-        entropy = torch.empty_like(logp)
+        entropy, lse = torch.empty_like(logp), torch.empty_like(logp)
         for s in range(0, n, chunk):  # two chunk-sized buffers at a time: the logits, then p log p
             z = F.linear(hidden[s:s + chunk], weight).float()
-            z.sub_(torch.logsumexp(z, dim=-1, keepdim=True))  # log p, in place
+            lse[s:s + chunk] = torch.logsumexp(z, dim=-1)
+            z.sub_(lse[s:s + chunk, None])  # log p, in place
             logp[s:s + chunk] = z.gather(-1, targets[s:s + chunk, None])[:, 0]
             entropy[s:s + chunk] = z.exp().mul_(z).sum(-1).neg_()
-        ctx.save_for_backward(hidden, weight, targets)
+        ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.mark_non_differentiable(entropy)
-        ctx.chunk = chunk
+        ctx.chunk, ctx.rows = chunk, rows
         return logp, entropy
 
     @staticmethod
     def backward(ctx, grad_logp, grad_entropy):
-        hidden, weight, targets = ctx.saved_tensors
-        chunk, n = ctx.chunk, hidden.shape[0]
+        hidden, weight, targets, lse = ctx.saved_tensors
+        chunk, rows, n, V = ctx.chunk, ctx.rows, hidden.shape[0], weight.shape[0]
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_h = torch.empty_like(hidden) if want_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
-        for s in range(0, n, chunk):
-            h, g = hidden[s:s + chunk], grad_logp[s:s + chunk, None]
-            dz = F.linear(h, weight).float()  # -> softmax, in place: one chunk-sized buffer
-            dz.sub_(dz.amax(dim=-1, keepdim=True)).exp_()
-            dz.mul_(-g / dz.sum(dim=-1, keepdim=True))
-            dz.scatter_add_(-1, targets[s:s + chunk, None], g)
-            if want_h:
-                grad_h[s:s + chunk] = (dz.to(weight.dtype) @ weight).to(hidden.dtype)
+        grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if want_h else None
+        grad_w = torch.empty_like(weight) if want_w else None
+        for v in range(0, V, rows):
+            w = weight[v:v + rows]
+            gw = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if want_w else None
+            for s in range(0, n, chunk):
+                h, g = hidden[s:s + chunk], grad_logp[s:s + chunk, None]
+                dz = F.linear(h, w).float()  # -> p = exp(z - lse) for this slice, in place
+                dz.sub_(lse[s:s + chunk, None]).exp_().mul_(-g)
+                t = targets[s:s + chunk, None] - v
+                hit = (t >= 0) & (t < w.shape[0])  # the tokens whose target lies in this slice
+                dz.scatter_add_(-1, t.clamp(0, w.shape[0] - 1), g * hit)
+                if want_h:
+                    grad_h[s:s + chunk] += dz.to(weight.dtype) @ w
+                if want_w:
+                    gw.addmm_(dz.t(), h.float())
             if want_w:
-                grad_w.addmm_(dz.t(), h.float())
-        return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None
+                grad_w[v:v + rows] = gw
+        return None if grad_h is None else grad_h.to(hidden.dtype), grad_w, None, None, None
 
 
 def linear_target_logprobs_chunked(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                                   chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``LinearLogprob``: log p(target) and entropies of ``hidden @ weight.T``, ``chunk`` tokens at a time."""
-    return LinearLogprob.apply(hidden, weight, targets, max(1, int(chunk)))
+                                   chunk: int, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``LinearLogprob``: log p(target) and entropies of ``hidden @ weight.T``, ``chunk`` tokens at
+    a time; the backward's vocabulary slices of ``rows`` (default: as many elements as a chunk's
+    logits, ``chunk x V``, in the fp32 slice of the weight gradient)."""
+    chunk = max(1, int(chunk))
+    rows = rows or max(1, chunk * weight.shape[0] // weight.shape[1])
+    return LinearLogprob.apply(hidden, weight, targets, chunk, min(int(rows), weight.shape[0]))

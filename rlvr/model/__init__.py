@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from rlvr.model.cache import HybridCache
-from rlvr.model.checkpoint import load_into, read_checkpoint
+from rlvr.model.checkpoint import CheckpointReader, build, load_weights
 from rlvr.model.config import PRESETS, HybridConfig
 from rlvr.model.model import HybridLM
 
@@ -21,11 +21,11 @@ from rlvr.model.model import HybridLM
 def load(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> HybridLM:
     """Load a Nemotron-H checkpoint folder (ours, or one written by transformers / the hub): the
     one way to load a model. Weights in ``dtype`` (default: as stored; the SSM parameters and the
-    router bias stay fp32)."""
-    config, state = read_checkpoint(path)
-    with torch.device(device):
-        model = HybridLM(config)
-    load_into(model, state, dtype, str(path))
+    router bias stay fp32). Tensors stream from the files one at a time: the process never holds
+    the checkpoint beside the model."""
+    reader = CheckpointReader(path)
+    model = build(reader.config, dtype or reader.dtype, device)
+    load_weights(model, reader)
     return model
 
 

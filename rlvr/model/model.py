@@ -89,7 +89,8 @@ class LMHead(nn.Linear):
 
 
 class HybridLM(nn.Module):
-    def __init__(self, config: HybridConfig):
+    def __init__(self, config: HybridConfig, init_weights: bool = True):
+        """``init_weights=False``: leave the weights as constructed, for a checkpoint to fill."""
         super().__init__()
         self.config = config
         self.backbone = Backbone(config)
@@ -97,7 +98,8 @@ class HybridLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.backbone.embeddings.weight
         self.gradient_checkpointing = False
-        self.reset_parameters()
+        if init_weights:
+            self.reset_parameters()
 
     # -- forward
     def forward(self, input_ids: torch.Tensor, cache: HybridCache | None = None,

@@ -9,7 +9,7 @@ projection, as transformers does in memory:
 
 vLLM's ``NemotronHForCausalLM.load_weights`` takes checkpoint names (it maps ``backbone.`` to
 its own ``model.`` itself), so weight sync to vLLM is ``checkpoint_items``: views, not copies.
-transformers' in-memory names use ``model.`` for ``backbone.``; ``to_internal`` accepts both.
+transformers' in-memory names use ``model.`` for ``backbone.``; ``canonical_name`` maps them to ours.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 import torch
 
 _STACKED_RE = re.compile(r"^(.*\.mixer\.experts)\.(up_proj|down_proj)$")
-_PER_EXPERT_RE = re.compile(r"^(.*\.mixer\.experts)\.(\d+)\.(up_proj|down_proj)\.weight$")
+PER_EXPERT_RE = re.compile(r"^(.*\.mixer\.experts)\.(\d+)\.(up_proj|down_proj)\.weight$")
 
 
 def checkpoint_items(state: dict[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
@@ -48,27 +48,6 @@ def canonical_name(name: str) -> str:
     return name
 
 
-def to_internal(items: Iterable[tuple[str, torch.Tensor]], skip=(r"^mtp\.",)) -> dict[str, torch.Tensor]:
-    """Checkpoint items (per-expert or stacked, ``backbone.`` or ``model.``) -> our state dict.
-    Multi-token-prediction heads (``mtp.*``) are skipped: the policy does not use them."""
-    out: dict[str, torch.Tensor] = {}
-    experts: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
-    for name, tensor in items:
-        if any(re.match(p, name) for p in skip):
-            continue
-        name = canonical_name(name)
-        m = _PER_EXPERT_RE.match(name)
-        if m:
-            experts.setdefault((m.group(1), m.group(3)), {})[int(m.group(2))] = tensor
-        else:
-            out[name] = tensor
-    for (prefix, proj), by_index in experts.items():
-        if sorted(by_index) != list(range(len(by_index))):
-            raise ValueError(f"{prefix}: expert indices {sorted(by_index)} are not 0..{len(by_index) - 1}")
-        out[f"{prefix}.{proj}"] = torch.stack([by_index[e] for e in range(len(by_index))])
-    return out
-
-
 @torch.no_grad()
 def load_named(model: torch.nn.Module, items: Iterable[tuple[str, torch.Tensor]]) -> int:
     """Copy (checkpoint name, tensor) pairs into ``model``'s parameters in place: a per-expert
@@ -78,7 +57,7 @@ def load_named(model: torch.nn.Module, items: Iterable[tuple[str, torch.Tensor]]
     count = 0
     for name, tensor in items:
         name = canonical_name(name)
-        m = _PER_EXPERT_RE.match(name)
+        m = PER_EXPERT_RE.match(name)
         if m:
             target = params.get(f"{m.group(1)}.{m.group(3)}")
             target = None if target is None else target[int(m.group(2))]

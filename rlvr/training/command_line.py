@@ -309,6 +309,18 @@ class Checked:
     multirun: bool
 
 
+def fitted_overrides(cl) -> list[str]:
+    """``fit_overrides``, or the overrides as given where composing them fails (``compose_jobs``
+    then says why, naming the key and the job)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return fit_overrides(cl)
+    except (HydraException, OmegaConfBaseException):
+        return list(cl.overrides)
+
+
 def check_command_line(framework_configs: Path, args: list[str]) -> Checked:
     """Compose, validate and check every job of the command line against the world
     (``preflight.check``); raise ``ConfigError`` naming the key (and the job, in a sweep)."""
@@ -318,13 +330,7 @@ def check_command_line(framework_configs: Path, args: list[str]) -> Checked:
     cl = parse(args, framework_configs)
     if not cl.is_job:
         return Checked(cl.argv(), [], cl.multirun)
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        overrides = fit_overrides(cl)
-    except (HydraException, OmegaConfBaseException):
-        overrides = list(cl.overrides)  # composing them fails: compose_jobs says why, naming the job
+    overrides = fitted_overrides(cl)
     if cl.multirun:
         overrides += sweep_naming(overrides)
     jobs = compose_jobs(cl, overrides)

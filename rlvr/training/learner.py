@@ -32,8 +32,9 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rlvr import grpo, runtime
+from rlvr.model.checkpoint import CheckpointReader, build, load_weights
+from rlvr.training import packing, sharded
 from rlvr.training.precision import Fp32Params, clip_coefficient
-from rlvr.training import packing
 from rlvr.config import Config
 from rlvr.rollout.workers import EngineCalls
 from rlvr.training.packing import MicroBatch
@@ -64,6 +65,36 @@ def lr_lambda(schedule: str, warmup: int, total: int):
     return f
 
 
+def deepspeed_config(lc, world_size: int) -> dict:
+    """The DeepSpeed config of ``learner`` settings ``lc``. The number of micro-batches changes
+    from step to step (a token budget): the learner marks the accumulation boundary itself and
+    scales the loss, so DeepSpeed's own batch arithmetic is left at one micro-batch per step."""
+    config = {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": world_size,
+        "zero_optimization": zero_buffers(lc.zero_stage, lc.zero_bucket_elements),
+        "bf16": {"enabled": lc.bf16},
+        "steps_per_print": 10**9,
+        "zero_allow_untested_optimizer": True,
+    }
+    if lc.grad_clip is not None:
+        config["gradient_clipping"] = lc.grad_clip
+    return config
+
+
+def zero_buffers(stage: int, elements: int) -> dict:
+    """DeepSpeed's ``zero_optimization`` with every buffer of ``elements`` (config
+    ``learner.zero_bucket_elements``; ``rlvr/training/plan.py`` counts them)."""
+    config = {"stage": stage}
+    if stage in (1, 2):
+        config.update(reduce_bucket_size=elements, allgather_bucket_size=elements)
+    elif stage == 3:
+        config.update(reduce_bucket_size=elements, stage3_prefetch_bucket_size=elements,
+                      stage3_max_live_parameters=elements, sub_group_size=elements)
+    return config
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
@@ -92,57 +123,34 @@ class LearnerRank(EngineCalls):
         of trainable parameters."""
         import deepspeed
 
-        import rlvr.model as M
-        from rlvr.model.layers import Router
-
         os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world_size), LOCAL_RANK="0",
                           MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # see the module docstring
         lc = self.cfg.learner
         backend = lc.dist_backend if lc.dist_backend != "auto" else ("nccl" if self.use_gpu else "gloo")
         deepspeed.init_distributed(dist_backend=backend)
-        device = "cuda" if self.use_gpu else "cpu"
-        model = M.load(self.model_path, dtype=torch.float32, device=device)
-        model.gradient_checkpointing_enable(self.cfg.model.gradient_checkpointing)
-        if lc.freeze_router:
-            for module in model.modules():
-                if isinstance(module, Router):
-                    module.weight.requires_grad_(False)
-        # bf16: the SSM's A_log, D, dt_bias stay fp32, outside DeepSpeed (rlvr/training/precision.py)
-        self.fp32 = Fp32Params(model) if lc.bf16 else None
+        ds_config = deepspeed_config(lc, self.world_size)
+        reader = CheckpointReader(self.model_path)
+        model = self._load_model(reader, ds_config)
+        # the peak of building and loading the model (a ZeRO-3 rank: its shard and one tensor)
+        self._load_peak_rss = runtime.peak_resident_bytes(reset=True)
         params = [p for p in model.parameters() if p.requires_grad]
 
         def adamw(tensors):
-            # fused: one kernel over every parameter (CPU and CUDA), where the default loops over
-            # them in Python (0.77 -> 0.16 ms a step for the default job's policy)
-            return torch.optim.AdamW(tensors, lr=lc.lr, betas=lc.betas, eps=lc.eps, weight_decay=lc.weight_decay,
-                                     fused=True)
+            # fused: one kernel over every parameter (CPU and CUDA), where the default loops
+            # over them in Python (0.77 -> 0.16 ms a step for the default job's policy)
+            return torch.optim.AdamW(tensors, lr=lc.lr, betas=lc.betas, eps=lc.eps,
+                                     weight_decay=lc.weight_decay, fused=True)
 
         optimizer = adamw(params)
         total = self.cfg.steps * self.cfg.algorithm.epochs
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(lc.lr_schedule, lc.warmup_steps, total))
-        # The number of micro-batches changes from step to step (a token budget): the learner
-        # marks the accumulation boundary itself and scales the loss, so DeepSpeed's own batch
-        # arithmetic is left at one micro-batch per step.
-        ds_config = {
-            "train_micro_batch_size_per_gpu": 1,
-            "gradient_accumulation_steps": 1,
-            "train_batch_size": self.world_size,
-            "zero_optimization": {"stage": lc.zero_stage},
-            "bf16": {"enabled": lc.bf16},
-            "steps_per_print": 10**9,
-            "zero_allow_untested_optimizer": True,
-        }
-        if lc.grad_clip is not None:
-            ds_config["gradient_clipping"] = lc.grad_clip
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, dist_init_required=False)
         if self.fp32 is not None:
             self.fp32.start(adamw)
-        self.reference = None
-        if self.cfg.algorithm.kl_coef:
-            # The KL anchor: the starting policy, frozen (a second copy of the weights).
-            self.reference = M.load(self.model_path, dtype=torch.float32, device=device).eval().requires_grad_(False)
+        # The KL anchor: the starting policy, frozen.
+        self.reference = self._load_reference(reader, ds_config) if self.cfg.algorithm.kl_coef else None
         self.loss_config = grpo.LossConfig(
             clip_low=self.cfg.algorithm.clip_low, clip_high=self.cfg.algorithm.clip_high,
             aggregation=self.cfg.algorithm.aggregation, kl_estimator=self.cfg.algorithm.kl_estimator,
@@ -159,9 +167,49 @@ class LearnerRank(EngineCalls):
             self.rollout = BuiltinEngine(self.engine.module, make_tokenizer(self.cfg.model.tokenizer),
                                          max_batch=rc.max_batch, max_model_len=rc.max_model_len)
         runtime.settle()  # what exists now lives as long as the rank
-        # the peak of building the model and the engine (the load), then each step's on its own
-        self._load_peak_rss = runtime.peak_resident_bytes(reset=True)
         return sum(p.numel() for p in params)
+
+    def _load_model(self, reader: CheckpointReader, ds_config: dict):
+        """The policy, in the dtype DeepSpeed trains (its bf16 mode would cast an fp32 model to
+        bf16 anyway): under ZeRO-3 partitioned from construction, else whole; its weights
+        streamed from the checkpoint."""
+        from rlvr.model.layers import Router
+
+        lc = self.cfg.learner
+        dtype = torch.bfloat16 if lc.bf16 else torch.float32
+        if lc.zero_stage == 3:
+            model = sharded.build_partitioned(reader.config, dtype, ds_config)
+        else:
+            model = build(reader.config, dtype, "cuda" if self.use_gpu else "cpu")
+        model.gradient_checkpointing_enable(self.cfg.model.gradient_checkpointing)
+        if lc.freeze_router:
+            for module in model.modules():
+                if isinstance(module, Router):
+                    module.weight.requires_grad_(False)
+        # bf16: the SSM's A_log, D, dt_bias stay fp32, outside DeepSpeed (rlvr/training/precision.py);
+        # taken out before the load, so they read the checkpoint's values in fp32
+        self.fp32 = Fp32Params(model) if lc.bf16 else None
+        sharded.load_partitioned(model, reader)
+        return model
+
+    def _load_reference(self, reader: CheckpointReader, ds_config: dict):
+        """The frozen starting policy for the KL term: under ZeRO-3 partitioned like the policy
+        and served by a DeepSpeed engine without an optimizer (it gathers each layer for its
+        forward), else a whole fp32 copy."""
+        import deepspeed
+
+        if self.cfg.learner.zero_stage != 3:
+            model = build(reader.config, torch.float32, "cuda" if self.use_gpu else "cpu")
+            load_weights(model, reader)
+            return model.eval().requires_grad_(False)
+        dtype = torch.bfloat16 if self.cfg.learner.bf16 else torch.float32
+        model = sharded.build_partitioned(reader.config, dtype, ds_config)
+        sharded.load_partitioned(model, reader)
+        model.eval().requires_grad_(False)
+        config = {k: v for k, v in ds_config.items() if k not in ("gradient_clipping", "zero_allow_untested_optimizer")}
+        engine, *_ = deepspeed.initialize(model=model, config=config, dist_init_required=False)
+        engine.eval()  # (DeepSpeed's engine returns None here, not itself)
+        return engine
 
     # -- log-probabilities
     @staticmethod
@@ -309,13 +357,9 @@ class LearnerRank(EngineCalls):
     def save_model(self, directory: str) -> None:
         """A Hugging Face style checkpoint of the current policy (rank 0 writes)."""
         if self.cfg.learner.zero_stage == 3:
-            # rank 0's module holds its partition only (parameters past DeepSpeed's persistence
-            # threshold, 1e5 elements, are empty there): write the gathered state itself
-            state = self.engine._zero3_consolidated_16bit_state_dict()
-            if self.rank == 0:
-                from rlvr.model.checkpoint import save_state
-
-                save_state(self.engine.module.config, state, directory)
+            # each module holds its partition only: gathered one parameter at a time, streamed
+            # into the files by rank 0
+            sharded.export(self.engine.module, self.rank, directory)
         elif self.rank == 0:
             self.engine.module.save(directory)
 
@@ -405,12 +449,16 @@ class LearnerGroup:
         return out
 
     def reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
-        """(B, L - 1) log-probabilities of the targets under the reference policy (rank 0)."""
-        micros = self.micro_batches(batch, [list(range(batch.input_ids.shape[0]))])[0]
-        values = ray.get(self.ranks[0].reference_logprobs.remote(micros))
+        """(B, L - 1) log-probabilities of the targets under the reference policy, each rank
+        computing its share (a ZeRO-3 reference is partitioned: every rank takes part in each
+        forward, so every rank gets as many micro-batches)."""
+        B, n = batch.input_ids.shape[0], len(self.ranks)
+        micros = self.micro_batches(batch, [list(range(r * B // n, (r + 1) * B // n)) for r in range(n)])
+        values = ray.get([r.reference_logprobs.remote(m) for r, m in zip(self.ranks, micros)])
         out = torch.zeros_like(batch.engine_logp)
-        for v, m in zip(values, micros):
-            packing.unpack(v, m, batch.lengths, out)
+        for rank_values, rank_micros in zip(values, micros):
+            for v, m in zip(rank_values, rank_micros):
+                packing.unpack(v, m, batch.lengths, out)
         return out
 
     def weight_buckets(self, bucket_bytes: int = 64 * 1024**2):

@@ -3,8 +3,8 @@
 Pure arithmetic over the composed config and the model's shape (its parameters counted on the
 meta device, exactly): the learner rank's weights, gradients and optimizer state under its ZeRO
 stage and precision, the activations of one micro-batch of ``learner.max_tokens_per_micro_batch``
-tokens (with and without gradient checkpointing), the log-probability stage, and what loading
-the model costs on today's path; a rollout engine's weights, its per-sequence SSM state and
+tokens (with and without gradient checkpointing), the log-probability stage, DeepSpeed's ZeRO
+buffers, and what loading the model costs; a rollout engine's weights, its per-sequence SSM state and
 per-token KV cache, and how many sequences of ``prompt + max_tokens`` fit at vLLM's
 ``gpu_memory_utilization``. Each figure says how it is reckoned (``how``); a verdict per device
 size names the first figure that does not fit.
@@ -21,6 +21,9 @@ from dataclasses import dataclass
 GiB = 1024**3
 # Fixed costs a device carries besides the figures (CUDA context, allocator slack, NCCL buffers).
 OVERHEAD_BYTES = 3 * GiB
+# A learner rank on CPU: the process itself (Python, torch, DeepSpeed, Ray: ~0.7 GiB resident,
+# measured on the nano-slice job before its model exists).
+CPU_PROCESS_BYTES = 0.7 * GiB
 # The prompt length a rollout sequence is reckoned with (its response: rollout.sampling.max_tokens).
 PROMPT_TOKENS = 1024
 
@@ -48,17 +51,28 @@ def model_shape(cfg):
     return PRESETS[cfg.model.preset](**cfg.model.overrides)
 
 
-def parameter_count(model_config) -> tuple[int, int]:
-    """(all parameters, those of the routed experts), counted on the meta device."""
+@dataclass(frozen=True)
+class Shape:
+    """A model's sizes in parameters, counted on the meta device."""
+
+    total: int
+    experts: int  # the routed experts'
+    largest_tensor: int  # the largest parameter (Nano: one MoE layer's stacked up_proj)
+    largest_module: int  # the most parameters one module holds itself (built whole under zero.Init)
+
+
+def parameter_count(model_config) -> Shape:
     import torch
 
     from rlvr.model import HybridLM
 
     with torch.device("meta"):
-        model = HybridLM(model_config)
-    total = sum(p.numel() for p in model.parameters())
-    experts = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n)
-    return total, experts
+        model = HybridLM(model_config, init_weights=False)
+    named = list(model.named_parameters())
+    return Shape(total=sum(p.numel() for _, p in named),
+                 experts=sum(p.numel() for n, p in named if ".experts." in n),
+                 largest_tensor=max(p.numel() for _, p in named),
+                 largest_module=max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()))
 
 
 def activation_elements_per_token(c, checkpointing: bool) -> int:
@@ -79,28 +93,56 @@ def activation_elements_per_token(c, checkpointing: bool) -> int:
     return sum(per_layer[k] for k in c.pattern)
 
 
-def learner_figures(cfg, c, params: int) -> list[Figure]:
+def learner_figures(cfg, c, shape: Shape) -> list[Figure]:
+    """What one learner rank holds: its model state by ZeRO stage (DeepSpeed's layout: the
+    module's weights and gradients in the training dtype, the optimizer's fp32 master copy
+    wherever DeepSpeed keeps one, Adam's two moments), DeepSpeed's buffers, the KL reference, one
+    micro-batch's activations and the log-probability stage; and the peak of loading the model."""
     lc = cfg.learner
-    n, stage = lc.num_ranks, lc.zero_stage
+    n, stage, P, B = lc.num_ranks, lc.zero_stage, shape.total, lc.zero_bucket_elements
     pb = 2 if lc.bf16 else 4
+    dtype = "bf16" if lc.bf16 else "fp32"
     part = {True: n, False: 1}
     tokens = lc.max_tokens_per_micro_batch or 16384
     from rlvr.kernels import LOGITS_BUDGET_BYTES
 
     chunk = max(1, LOGITS_BUDGET_BYTES // (4 * c.vocab_size))
     act = activation_elements_per_token(c, cfg.model.gradient_checkpointing) * tokens * pb
-    return [
-        Figure("learner: load (today's path)", 4 * params,
-               "each rank builds the whole model in fp32 before DeepSpeed partitions it"),
-        Figure("learner: weights", pb * params / part[stage >= 3], f"{pb} B/param" + (f", / {n} ranks (ZeRO-3)" if stage >= 3 else "")),
-        Figure("learner: gradients", pb * params / part[stage >= 2], f"{pb} B/param" + (f", / {n} ranks (ZeRO-{stage})" if stage >= 2 else "")),
-        Figure("learner: optimizer", ((4 if lc.bf16 else 0) + 8) * params / part[stage >= 1],
-               ("fp32 master + " if lc.bf16 else "") + "Adam m, v" + (f", / {n} ranks" if stage >= 1 else "")),
+    master = 4 if lc.bf16 or stage >= 1 else 0  # (ZeRO's optimizers step an fp32 copy even of fp32 weights)
+    if stage == 3:
+        load = Figure("learner: load", pb * P / n + pb * shape.largest_module,
+                      f"its partition ({dtype}, / {n} ranks) + the largest module, built whole before it is cut")
+        buffers = Figure("learner: ZeRO buffers", pb * max(B, shape.largest_tensor) + pb * B + 4 * min(B, P / n),
+                         f"gathered parameters (at least the largest), a reduce bucket, the fp32 gradients of "
+                         f"one optimizer sub-group: learner.zero_bucket_elements={B:g}")
+    else:
+        load = Figure("learner: load", pb * P + 4 * shape.largest_tensor,
+                      f"the whole model ({dtype}) + one tensor read from the checkpoint")
+        buffers = Figure("learner: ZeRO buffers", 2 * pb * B if stage else 0,
+                         f"reduce and all-gather buckets: learner.zero_bucket_elements={B:g}" if stage else "none (ZeRO-0)")
+    figures = [
+        load,
+        Figure("learner: weights", pb * P / part[stage >= 3], f"{pb} B/param" + (f", / {n} ranks (ZeRO-3)" if stage >= 3 else "")),
+        Figure("learner: gradients", pb * P / part[stage >= 2], f"{pb} B/param" + (f", / {n} ranks (ZeRO-{stage})" if stage >= 2 else "")),
+        Figure("learner: optimizer", (master + 8) * P / part[stage >= 1],
+               ("fp32 master + " if master else "") + "Adam m, v" + (f", / {n} ranks" if stage >= 1 else "")),
+        buffers,
         Figure("learner: activations", act, f"{tokens} tokens a micro-batch, gradient checkpointing "
                f"{'on' if cfg.model.gradient_checkpointing else 'off'} (estimate)"),
-        Figure("learner: log-probabilities", min(tokens, chunk) * c.vocab_size * 4 * 2,
-               f"lm head by chunks of {min(tokens, chunk)} tokens (fp32 logits + their exp)"),
+        Figure("learner: log-probabilities", 3 * min(tokens, chunk) * c.vocab_size * 4 + pb * c.vocab_size * c.hidden_size,
+               f"lm head by chunks of {min(tokens, chunk)} tokens (fp32 logits + their exp; the backward's "
+               f"fp32 slice of the weight gradient) + that gradient whole, before ZeRO reduces it"),
     ]
+    if cfg.algorithm.kl_coef:
+        figures.append(Figure("learner: KL reference", pb * P / n if stage == 3 else 4 * P,
+                              f"{dtype}, / {n} ranks (ZeRO-3)" if stage == 3 else "a whole fp32 copy"))
+    return figures
+
+
+def overhead_bytes(cfg) -> float:
+    """What a learner's device carries besides the figures: a GPU's CUDA context and allocator
+    slack, or on CPU the process itself."""
+    return OVERHEAD_BYTES if cfg.learner.gpus_per_rank else CPU_PROCESS_BYTES
 
 
 def rollout_figures(cfg, c, params: int, device_bytes: float) -> tuple[list[Figure], dict]:
@@ -125,32 +167,34 @@ def rollout_figures(cfg, c, params: int, device_bytes: float) -> tuple[list[Figu
                      "max_batch": rc.max_batch}
 
 
-def verdict(figures: list[Figure], device_bytes: float, rollout: dict) -> dict:
+def verdict(figures: list[Figure], device_bytes: float, rollout: dict, overhead: float) -> dict:
     """Whether a learner rank and an engine each fit one device of ``device_bytes``."""
     steady = sum(f.bytes for f in figures if f.name.startswith("learner:") and "load" not in f.name)
     load = next(f.bytes for f in figures if "load" in f.name)
     problems = []
-    if load + OVERHEAD_BYTES > device_bytes:
-        problems.append(f"learner load: {load / GiB:.1f} GiB (the whole fp32 model on each rank) > "
-                        f"{device_bytes / GiB:.0f} GiB")
-    if steady + OVERHEAD_BYTES > device_bytes:
+    if load + overhead > device_bytes:
+        problems.append(f"learner load: {load / GiB:.1f} GiB > {device_bytes / GiB:.0f} GiB")
+    if steady + overhead > device_bytes:
         problems.append(f"learner step: {steady / GiB:.1f} GiB > {device_bytes / GiB:.0f} GiB")
     if rollout["sequences_that_fit"] < 1:
         problems.append("rollout: the weights leave no room for one sequence")
     return {"fits": not problems, "first_problem": problems[0] if problems else None,
-            "learner_step_gib": round((steady + OVERHEAD_BYTES) / GiB, 1),
-            "learner_load_gib": round((load + OVERHEAD_BYTES) / GiB, 1),
+            "learner_step_gib": round((steady + overhead) / GiB, 1),
+            "learner_load_gib": round((load + overhead) / GiB, 1),
             "rollout_sequences": rollout["sequences_that_fit"]}
 
 
 def plan(cfg, model_config, devices_gib: list[float]) -> dict:
     """Every figure, and the verdict per device size (GiB)."""
-    params, experts = parameter_count(model_config)
-    learner = learner_figures(cfg, model_config, params)
-    out = {"parameters": params, "expert_parameters": experts, "learner": [f.row() for f in learner],
-           "overhead_gib": OVERHEAD_BYTES / GiB, "devices": {}}
+    shape = parameter_count(model_config)
+    learner = learner_figures(cfg, model_config, shape)
+    overhead = overhead_bytes(cfg)
+    out = {"parameters": shape.total, "expert_parameters": shape.experts, "learner": [f.row() for f in learner],
+           "overhead_gib": round(overhead / GiB, 2), "devices": {},
+           "overhead": "CUDA context, allocator, communication buffers" if cfg.learner.gpus_per_rank
+           else "the process: Python, torch, DeepSpeed, Ray (a CPU rank)"}
     for gib in devices_gib:
-        rollout, capacity = rollout_figures(cfg, model_config, params, gib * GiB)
+        rollout, capacity = rollout_figures(cfg, model_config, shape.total, gib * GiB)
         out.setdefault("rollout", [f.row() for f in rollout])
-        out["devices"][f"{gib:g}GiB"] = verdict(learner, gib * GiB, capacity) | {"rollout": capacity}
+        out["devices"][f"{gib:g}GiB"] = verdict(learner, gib * GiB, capacity, overhead) | {"rollout": capacity}
     return out

@@ -35,15 +35,17 @@ class Fp32Params:
 
     def __init__(self, model: nn.Module, names: tuple[str, ...] = KEEP_FP32):
         """Turn ``model``'s trainable parameters called ``names`` into fp32 buffers that require
-        a gradient; call before ``deepspeed.initialize``."""
+        a gradient; call before ``deepspeed.initialize`` (and, on a model built in bf16, before
+        its weights are loaded: the buffers then take the checkpoint's values in fp32)."""
         self.owners: list[tuple[str, nn.Module, str]] = []
         for prefix, module in model.named_modules():
             for name in names:
                 param = module._parameters.get(name)
                 if param is None or not param.requires_grad:
                     continue
+                value = _whole(param).float()
                 del module._parameters[name]
-                module.register_buffer(name, param.detach().float().clone().requires_grad_(True))
+                module.register_buffer(name, value.requires_grad_(True))
                 self.owners.append((f"{prefix}.{name}" if prefix else name, module, name))
         self.optimizer: torch.optim.Optimizer | None = None
 
@@ -93,6 +95,17 @@ class Fp32Params:
                 t.copy_(state["values"][n])
         if self.optimizer is not None and state["optimizer"] is not None:
             self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _whole(param: torch.Tensor) -> torch.Tensor:
+    """A copy of the whole parameter, gathered if ZeRO-3 partitioned it (a collective: every rank
+    converts the same parameters in the same order)."""
+    if not hasattr(param, "ds_tensor"):
+        return param.detach().clone()
+    from deepspeed import zero
+
+    with zero.GatheredParameters([param], modifier_rank=None):
+        return param.detach().clone()
 
 
 def clip_coefficient(max_norm: float | None, *norms_sq: float) -> tuple[float, float]:

@@ -15,15 +15,19 @@ def _grads(fn, h, w, t, gl):
     return (logp, entropy, *torch.autograd.grad((logp * gl).sum(), (h, w)))
 
 
-@pytest.mark.parametrize("n,d,V,chunk", [(37, 16, 50, 8), (64, 32, 264, 64), (5, 8, 11, 1), (100, 24, 300, 33)])
-def test_chunks_equal_the_full_computation_forward_and_backward(n, d, V, chunk):
+@pytest.mark.parametrize("n,d,V,chunk,rows", [(37, 16, 50, 8, None), (64, 32, 264, 64, None), (5, 8, 11, 1, None),
+                                             (100, 24, 300, 33, None), (37, 16, 50, 8, 7), (100, 24, 300, 33, 299),
+                                             (5, 8, 11, 1, 1)])
+def test_chunks_equal_the_full_computation_forward_and_backward(n, d, V, chunk, rows):
+    """Token chunks in the forward, token chunks x vocabulary slices in the backward (slices that
+    split the vocabulary unevenly, one row each, one row short of the whole)."""
     torch.manual_seed(n)
     h = torch.randn(n, d, requires_grad=True)
     w = (torch.randn(V, d) / d**0.5).requires_grad_()
     t = torch.randint(0, V, (n,))
     gl = torch.randn(n)
     ref = _grads(linear_target_logprobs_ref, h, w, t, gl)
-    got = _grads(lambda *a: linear_target_logprobs_chunked(*a, chunk), h, w, t, gl)
+    got = _grads(lambda *a: linear_target_logprobs_chunked(*a, chunk, rows), h, w, t, gl)
     assert not got[1].requires_grad
     for name, a, b in zip(("logp", "entropy", "d hidden", "d weight"), ref, got):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (name, float((a - b).abs().max()))
@@ -36,7 +40,7 @@ def test_bf16_weights_give_bf16_gradients_close_to_the_reference():
     t = torch.randint(0, 200, (48,))
     gl = torch.randn(48)
     ref = _grads(linear_target_logprobs_ref, h, w, t, gl)
-    got = _grads(lambda *a: linear_target_logprobs_chunked(*a, 7), h, w, t, gl)
+    got = _grads(lambda *a: linear_target_logprobs_chunked(*a, 7, 30), h, w, t, gl)
     assert got[2].dtype == got[3].dtype == torch.bfloat16
     # the same bf16 logits, read in fp32
     assert torch.allclose(ref[0], got[0], atol=1e-5) and torch.allclose(ref[1], got[1], atol=1e-5)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import rlvr.model as M
 from rlvr.model.config import HybridConfig, tiny
-from rlvr.model.names import checkpoint_items, to_internal, vllm_items
+from rlvr.model.names import checkpoint_items, vllm_items
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_checkpoint_layouts_and_names(model, tmp_path):
     assert "backbone.layers.3.mixer.experts.7.up_proj.weight" in on_disk
     assert "backbone.layers.3.mixer.experts.up_proj" not in on_disk
     # transformers' in-memory layout (model. prefix, stacked experts) loads too.
-    stacked = {k.replace("backbone.", "model.", 1): v for k, v in to_internal(on_disk.items()).items()}
+    stacked = {k.replace("backbone.", "model.", 1): v.contiguous() for k, v in model.state_dict().items()}
     other = tmp_path / "stacked"
     other.mkdir()
     save_file(stacked, str(other / "model.safetensors"))
@@ -151,12 +151,12 @@ def test_checkpoint_layouts_and_names(model, tmp_path):
     assert view.data_ptr() == model.state_dict()["backbone.layers.3.mixer.experts.down_proj"][2].data_ptr()
 
 
-def test_names_round_trip():
+def test_checkpoint_names_are_per_expert_views():
     state = {"backbone.layers.0.mixer.experts.up_proj": torch.randn(3, 4, 5), "lm_head.weight": torch.randn(2, 2)}
-    back = to_internal(checkpoint_items(state))
-    assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
-    with pytest.raises(ValueError, match="expert indices"):
-        to_internal([("backbone.layers.0.mixer.experts.1.up_proj.weight", torch.zeros(1))])
+    items = dict(checkpoint_items(state))
+    assert sorted(items) == ["backbone.layers.0.mixer.experts.0.up_proj.weight", "backbone.layers.0.mixer.experts.1.up_proj.weight",
+                             "backbone.layers.0.mixer.experts.2.up_proj.weight", "lm_head.weight"]
+    assert torch.equal(items["backbone.layers.0.mixer.experts.2.up_proj.weight"], state["backbone.layers.0.mixer.experts.up_proj"][2])
 
 
 def test_config_reads_every_pattern_spelling(tmp_path):
