@@ -156,7 +156,8 @@ class LearnerRank(EngineCalls):
             aggregation=self.cfg.algorithm.aggregation, kl_estimator=self.cfg.algorithm.kl_estimator,
             kl_coef=grpo.kl_placement(self.cfg.algorithm.kl_coef, self.cfg.algorithm.kl_in_reward)[1],
             tis_cap=self.cfg.algorithm.tis_cap)
-        self._sync_items = None
+        self._sync_items = None  # (rank 0, ZeRO 0-2: the buckets of the next sync)
+        self._sync_plan = None  # (ZeRO-3, every rank: the names in each bucket)
         self._grad_norm = None
         self._grad_norm_total = None  # (bf16: with the fp32 tensors' share)
         if self.cfg.rollout.colocate:
@@ -319,24 +320,37 @@ class LearnerRank(EngineCalls):
 
     # -- weight sync (bucketed: one bucket in flight at a time)
     def prepare_sync(self, bucket_bytes: int) -> int:
-        """Gather the weights to export (all ranks take part under ZeRO-3); returns the number
-        of buckets rank 0 will hand out."""
+        """Plan the export of the weights in buckets; returns how many there are. Under ZeRO-3
+        every rank plans the same buckets and gathers each together when it is asked for
+        (``get_bucket`` on every rank); else rank 0 hands out its own module's tensors."""
         from rlvr.model.names import checkpoint_items
         from rlvr.rollout.weights import buckets
 
         module = self.engine.module
         if self.cfg.learner.zero_stage == 3:
-            state = self.engine._zero3_consolidated_16bit_state_dict()  # full copy on rank 0 only
-        else:
-            state = {k: v for k, v in module.state_dict().items()}
+            self._sync_plan = sharded.bucket_plan(module, bucket_bytes)
+            return len(self._sync_plan)
         if self.rank != 0:
             return 0
-        self._sync_items = list(buckets(checkpoint_items(state), bucket_bytes))
+        self._sync_items = list(buckets(checkpoint_items(module.state_dict()), bucket_bytes))
         return len(self._sync_items)
 
-    def get_bucket(self, index: int) -> list[tuple]:
+    def get_bucket(self, index: int) -> list[tuple] | None:
+        """Bucket ``index``, packed (rank 0; other ranks take part in a ZeRO-3 gather and return
+        None)."""
+        from rlvr.model.names import checkpoint_items
         from rlvr.rollout.weights import pack_bucket
 
+        if self._sync_plan is not None:
+            items = sharded.gathered_items(self.engine.module, self._sync_plan[index])
+            if index == len(self._sync_plan) - 1:
+                self._sync_plan = None
+            if self.rank != 0:
+                for _ in items:  # (take part in every gather)
+                    pass
+                return None
+            # each gathered tensor copied out before the next gather frees it
+            return pack_bucket(list(checkpoint_items((n, t.to("cpu", copy=True)) for n, t in items)))
         bucket = self._sync_items[index]
         if index == len(self._sync_items) - 1:
             self._sync_items = None
@@ -399,6 +413,7 @@ class LearnerGroup:
         addr, port = ray.get(self.ranks[0].address.remote())
         self.num_parameters = ray.get([r.setup.remote(addr, port) for r in self.ranks])[0]
         self._exported = None  # (bucket bytes, ref of the bucket count, ref of bucket 0) after a step
+        self._gathering = []  # refs of the other ranks' part in the buckets asked for (ZeRO-3)
 
     def _all(self, method: str, *args):
         return ray.get([getattr(r, method).remote(*args) for r in self.ranks])
@@ -430,7 +445,7 @@ class LearnerGroup:
             # (weight_buckets) waits for neither: two round trips fewer.
             bucket_bytes = self.cfg.rollout.sync_bucket_bytes
             counts = [r.prepare_sync.remote(bucket_bytes) for r in self.ranks]
-            self._exported = (bucket_bytes, counts[0], self.ranks[0].get_bucket.remote(0))
+            self._exported = (bucket_bytes, counts[0], self._bucket(0))
         results = ray.get(calls)
         tokens = sum(m.pop("tokens") for m in results)
         out = {"loss": sum(m.pop("loss") for m in results)}
@@ -470,7 +485,16 @@ class LearnerGroup:
         else:
             count, first = self._all("prepare_sync", bucket_bytes)[0], None
         for i in range(count):
-            yield first if i == 0 and first is not None else self.ranks[0].get_bucket.remote(i)
+            yield first if i == 0 and first is not None else self._bucket(i)
+        ray.get(self._gathering)  # (the other ranks' part: raises what failed there)
+        self._gathering = []
+
+    def _bucket(self, index: int):
+        """The ref of rank 0's bucket ``index``; under ZeRO-3 every rank is asked for it, as each
+        takes part in gathering it."""
+        if self.cfg.learner.zero_stage == 3:
+            self._gathering += [r.get_bucket.remote(index) for r in self.ranks[1:]]
+        return self.ranks[0].get_bucket.remote(index)
 
     def save(self, directory: str, tag: str) -> None:
         self._all("save", directory, tag)

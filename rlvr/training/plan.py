@@ -129,9 +129,11 @@ def learner_figures(cfg, c, shape: Shape) -> list[Figure]:
         buffers,
         Figure("learner: activations", act, f"{tokens} tokens a micro-batch, gradient checkpointing "
                f"{'on' if cfg.model.gradient_checkpointing else 'off'} (estimate)"),
-        Figure("learner: log-probabilities", 3 * min(tokens, chunk) * c.vocab_size * 4 + pb * c.vocab_size * c.hidden_size,
+        Figure("learner: log-probabilities", 3 * min(tokens, chunk) * c.vocab_size * 4,
                f"lm head by chunks of {min(tokens, chunk)} tokens (fp32 logits + their exp; the backward's "
-               f"fp32 slice of the weight gradient) + that gradient whole, before ZeRO reduces it"),
+               f"fp32 slice of the weight gradient)"),
+        Figure("learner: vocabulary gradients", (1 if c.tie_word_embeddings else 2) * pb * c.vocab_size * c.hidden_size,
+               "the lm head's and the embedding's gradients whole, before ZeRO reduces them"),
     ]
     if cfg.algorithm.kl_coef:
         figures.append(Figure("learner: KL reference", pb * P / n if stage == 3 else 4 * P,

@@ -11,8 +11,10 @@ of each parameter covers (``CheckpointReader.read_flat``: for Nano on 8 ranks, 1
 each, no communication); buffers and anything not partitioned are read whole.
 
 Exported: the Hugging Face ``final/`` folder is written from one gathered parameter at a time
-(``gathered_items``), shard by shard, by rank 0: never a full state on one rank, where
-DeepSpeed's ``_zero3_consolidated_16bit_state_dict`` gathers every parameter into rank 0's memory.
+(``gathered_items``), shard by shard, by rank 0, and the weight sync gathers one bucket at a time
+when a rollout worker asks for it (``bucket_plan``): never a full state on one rank, where
+DeepSpeed's ``_zero3_consolidated_16bit_state_dict`` gathers every parameter into rank 0's memory
+(and broadcasts each back to every rank).
 
 The partition layout is DeepSpeed's (``partition_parameters.py``): parameter ``p`` flattened and
 padded to a multiple of the world size, rank ``r`` holding elements ``[r * s, (r + 1) * s)`` of it,
@@ -89,14 +91,16 @@ def load_partitioned(model: nn.Module, reader: CheckpointReader) -> None:
             part[:end - start].copy_(reader.read_flat(name, start, end))
 
 
-def gathered_items(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, whole tensor) in ``state_dict`` order, one parameter gathered at a time; every rank
-    must run through it (each gather is a collective). A tensor is valid until the next is
-    asked for."""
+def gathered_items(module: nn.Module, names: set[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, whole tensor) in ``state_dict`` order (only ``names``, if given), one parameter
+    gathered at a time; every rank must run through it (each gather is a collective). A tensor is
+    valid until the next is asked for."""
     from deepspeed import zero
 
     params = dict(module.named_parameters())
     for name, tensor in module.state_dict(keep_vars=True).items():
+        if names is not None and name not in names:
+            continue
         param = params.get(name)
         if param is None or not is_partitioned(param):
             yield name, tensor.detach()
@@ -104,6 +108,21 @@ def gathered_items(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
         # modifier_rank None: nothing written back, so leaving the context frees the gathered copy
         with zero.GatheredParameters([param], modifier_rank=None):
             yield name, param.detach()
+
+
+def bucket_plan(module: nn.Module, bucket_bytes: int) -> list[set[str]]:
+    """The module's tensors (``state_dict`` names) grouped into buckets of at most
+    ``bucket_bytes`` whole (a larger tensor alone), from their unpartitioned sizes: the same on
+    every rank, so that all gather bucket i together when the weight sync asks for it."""
+    plan, bucket, size = [], set(), 0
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        nbytes = getattr(tensor, "ds_numel", tensor.numel()) * tensor.element_size()
+        if bucket and size + nbytes > bucket_bytes:
+            plan.append(bucket)
+            bucket, size = set(), 0
+        bucket.add(name)
+        size += nbytes
+    return plan + [bucket] if bucket else plan
 
 
 def export(module: nn.Module, rank: int, path: str) -> None:

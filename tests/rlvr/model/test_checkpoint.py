@@ -93,3 +93,9 @@ def test_a_stream_of_tensors_is_written_shard_by_shard(model, tmp_path, monkeypa
     assert seen == list(model.state_dict())
     loaded = M.load(tmp_path).state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+    transformers = pytest.importorskip("transformers", reason="transformers is a test dependency")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)  # (it reads the index)
+    assert torch.equal(hf.lm_head.weight, model.lm_head.weight)
+    experts = hf.model.layers[3].mixer.experts
+    got = experts.up_proj if hasattr(experts, "up_proj") else torch.stack([e.up_proj.weight for e in experts])
+    assert torch.equal(got, model.backbone.layers[3].mixer.experts.up_proj)

@@ -183,6 +183,28 @@ def test_kill_9_then_relaunch_continues_exactly(whole, tmp_path, kill_at_checkpo
 
 
 @pytest.mark.slow
+def test_zero3_kill_9_then_relaunch_continues_exactly_from_each_ranks_partition(tmp_path, kill_at_checkpoint):
+    """Two ZeRO-3 ranks: each saves and resumes its own partition of the weights and optimizer
+    state (no gathered copy in the checkpoint), and final/ is streamed out whole."""
+    zero3 = ["learner=zero2_2ranks", "learner.zero_stage=3"]
+    whole = tmp_path / "whole"
+    done = subprocess.run(_command(whole, *zero3), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = tmp_path / "killed"
+    kill_at_checkpoint(_command(killed, *zero3), killed, "step_000002")
+    saved = sorted(p.name for p in (killed / "checkpoints" / "step_000002").rglob("*optim_states.pt"))
+    assert len(saved) == 2 and all("zero_pp_rank_" in name for name in saved), saved  # one partition per rank
+    done = subprocess.run(_command(killed, *zero3), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stdout + done.stderr
+    _assert_same_run(whole, killed)
+    import rlvr.model as M
+
+    a, b = M.load(whole / "final").state_dict(), M.load(killed / "final").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
 def test_multirun_sweeps_one_run_per_value_into_folders_named_by_it(tmp_path):
     command = _command(tmp_path / "unused", f"hydra.sweep.dir={tmp_path / 'sweep'}", "~sft", "steps=1",
                        "learner.lr=1e-4,1e-3", "--multirun")  # (Hydra's flags may stand anywhere)
