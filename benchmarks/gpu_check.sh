@@ -4,7 +4,12 @@
 #      whole model on the triton backend (tests/rlvr/kernels/test_triton.py, all of it: the
 #      interpreter's small cases and the `gpu`-marked ones), max errors printed;
 #   2. their speed and accuracy at 8K tokens, bf16 (benchmarks/triton_kernels.py), against the
-#      torch reference on the same GPU and mamba-ssm's kernels where that is installed.
+#      torch reference on the same GPU and mamba-ssm's kernels where that is installed;
+#   3. packed attention through torch's flash varlen kernel against the dense mask
+#      (tests/rlvr/kernels/test_attention.py);
+#   4. the nano-slice model (Nano's widths) loaded in bf16 and one forward+backward at 8,192
+#      packed tokens with the triton and torch backends: load peak, tokens/s, step peak
+#      (benchmarks/nano_slice_step.py; `rlvr plan` reckons the same figures on any machine).
 # It uses the machine's own python3, torch and triton and installs nothing (a lent GPU machine
 # here reaches no package index); the repository is put on PYTHONPATH. Logs and the benchmark's
 # JSON go to $OUT (default /tmp/rlvr-gpu-check). Each part has its own time limit, so one that
@@ -29,4 +34,8 @@ timeout 330 "$PYTHON" -m pytest -q -s -p no:cacheprovider tests/rlvr/kernels/tes
 timeout 240 "$PYTHON" benchmarks/triton_kernels.py > "$OUT/triton_kernels.json" 2> "$OUT/triton_kernels.err" || status=1
 cat "$OUT/triton_kernels.json"
 tail -20 "$OUT/triton_kernels.err"
+timeout 60 "$PYTHON" -m pytest -q -s -p no:cacheprovider tests/rlvr/kernels/test_attention.py 2>&1 | tee "$OUT/attention.log" \
+    || status=1
+timeout 180 "$PYTHON" benchmarks/nano_slice_step.py > "$OUT/nano_slice_step.json" 2> "$OUT/nano_slice_step.err" || status=1
+cat "$OUT/nano_slice_step.json"
 exit $status

@@ -27,7 +27,7 @@ import torch
 
 from rlvr.kernels import cpu, cpu_train
 from rlvr.kernels.cpu import frozen_weights
-from rlvr.kernels.attention import attention_ref
+from rlvr.kernels.attention import attention_packed, attention_ref
 from rlvr.kernels.mamba import MambaDims, MambaWeights, mamba_chunk_ref, mamba_step_ref
 from rlvr.kernels.moe import MoEDims, MoEWeights, moe_routed_ref, relu2 as relu2_ref
 from rlvr.kernels.logprob import linear_target_logprobs_chunked, target_logprobs_ref
@@ -50,6 +50,12 @@ def set_backend(choice: str) -> None:
     if choice not in BACKENDS:
         raise ValueError(f"kernel backend {choice!r}: expected one of {', '.join(BACKENDS)}")
     _backend = choice
+
+
+def _use_varlen(q: torch.Tensor) -> bool:
+    """torch's flash varlen kernel: CUDA, half precision, head dims it supports."""
+    return (_backend != "torch" and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256
+            and importlib.util.find_spec("torch.nn.attention.varlen") is not None)
 
 
 def _use_cpu(*tensors: torch.Tensor | None) -> bool:
@@ -156,7 +162,10 @@ def relu2(x):
 
 
 def attention(q, k, v, past=None, seq_idx=None):
-    """Causal GQA attention (see ``attention_ref``), on the fastest path available."""
+    """Causal GQA attention (see ``attention_ref``), on the fastest path available: packed rows
+    on CUDA through flash attention's variable-length kernel (``attention_packed``)."""
+    if seq_idx is not None and past is None and _use_varlen(q):
+        return attention_packed(q, k, v, seq_idx)
     if _use_cpu(q, k, v):
         fn = cpu.attention_cpu
     elif past is None and _train_on_cpu(q, k, v):
