@@ -11,8 +11,8 @@ each loads the checkpoint and trains ``--steps`` GRPO steps on a synthetic batch
 tokens per rank. Each rank measures its own peak resident set (``VmHWM``) over the load (building
 and loading the model) and over each step (DeepSpeed's initialize is counted with the first step);
 the learner reports the worst rank's, as in ``metrics.jsonl`` (``learner/load_peak_rss_gib``,
-``learner/peak_rss_gib``). The learner alone: a whole rollout engine beside two ranks of this
-model does not fit this 24 GiB machine. Prints one JSON object.
+``learner/peak_rss_gib``). The learner alone (the whole job, with a rollout engine, records the
+same metrics: docs/results.md). Prints one JSON object.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from rlvr.model.cache import HybridCache
-from rlvr.model.checkpoint import CheckpointReader, build, load_weights
+from rlvr.model.checkpoint import CheckpointReader, keep_fp32, load_weights
 from rlvr.model.config import PRESETS, HybridConfig
 from rlvr.model.model import HybridLM
 
@@ -29,6 +29,16 @@ def load(path: str | Path, dtype: torch.dtype | None = None, device: str | torch
     return model
 
 
+def build(config: HybridConfig, dtype: torch.dtype, device) -> HybridLM:
+    """An uninitialised model of ``config`` on ``device``, every tensor allocated once in its
+    final dtype (``dtype``; fp32 where ``keep_fp32`` says): built on the meta device first, so
+    nothing is initialised only to be overwritten by the checkpoint."""
+    with torch.device("meta"):
+        model = HybridLM(config, init_weights=False).to(dtype)
+    keep_fp32(model)
+    return model.to_empty(device=device)
+
+
 def from_preset(name: str, **overrides) -> HybridLM:
     """A freshly initialised model of a named shape (``tiny``, ``small-100m``, ...)."""
     if name not in PRESETS:
@@ -36,4 +46,4 @@ def from_preset(name: str, **overrides) -> HybridLM:
     return HybridLM(PRESETS[name](**overrides))
 
 
-__all__ = ["HybridCache", "HybridConfig", "HybridLM", "PRESETS", "from_preset", "load"]
+__all__ = ["HybridCache", "HybridConfig", "HybridLM", "PRESETS", "build", "from_preset", "load"]

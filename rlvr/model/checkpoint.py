@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -200,18 +199,6 @@ def load_weights(model, reader: CheckpointReader) -> None:
     dtype of the tensor it fills."""
     for name, target in check_matches(model, reader).items():
         target.copy_(reader.read(name))
-
-
-def build(config: HybridConfig, dtype: torch.dtype, device) -> nn.Module:
-    """An uninitialised model of ``config`` on ``device``, every tensor allocated once in its
-    final dtype (``dtype``; fp32 where ``keep_fp32`` says): built on the meta device first, so
-    nothing is initialised only to be overwritten by the checkpoint."""
-    from rlvr.model.model import HybridLM
-
-    with torch.device("meta"):
-        model = HybridLM(config, init_weights=False).to(dtype)
-    keep_fp32(model)
-    return model.to_empty(device=device)
 
 
 def keep_fp32(model) -> None:

@@ -32,7 +32,8 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rlvr import grpo, runtime
-from rlvr.model.checkpoint import CheckpointReader, build, load_weights
+from rlvr.model import build
+from rlvr.model.checkpoint import CheckpointReader, load_weights
 from rlvr.training import packing, sharded
 from rlvr.training.precision import Fp32Params, clip_coefficient
 from rlvr.config import Config

@@ -25,6 +25,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from rlvr.training.sharded import is_partitioned
+
 # The Mamba-2 mixer's parameters whose maths needs fp32 (the router's correction bias is an fp32
 # buffer already, and DeepSpeed leaves buffers alone).
 KEEP_FP32 = ("A_log", "D", "dt_bias")
@@ -100,7 +102,7 @@ class Fp32Params:
 def _whole(param: torch.Tensor) -> torch.Tensor:
     """A copy of the whole parameter, gathered if ZeRO-3 partitioned it (a collective: every rank
     converts the same parameters in the same order)."""
-    if not hasattr(param, "ds_tensor"):
+    if not is_partitioned(param):
         return param.detach().clone()
     from deepspeed import zero
 
