@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import pytest
+import ray
 
 
 @pytest.fixture
@@ -23,3 +24,11 @@ def kill_at_checkpoint():
         proc.wait()
 
     return run
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray for one test module's learner groups (4 CPUs: two ranks and their helpers)."""
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()

@@ -12,13 +12,6 @@ from rlvr.model.config import tiny
 from rlvr.rollout.weights import unpack_bucket
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 def _batch(seed: int = 0, rows: int = 8, length: int = 12) -> TrainBatch:
     """Sequences of 6 to ``length`` tokens, right-padded: short ones get packed together."""
     g = torch.Generator().manual_seed(seed)

@@ -3,7 +3,6 @@ in the module after initialize and after steps, in the weights a rollout engine 
 averaged over ranks, and resumed exactly from a checkpoint."""
 
 import pytest
-import ray
 import torch
 
 import rlvr.model as M
@@ -12,13 +11,6 @@ from rlvr.training.learner import LearnerGroup
 from rlvr.training.precision import KEEP_FP32, Fp32Params, clip_coefficient
 
 from test_learner import _batch, _config, _weights
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
 
 
 def test_the_tensors_become_fp32_buffers_under_their_names_and_still_learn():

@@ -3,7 +3,6 @@ exactly the checkpoint's values, the KL reference is partitioned too and gives t
 policy's log-probabilities, and the built model never went through a full copy."""
 
 import pytest
-import ray
 import torch
 
 import rlvr.model as M
@@ -15,13 +14,6 @@ from rlvr.training.learner import LearnerGroup
 from rlvr.training.precision import KEEP_FP32
 
 from test_learner import _batch, _config, _weights
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
 
 
 def test_no_init_leaves_the_initialisers_untouched_afterwards():
