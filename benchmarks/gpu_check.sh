@@ -9,7 +9,9 @@
 #      (tests/rlvr/kernels/test_attention.py);
 #   4. the nano-slice model (Nano's widths) loaded in bf16 and one forward+backward at 8,192
 #      packed tokens with the triton and torch backends: load peak, tokens/s, step peak
-#      (benchmarks/nano_slice_step.py; `rlvr plan` reckons the same figures on any machine).
+#      (benchmarks/nano_slice_step.py; `rlvr plan` reckons the same figures on any machine);
+#   5. the weight transport between two processes on the GPU(s), a 6 GiB bucket set over CUDA IPC
+#      and over NCCL: GB/s (benchmarks/gpu_weight_transfer.py).
 # It uses the machine's own python3, torch and triton and installs nothing (a lent GPU machine
 # here reaches no package index); the repository is put on PYTHONPATH. Logs and the benchmark's
 # JSON go to $OUT (default /tmp/rlvr-gpu-check). Each part has its own time limit, so one that
@@ -38,4 +40,7 @@ timeout 60 "$PYTHON" -m pytest -q -s -p no:cacheprovider tests/rlvr/kernels/test
     || status=1
 timeout 180 "$PYTHON" benchmarks/nano_slice_step.py > "$OUT/nano_slice_step.json" 2> "$OUT/nano_slice_step.err" || status=1
 cat "$OUT/nano_slice_step.json"
+timeout 240 "$PYTHON" benchmarks/gpu_weight_transfer.py > "$OUT/gpu_weight_transfer.json" 2> "$OUT/gpu_weight_transfer.err" \
+    || status=1
+tail -1 "$OUT/gpu_weight_transfer.json"
 exit $status

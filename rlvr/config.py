@@ -151,8 +151,12 @@ class RolloutConfig(_Strict):
     sampling: SamplingConfig = SamplingConfig()
     eval_sampling: SamplingConfig = SamplingConfig(temperature=0.0)
     vllm_kwargs: dict[str, Any] = {}
-    # Weight sync to the rollout workers travels in buckets of at most this many bytes.
+    # Weight sync to the rollout workers travels in chunks (buckets) of at most this many bytes.
     sync_bucket_bytes: int = Field(64 * 1024**2, ge=1)
+    # How: "collective", in memory over a process group of the learner's rank 0 and every engine
+    # process (gloo on CPUs, NCCL on GPUs; shared memory where they share a node); "disk", the slow
+    # path, through Ray's object store and, for vLLM, a checkpoint folder it reloads.
+    weight_transfer: Literal["collective", "disk"] = "collective"
     # Rollouts inside the learner ranks, from a builtin engine over the module they train (a
     # "hybrid engine"): no rollout workers (num_workers, their resources and threads are unused:
     # the ranks' learner.threads serve), no second copy of the weights, no weight sync. Builtin

@@ -30,7 +30,7 @@ import torch
 from rlvr import kernels
 from rlvr.model import HybridLM
 from rlvr.model.names import load_named
-from rlvr.rollout.weights import next_version, update_weights
+from rlvr.rollout.weights import Endpoint, GroupReceiver, Layout, can_map, next_version, update_weights
 from rlvr.rollout.engine import Completion, SamplingParams, StopStrings, prompt_repeats
 from rlvr.rollout.engine import prompt_ids as engine_prompt_ids
 from rlvr.tokenizer import Tokenizer
@@ -98,6 +98,7 @@ class BuiltinEngine:
         self.max_batch = max_batch
         self.max_model_len = max_model_len or model.config.max_position_embeddings
         self.weights_version = 0
+        self._receiver: GroupReceiver | None = None  # this engine's end of the weight-transfer group
         self._running: set[threading.Event] = set()  # one stop flag per generate call in progress
         self._running_lock = threading.Lock()
 
@@ -105,7 +106,24 @@ class BuiltinEngine:
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int | None = None) -> None:
         update_weights(self, named_tensors, version)
 
-    # Weight transport (rlvr/rollout/weights.py): buckets are copied into the parameters in place.
+    # Weight transport (rlvr/rollout/weights.py): tensors are copied into the parameters in place,
+    # from the group's chunks or from buckets.
+    def weight_group_ranks(self) -> int:
+        return 1
+
+    def can_map_weights(self, endpoint: dict) -> bool:
+        return can_map(Endpoint(**endpoint))
+
+    def join_weight_group(self, endpoint: dict, first_rank: int, size: int, group: str, mode: str) -> None:
+        self._receiver = None  # (the last generation's, if any: its connections close)
+        device = next(self.model.parameters()).device
+        self._receiver = GroupReceiver(Endpoint(**endpoint), first_rank, size, group, mode, device=str(device))
+
+    @torch.no_grad()
+    def receive_weights(self, layout: dict, version: int) -> None:
+        self._receiver.receive(Layout.from_dict(layout), lambda items: load_named(self.model, items))
+        self.finish_weight_update(version)
+
     def begin_weight_update(self) -> None:
         pass
 

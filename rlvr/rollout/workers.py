@@ -4,12 +4,16 @@
 prompts over the workers and gathers the completions in prompt order; a worker that dies is
 replaced, given the current weights, and its shard is issued again, so nothing is lost.
 
-Weight sync: ``update_weights`` streams (name, tensor) pairs in buckets of at most
-``bucket_bytes``, or takes buckets a learner actor already packed into Ray's object store; every
-worker hands each bucket to its engine (``rlvr/rollout/weights.py``: begin, every bucket,
-finish), and the bucket is released before the next is built. Neither side ever holds a full
-second copy of the weights. A version counter tags every completion with the weights that
-produced it.
+Weight sync (``update_weights``) from a ``WeightSource`` (the learner, or ``DriverWeights``),
+over one of two transports (``rlvr/rollout/weights.py``):
+- "collective" (the default): a transfer group of the sender and every engine process, built once
+  and rebuilt whenever a worker is replaced; each update streams through it in chunks, straight
+  into the engines' parameters. Same-node receivers map the sender's chunk buffers (the "shared"
+  channel); others receive each chunk by broadcast.
+- "disk" (the slow path, on request): packed buckets through Ray's object store, one at a time,
+  to every worker; a vLLM engine writes them as a checkpoint folder and reloads from it.
+Neither holds a full second copy of the weights anywhere. A version counter tags every
+completion with the weights that produced it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import itertools
+import os
+import uuid
 from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
 
 import ray
 import torch
@@ -25,7 +33,7 @@ import torch
 from rlvr import runtime
 from rlvr.rollout.engine import Completion, SamplingParams
 from rlvr.rollout.multiturn import Episode, run_episodes
-from rlvr.rollout.weights import buckets, pack_bucket, unpack_bucket
+from rlvr.rollout.weights import ALIGN, Layout, WeightSender, buckets, pack_bucket, unpack_bucket
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,12 +96,27 @@ class EngineCalls:
     def finish_update(self, version: int) -> None:
         self.rollout.finish_weight_update(version)
 
+    # The collective transport (see rlvr/rollout/weights.py).
+    def weight_group_ranks(self) -> int:
+        return self.rollout.weight_group_ranks()
+
+    def can_map_weights(self, endpoint: dict) -> bool:
+        return self.rollout.can_map_weights(endpoint)
+
+    def join_weight_group(self, endpoint: dict, first_rank: int, size: int, group: str, mode: str) -> None:
+        self.rollout.join_weight_group(endpoint, first_rank, size, group, mode)
+
+    def receive_weights(self, layout: dict, version: int) -> None:
+        self.rollout.receive_weights(layout, version)
+
     def abort(self) -> None:
         self.rollout.abort()
 
     def info(self) -> dict:
+        sync_dir = getattr(self.rollout, "sync_dir", None)
         return {"weights_version": self.rollout.weights_version, "max_model_len": self.rollout.max_model_len,
-                "weight_reloads": getattr(self.rollout, "weight_reloads", None)}
+                "weight_reloads": getattr(self.rollout, "weight_reloads", None),
+                "sync_dir": None if sync_dir is None else str(sync_dir), "pid": os.getpid()}
 
     def ping(self) -> int:
         return self.rollout.weights_version
@@ -109,28 +132,84 @@ class RolloutWorker(EngineCalls):
         runtime.settle()  # the engine and libraries live as long as the worker
 
 
-def _chain(first, rest: Iterator) -> Iterator:
-    yield first
-    yield from rest
+class WeightSource(Protocol):
+    """Where the pool's weights come from: the process that sends them (the learner's rank 0,
+    with every rank taking part in a ZeRO-3 gather) and, for the disk path, their buckets."""
+
+    def weight_endpoint(self, chunk_bytes: int) -> dict: ...  # (the collective transport)
+
+    def weight_layout(self, chunk_bytes: int) -> dict: ...
+
+    def connect_weights(self, size: int, group: str, mode: str) -> None: ...
+
+    def send_weights(self, layout: dict) -> None: ...
+
+    def weight_buckets(self, bucket_bytes: int) -> Iterator: ...  # (the disk path: refs of packed buckets)
+
+
+class DriverWeights:
+    """A ``WeightSource`` for weights held in this process (an offline job, a test): ``items()``
+    gives the current (name, tensor) pairs in checkpoint names."""
+
+    def __init__(self, items: Callable[[], Iterable[tuple[str, torch.Tensor]]]):
+        self.items, self.sender = items, None
+
+    def weight_endpoint(self, chunk_bytes: int) -> dict:
+        if self.sender is None or self.sender.chunk_bytes != chunk_bytes:
+            self.sender = WeightSender(chunk_bytes, ray.util.get_node_ip_address())
+        return self.sender.endpoint.to_dict()
+
+    def weight_layout(self, chunk_bytes: int) -> dict:
+        return Layout.of(((n, t.dtype, t.shape) for n, t in self.items()), chunk_bytes).to_dict()
+
+    def connect_weights(self, size: int, group: str, mode: str) -> None:
+        self.sender.connect(size, group, mode)
+
+    def send_weights(self, layout: dict) -> None:
+        self.sender.send(Layout.from_dict(layout), self.items())
+
+    def weight_buckets(self, bucket_bytes: int) -> Iterator:
+        for bucket in buckets(self.items(), bucket_bytes):
+            yield ray.put(pack_bucket(bucket))
+
+
+def _died(call) -> bool:
+    try:
+        ray.get(call)
+    except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError):
+        return True
+    except Exception:  # (a survivor whose receive failed with the group)
+        return False
+    return False
 
 
 class RolloutPool:
     def __init__(self, spec: EngineSpec, num_workers: int = 1, num_cpus: float = 1, num_gpus: float = 0,
-                 resources: dict[str, float] | None = None, weights_source: Callable[[], Iterable] | None = None,
-                 bucket_bytes: int = 64 * 1024**2, owns_ray: bool = False, colocated: list | None = None):
+                 resources: dict[str, float] | None = None, weights: WeightSource | None = None,
+                 transport: str = "collective", bucket_bytes: int = 64 * 1024**2, owns_ray: bool = False,
+                 colocated: list | None = None, channel: str | None = None):
         """``resources``: custom Ray resources each worker needs (e.g. a node label);
-        ``weights_source``: the current weights (as for ``update_weights``), to re-sync a
-        replacement worker; ``owns_ray``: ``shutdown`` also disconnects from Ray (an offline job
-        that connected for this pool); ``colocated``: actors (learner ranks) whose engines run on
-        the weights they train, to serve the rollouts instead of workers of the pool's own: a
-        weight update is then only a new version number."""
+        ``weights``: where ``update_weights`` takes the weights from (also to re-sync a replaced
+        worker); ``transport``: "collective" or "disk" (module docstring); ``bucket_bytes``: the
+        chunk (collective) or bucket (disk) size; ``owns_ray``: ``shutdown`` also disconnects
+        from Ray (an offline job that connected for this pool); ``colocated``: actors (learner
+        ranks) whose engines run on the weights they train, to serve the rollouts instead of
+        workers of the pool's own: a weight update is then only a new version number; ``channel``:
+        the collective transport's channel, "shared" or "broadcast" (None: shared where every
+        receiver can map the sender's memory)."""
         if num_workers < 1:
             raise ValueError("num_workers must be >= 1")
-        self.spec, self.bucket_bytes, self.owns_ray = spec, bucket_bytes, owns_ray
+        if transport not in ("collective", "disk"):
+            raise ValueError(f"rollout.weight_transfer: {transport!r} is not one of: collective, disk")
+        self.spec, self.owns_ray, self.weights, self.transport = spec, owns_ray, weights, transport
+        self.bucket_bytes = bucket_bytes
+        self.chunk_bytes = max(ALIGN, bucket_bytes // ALIGN * ALIGN)  # (the stream's alignment)
         self.options = dict(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or None)
-        self.weights_source = weights_source  # how to re-sync a replaced worker
         self.version = 0
         self.restarts = 0
+        self.generation = 0  # transfer groups built so far
+        self.channel: str | None = None  # the group's channel: "shared" or "broadcast"
+        self.force_channel = channel
         self.colocated = colocated is not None
         self.workers = list(colocated) if self.colocated else [self._start() for _ in range(num_workers)]
         ray.get([w.ping.remote() for w in self.workers])
@@ -144,8 +223,9 @@ class RolloutPool:
         ray.kill(self.workers[slot], no_restart=True)
         self.workers[slot] = self._start()
         self.restarts += 1
-        if self.version and self.weights_source is not None:
-            self._push(self.weights_source(), [self.workers[slot]], self.version)
+        self.channel = None  # the group had the dead worker in it: a new generation
+        if self.version and self.weights is not None:
+            self._push([self.workers[slot]], self.version)
 
     def generate(self, prompts: list, sampling: SamplingParams) -> list[Completion]:
         """Completions for every (prompt, sample), in prompt order, whatever workers die."""
@@ -201,39 +281,69 @@ class RolloutPool:
                 running[call(self.workers[slot], shards[slot][1])] = slot
         return [(shards[slot][0], results[slot]) for slot in sorted(results)]
 
-    def update_weights(self, weights: Iterable) -> int:
-        """Push new weights to every worker; returns the new version. ``weights``: (name, tensor)
-        pairs, or object refs of packed buckets (``LearnerGroup.weight_buckets``); colocated
-        engines already run on them (``weights`` is not read)."""
+    def update_weights(self) -> int:
+        """Push the current weights of ``weights`` to every worker; returns the new version.
+        Colocated engines already run on them (nothing is sent)."""
         self.version += 1
         if self.colocated:  # (their next generate runs after this: one caller's calls run in order)
             for w in self.workers:
                 w.finish_update.remote(self.version)
         else:
-            self._push(weights, self.workers, self.version)
+            self._push(self.workers, self.version)
         return self.version
 
-    def _push(self, weights: Iterable, workers, version: int) -> None:
+    def _push(self, workers: list, version: int) -> None:
+        """``workers`` get the weights of ``version``: on the collective transport every member
+        of the group receives them (a replaced worker's peers reload what they have)."""
+        if self.weights is None:
+            raise RuntimeError("RolloutPool.update_weights: the pool was made without a weight source")
+        if self.transport == "disk":
+            self._push_buckets(workers, version)
+            return
+        for attempt in (1, 2):
+            if self.channel is None:
+                self._connect()
+            layout = self.weights.weight_layout(self.chunk_bytes)
+            calls = [w.receive_weights.remote(layout, version) for w in self.workers]
+            try:
+                self.weights.send_weights(layout)
+                ray.get(calls)
+                return
+            except Exception:  # a worker died mid-update: replace it, rebuild the group, send again
+                dead = [slot for slot, call in enumerate(calls) if _died(call)]
+                if attempt == 2 or not dead:
+                    raise
+                for slot in dead:
+                    ray.kill(self.workers[slot], no_restart=True)
+                    self.workers[slot] = self._start()
+                    self.restarts += 1
+                self.channel = None
+
+    def _connect(self) -> None:
+        """A new generation of the transfer group: the sender and every engine process. The
+        shared channel where every receiver can map the sender's buffers, else broadcast."""
+        endpoint = self.weights.weight_endpoint(self.chunk_bytes)
+        ranks = ray.get([w.weight_group_ranks.remote() for w in self.workers])
+        channel = self.force_channel or (
+            "shared" if all(ray.get([w.can_map_weights.remote(endpoint) for w in self.workers])) else "broadcast")
+        self.generation += 1
+        group = uuid.uuid4().hex  # (unique on the sender's store, whichever pool made it)
+        size, firsts = 1 + sum(ranks), [1 + r for r in itertools.accumulate([0] + ranks[:-1])]
+        calls = [w.join_weight_group.remote(endpoint, first, size, group, channel)
+                 for w, first in zip(self.workers, firsts)]
+        self.weights.connect_weights(size, group, channel)
+        ray.get(calls)
+        self.channel = channel
+
+    def _push_buckets(self, workers: list, version: int) -> None:
         # An actor runs one caller's calls in order: "begin" is waited for with the first bucket
         # (which the learner packs meanwhile), so an update is a round trip per bucket and one more.
         calls = [w.begin_update.remote() for w in workers]
-        for ref in self._bucket_refs(weights):
+        for ref in self.weights.weight_buckets(self.bucket_bytes):
             ray.get(calls + [w.load_bucket.remote(ref) for w in workers])
             calls = []
             del ref  # released before the next bucket is built
         ray.get(calls + [w.finish_update.remote(version) for w in workers])
-
-    def _bucket_refs(self, weights: Iterable) -> Iterator:
-        items = iter(weights)
-        first = next(items, None)
-        if first is None:
-            return
-        if isinstance(first, ray.ObjectRef):
-            yield first
-            yield from items
-            return
-        for bucket in buckets(_chain(first, items), self.bucket_bytes):
-            yield ray.put(pack_bucket(bucket))
 
     @functools.cached_property
     def tokenizer(self):

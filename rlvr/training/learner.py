@@ -159,6 +159,7 @@ class LearnerRank(EngineCalls):
             tis_cap=self.cfg.algorithm.tis_cap)
         self._sync_items = None  # (rank 0, ZeRO 0-2: the buckets of the next sync)
         self._sync_plan = None  # (ZeRO-3, every rank: the names in each bucket)
+        self._sender = None  # (rank 0: its end of the weight-transfer group)
         self._grad_norm = None
         self._grad_norm_total = None  # (bf16: with the fp32 tensors' share)
         if self.cfg.rollout.colocate:
@@ -319,7 +320,51 @@ class LearnerRank(EngineCalls):
         self.fp32.step(lr, coef)
         self._grad_norm_total = total
 
-    # -- weight sync (bucketed: one bucket in flight at a time)
+    # -- weight sync over the transfer group (rank 0 sends; under ZeRO-3 every rank gathers)
+    def sync_endpoint(self, chunk_bytes: int) -> dict:
+        """Rank 0: where the rollout engines reach this rank's sender (made once per chunk size)."""
+        from rlvr.rollout.weights import WeightSender
+
+        if self._sender is None or self._sender.chunk_bytes != chunk_bytes:
+            if self._sender is not None:
+                self._sender.close()
+            backend = "nccl" if self.use_gpu else "gloo"
+            self._sender = WeightSender(chunk_bytes, ray.util.get_node_ip_address(), backend=backend,
+                                        device="cuda" if self.use_gpu else "cpu")
+        return self._sender.endpoint.to_dict()
+
+    def sync_layout(self, chunk_bytes: int) -> dict:
+        """Rank 0: the update's layout, from the parameters' metadata (no gather)."""
+        from rlvr.model.names import checkpoint_items
+        from rlvr.rollout.weights import Layout
+
+        metas = ((n, torch.empty(getattr(t, "ds_shape", t.shape), dtype=t.dtype, device="meta"))
+                 for n, t in self.engine.module.state_dict(keep_vars=True).items())
+        return Layout.of(((n, t.dtype, t.shape) for n, t in checkpoint_items(metas)), chunk_bytes).to_dict()
+
+    def sync_connect(self, size: int, group: str, mode: str) -> None:
+        self._sender.connect(size, group, mode)
+
+    def sync_send(self, layout: dict) -> None:
+        """Every rank: rank 0 streams its tensors into the group; under ZeRO-3 each parameter is
+        first gathered to rank 0 alone, the other ranks sending their partitions."""
+        from rlvr.model.names import checkpoint_items
+        from rlvr.rollout.weights import Layout
+
+        module = self.engine.module
+        if self.cfg.learner.zero_stage == 3:
+            items = sharded.gathered_to_first(module, self.rank)
+        elif self.rank == 0:
+            items = module.state_dict().items()
+        else:
+            return
+        if self.rank == 0:
+            self._sender.send(Layout.from_dict(layout), checkpoint_items((n, t.detach()) for n, t in items))
+        else:
+            for _ in items:  # (take part in every gather)
+                pass
+
+    # -- weight sync, the disk path (bucketed: one bucket in flight at a time)
     def prepare_sync(self, bucket_bytes: int) -> int:
         """Plan the export of the weights in buckets; returns how many there are. Under ZeRO-3
         every rank plans the same buckets and gathers each together when it is asked for
@@ -383,6 +428,8 @@ class LearnerRank(EngineCalls):
         # otherwise abort in the gloo teardown.
         import torch.distributed as dist
 
+        if getattr(self, "_sender", None) is not None:
+            self._sender.close()
         if dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
@@ -440,7 +487,7 @@ class LearnerGroup:
         weights = grpo.loss_weights(batch.mask, alg.aggregation, max_len=self.cfg.rollout.sampling.max_tokens)
         micros = self.micro_batches(batch, [list(range(r * B // n, (r + 1) * B // n)) for r in range(n)], weights)
         calls = [r.train.remote(m) for r, m in zip(self.ranks, micros)]
-        if not self.cfg.rollout.colocate:
+        if self.cfg.rollout.weight_transfer == "disk" and not self.cfg.rollout.colocate:
             # The new weights, packed for the rollout workers as soon as each rank has stepped
             # (an actor runs one caller's calls in order), so the sync that follows
             # (weight_buckets) waits for neither: two round trips fewer.
@@ -476,6 +523,19 @@ class LearnerGroup:
             for v, m in zip(rank_values, rank_micros):
                 packing.unpack(v, m, batch.lengths, out)
         return out
+
+    # The rollout pool's WeightSource (rlvr/rollout/workers.py): rank 0 sends, every rank gathers.
+    def weight_endpoint(self, chunk_bytes: int) -> dict:
+        return ray.get(self.ranks[0].sync_endpoint.remote(chunk_bytes))
+
+    def weight_layout(self, chunk_bytes: int) -> dict:
+        return ray.get(self.ranks[0].sync_layout.remote(chunk_bytes))
+
+    def connect_weights(self, size: int, group: str, mode: str) -> None:
+        ray.get(self.ranks[0].sync_connect.remote(size, group, mode))
+
+    def send_weights(self, layout: dict) -> None:
+        self._all("sync_send", layout)
 
     def weight_buckets(self, bucket_bytes: int = 64 * 1024**2):
         """Yield object refs of packed weight buckets, one at a time (checkpoint names): those

@@ -110,6 +110,28 @@ def gathered_items(module: nn.Module, names: set[str] | None = None) -> Iterator
             yield name, param.detach()
 
 
+def gathered_to_first(module: nn.Module, rank: int) -> Iterator[tuple[str, torch.Tensor | None]]:
+    """(name, whole tensor) in ``state_dict`` order on rank 0, (name, None) on the others: each
+    partitioned parameter gathered to rank 0 alone (``dist.gather`` of the partitions), where
+    ``gathered_items`` all-gathers it to every rank. Every rank must run through it. A tensor is
+    valid until the next is asked for."""
+    world = dist.get_world_size()
+    params = dict(module.named_parameters())
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        param = params.get(name)
+        if param is None or not is_partitioned(param):
+            yield name, tensor.detach() if rank == 0 else None
+            continue
+        part = param.ds_tensor.data  # (s,) this rank's slice of the flattened, padded parameter
+        if rank != 0:
+            dist.gather(part, None, dst=0)
+            yield name, None
+            continue
+        flat = torch.empty(part.numel() * world, dtype=part.dtype, device=part.device)
+        dist.gather(part, list(flat.chunk(world)), dst=0)
+        yield name, flat[:param.ds_numel].view(param.ds_shape)
+
+
 def bucket_plan(module: nn.Module, bucket_bytes: int) -> list[set[str]]:
     """The module's tensors (``state_dict`` names) grouped into buckets of at most
     ``bucket_bytes`` whole (a larger tensor alone), from their unpartitioned sizes: the same on

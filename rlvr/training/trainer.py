@@ -131,16 +131,13 @@ class Trainer:
         self.stop.check("while the actors started")
         self.pool = RolloutPool(spec, num_workers=rc.num_workers, num_cpus=rc.cpus_per_worker,
                                 num_gpus=rc.gpus_per_worker, resources=rc.resources,
-                                weights_source=self._weight_buckets, bucket_bytes=rc.sync_bucket_bytes,
+                                weights=self.learner, transport=rc.weight_transfer, bucket_bytes=rc.sync_bucket_bytes,
                                 colocated=self.learner.ranks if rc.colocate else None)
         self.collector = Collector(self.pool, keys, scorer)
         resumed = self._resume()
         self.metrics = MetricsLogger(cfg.logging, self.out, cfg.name, cfg.model_dump(), resume_step=self.step)
         if resumed:
-            self.pool.update_weights(self._weight_buckets())
-
-    def _weight_buckets(self):
-        return self.learner.weight_buckets(self.cfg.rollout.sync_bucket_bytes)
+            self.pool.update_weights()
 
     def _load_prompts(self) -> None:
         cfg = self.cfg
@@ -304,7 +301,7 @@ class Trainer:
         learner_metrics = self.learner.train(batch)
         t["learn"] = time.monotonic() - before
         before = time.monotonic()
-        self.pool.update_weights(self._weight_buckets())
+        self.pool.update_weights()
         t["sync"] = time.monotonic() - before
         t["step"] = time.monotonic() - t["start"]
         return self._step_metrics(prompts, rewards, lengths, truncated, learner_metrics, stats, t)

@@ -59,13 +59,36 @@ def test_vllm_logprobs_match_ours_and_updates_land(dtype, tmp_path):
         engine.shutdown()
 
 
-def test_multi_bucket_push_through_the_pool_lands_with_one_reload(tmp_path):
-    """A model larger than one bucket (every real one): all buckets are written, then vLLM
-    reloads once. Reloading per bucket from a partial checkpoint gave NaN log-probs."""
+def _written_files(pids: list[int], stop) -> set[str]:
+    """Paths the processes ``pids`` (and their children) hold open for writing, polled until
+    ``stop`` is set."""
+    import psutil
+
+    seen = set()
+    procs = [psutil.Process(p) for p in pids]
+    while not stop.is_set():
+        for proc in procs + [c for p in procs for c in p.children(recursive=True)]:
+            try:
+                seen |= {f.path for f in proc.open_files() if f.mode != "r"}
+            except psutil.Error:
+                pass
+        stop.wait(0.005)
+    return seen
+
+
+@pytest.mark.parametrize("transport", ["collective", "disk"])
+def test_multi_bucket_push_through_the_pool_lands_once_and_after_a_replacement(tmp_path, transport):
+    """A model larger than one bucket (every real one) reaches vLLM as one update: in memory
+    over the transfer group, no file written (the default), or as shards it reloads from once
+    (disk; reloading per bucket from a partial checkpoint gave NaN log-probs). A replacement for
+    a killed worker gets the same weights before it serves."""
+    import concurrent.futures
+    import threading
+
     import ray
 
     from rlvr.model.names import checkpoint_items
-    from rlvr.rollout.workers import RolloutPool
+    from rlvr.rollout.workers import DriverWeights, RolloutPool
 
     torch.manual_seed(0)
     model = M.HybridLM(tiny(**NO_MOE))
@@ -76,18 +99,37 @@ def test_multi_bucket_push_through_the_pool_lands_with_one_reload(tmp_path):
     sampling = SamplingParams(temperature=1.0, max_tokens=16, n=2, seed=0, ignore_eos=True)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     pool = RolloutPool(EngineSpec(str(tmp_path / "ckpt"), backend="vllm", vllm_kwargs=(("enforce_eager", True),)),
-                       num_workers=1, bucket_bytes=model_bytes // 4)
-    try:
-        assert pool.update_weights(checkpoint_items(new.state_dict())) == 1
+                       num_workers=1, weights=DriverWeights(lambda: checkpoint_items(new.state_dict())),
+                       transport=transport, bucket_bytes=model_bytes // 4)
+
+    def errors():
         out = pool.generate(PROMPTS, sampling)
-        after = max((_teacher_forced(new, c.prompt_ids, c.token_ids) - torch.tensor(c.logprobs)).abs().max().item()
-                    for c in out)
-        stale = max((_teacher_forced(model, c.prompt_ids, c.token_ids) - torch.tensor(c.logprobs)).abs().max().item()
-                    for c in out)
-        print(f"multi-bucket push ({model_bytes // 4} B buckets): vs new weights {after:.2e}, vs old {stale:.2e}")
-        assert after <= 1e-3 and stale > 1e-2
-        assert {c.weights_version for c in out} == {1}
-        assert ray.get(pool.workers[0].info.remote())["weight_reloads"] == 1
+        worst = lambda m: max((_teacher_forced(m, c.prompt_ids, c.token_ids) - torch.tensor(c.logprobs)).abs().max().item()  # noqa: E731
+                              for c in out)
+        return worst(new), worst(model), {c.weights_version for c in out}
+
+    try:
+        pid = ray.get(pool.workers[0].info.remote())["pid"]
+        stop = threading.Event()
+        with concurrent.futures.ThreadPoolExecutor(1) as watch:
+            written = watch.submit(_written_files, [pid], stop)
+            assert pool.update_weights() == 1
+            stop.set()
+        after, stale, versions = errors()
+        print(f"{transport}, {model_bytes // 4} B buckets: vs new weights {after:.2e}, vs old {stale:.2e}")
+        assert after <= 1e-3 and stale > 1e-2 and versions == {1}
+        info = ray.get(pool.workers[0].info.remote())
+        assert info["weight_reloads"] == 1  # one update, however many buckets
+        shards = {p for p in written.result() if p.endswith(".safetensors")}
+        if transport == "collective":
+            assert info["sync_dir"] is None and not shards, shards  # nothing on disk
+            assert pool.channel == "shared"
+        else:
+            assert info["sync_dir"] is not None and len(shards) >= 4
+        ray.kill(pool.workers[0], no_restart=True)
+        after, stale, versions = errors()  # served by a replacement, synced before it works
+        print(f"after a replacement: vs new weights {after:.2e}, vs old {stale:.2e}")
+        assert pool.restarts == 1 and after <= 1e-3 and stale > 1e-2 and versions == {1}
     finally:
         pool.shutdown()
         ray.shutdown()

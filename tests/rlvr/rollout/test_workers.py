@@ -13,7 +13,7 @@ from rlvr.model.names import checkpoint_items
 from rlvr.rollout.builtin import BuiltinEngine
 from rlvr.rollout.engine import SamplingParams
 from rlvr.rollout.weights import buckets
-from rlvr.rollout.workers import EngineSpec, RolloutPool
+from rlvr.rollout.workers import DriverWeights, EngineSpec, RolloutPool
 from rlvr.tokenizer import ByteTokenizer
 
 PROMPTS = [f"{a}+{b}=" for a in range(6) for b in range(2)]
@@ -71,12 +71,16 @@ def test_pool_matches_a_local_engine_and_survives_a_killed_worker(cluster):
         pool.shutdown()
 
 
-def test_weight_sync_in_buckets_with_versions_and_after_restart(cluster):
+@pytest.mark.parametrize("transport,channel", [("collective", None), ("collective", "broadcast"), ("disk", None)])
+def test_weight_sync_in_buckets_with_versions_and_after_restart(cluster, transport, channel):
     path, trained = cluster
-    source = lambda: checkpoint_items(trained.state_dict())  # noqa: E731
-    pool = RolloutPool(EngineSpec(str(path)), num_workers=2, weights_source=source, bucket_bytes=64 * 1024)
+    source = DriverWeights(lambda: checkpoint_items(trained.state_dict()))
+    pool = RolloutPool(EngineSpec(str(path)), num_workers=2, weights=source, transport=transport,
+                       bucket_bytes=64 * 1024, channel=channel)  # (far below the model's size: many chunks)
     try:
-        assert pool.update_weights(source()) == 1
+        assert pool.update_weights() == 1
+        # one node: the receivers map the sender's buffers unless told to take the broadcast
+        assert pool.channel == (None if transport == "disk" else channel or "shared")
         out = pool.generate(PROMPTS, GREEDY)
         want = _local(path, trained)
         assert [c.token_ids for c in out] == want
@@ -84,6 +88,7 @@ def test_weight_sync_in_buckets_with_versions_and_after_restart(cluster):
         ray.kill(pool.workers[1], no_restart=True)
         out = pool.generate(PROMPTS, GREEDY)  # the replacement is re-synced before it works
         assert [c.token_ids for c in out] == want and {c.weights_version for c in out} == {1}
+        assert pool.generation == (0 if transport == "disk" else 2)  # (a new group with the replacement)
     finally:
         pool.shutdown()
 

@@ -1,5 +1,7 @@
 """The DeepSpeed learner in Ray actors: data parallelism changes nothing but the speed."""
 
+import uuid
+
 import pytest
 import ray
 import torch
@@ -9,7 +11,7 @@ from rlvr.config import load_config
 from rlvr.kernels import token_logprobs
 from rlvr.training.learner import LearnerGroup, TrainBatch, lr_lambda
 from rlvr.model.config import tiny
-from rlvr.rollout.weights import unpack_bucket
+from rlvr.rollout.weights import Endpoint, GroupReceiver, Layout, unpack_bucket
 
 
 def _batch(seed: int = 0, rows: int = 8, length: int = 12) -> TrainBatch:
@@ -30,8 +32,23 @@ def _config(path, **learner):
                         "learner": {"threads": 1, "lr": 1e-2} | learner})
 
 
-def _weights(group: LearnerGroup) -> dict[str, torch.Tensor]:
-    return {name: t.clone() for ref in group.weight_buckets() for name, t in unpack_bucket(ray.get(ref))}
+def _weights(group: LearnerGroup, transport: str = "collective", chunk_bytes: int = 16384) -> dict[str, torch.Tensor]:
+    """The learner's weights as a rollout engine receives them: here, this process joins the
+    transfer group as its one receiver (over the shared channel), or takes the disk path's buckets."""
+    if transport == "disk":
+        return {name: t.clone() for ref in group.weight_buckets() for name, t in unpack_bucket(ray.get(ref))}
+    endpoint = group.weight_endpoint(chunk_bytes)
+    name = uuid.uuid4().hex
+    joined = group.ranks[0].sync_connect.remote(2, name, "shared")
+    receiver = GroupReceiver(Endpoint(**endpoint), 1, 2, name, "shared")
+    ray.get(joined)
+    layout = group.weight_layout(chunk_bytes)
+    sent = [r.sync_send.remote(layout) for r in group.ranks]
+    out = {}
+    receiver.receive(Layout.from_dict(layout), lambda items: out.update((n, t.clone()) for n, t in items))
+    ray.get(sent)
+    receiver.close()
+    return out
 
 
 @pytest.mark.slow

