@@ -16,8 +16,9 @@ weights through ``RolloutPool.update_weights``, as the trainer pushes them after
 
 The first collective update of a pool builds the group and is not timed. ``memcpy``: one plain
 copy of the same number of bytes within one process (preallocated), the floor for any transport.
-While the timed collective updates run, every file the worker processes hold open for writing is
-recorded (``files_written``). The last stdout line is JSON: per size and engine, seconds and GB/s
+What the timed updates write to storage is recorded: the worker processes' bytes (``/proc``'s
+``write_bytes``) and the files made or changed under the temporary folder (Ray's logs aside);
+``files_written`` counts those of the collective transport. The last stdout line is JSON: per size and engine, seconds and GB/s
 of each transport, ``vllm_speedup_vs_disk`` and ``builtin_vs_memcpy`` at the largest size, and
 ``files_written``. Needs ~8 GB of memory at 1 GB; ~6 min on 2 cores.
 """
@@ -25,9 +26,8 @@ of each transport, ``vllm_speedup_vs_disk`` and ``builtin_vs_memcpy`` at the lar
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
-import threading
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,23 +45,30 @@ def _config(size_gb: float):
                 n_groups=2, chunk_size=64, initializer_range=0.02)
 
 
-def _written(pids: list[int], stop: threading.Event) -> set[str]:
-    """Files the processes ``pids`` and their children hold open for writing, until ``stop``."""
+def _bytes_written(pids: list[int]) -> int:
+    """Bytes the processes ``pids`` and their children have written to storage so far."""
     import psutil
 
-    seen, procs = set(), [psutil.Process(p) for p in pids]
-    while not stop.is_set():
-        for proc in procs + [c for p in procs for c in p.children(recursive=True)]:
-            try:
-                seen |= {f.path for f in proc.open_files() if f.mode != "r"}
-            except psutil.Error:
-                pass
-        stop.wait(0.01)
-    return seen
+    procs = [psutil.Process(p) for p in pids]
+    return sum(p.io_counters().write_bytes for p in procs + [c for q in procs for c in q.children(recursive=True)])
 
 
-def _timed(pool, transport: str, repeats: int, channel: str | None = None) -> tuple[float, set[str]]:
-    """The best of ``repeats`` updates over ``transport`` (and the files written meanwhile)."""
+def _files(root: Path) -> dict[str, tuple[float, int]]:
+    """(mtime, size) of every file under ``root``, but Ray's own session folders (its logs)."""
+    out = {}
+    for path in root.rglob("*"):
+        try:
+            if path.is_file() and not path.is_relative_to(root / "ray"):
+                stat = path.stat()
+                out[str(path)] = (stat.st_mtime, stat.st_size)
+        except OSError:
+            pass
+    return out
+
+
+def _timed(pool, transport: str, repeats: int, channel: str | None = None) -> dict:
+    """The best of ``repeats`` updates over ``transport``, and what they wrote to storage: the
+    worker processes' bytes, and the files made or changed under the temporary folder."""
     import ray
 
     pool.transport = transport
@@ -70,16 +77,15 @@ def _timed(pool, transport: str, repeats: int, channel: str | None = None) -> tu
     if transport == "collective" and pool.channel is None:
         pool.update_weights()  # (builds the group: not timed)
     pids = [ray.get(w.info.remote())["pid"] for w in pool.workers]
-    stop = threading.Event()
-    with concurrent.futures.ThreadPoolExecutor(1) as watch:
-        files = watch.submit(_written, pids, stop)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            pool.update_weights()
-            times.append(time.perf_counter() - start)
-        stop.set()
-    return min(times), files.result()
+    files, written = _files(Path(tempfile.gettempdir())), _bytes_written(pids)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        pool.update_weights()
+        times.append(time.perf_counter() - start)
+    after = _files(Path(tempfile.gettempdir()))
+    return {"seconds": min(times), "bytes_written": _bytes_written(pids) - written,
+            "files_written": sorted(p for p, stat in after.items() if files.get(p) != stat)}
 
 
 def _memcpy(nbytes: int) -> float:
@@ -122,11 +128,9 @@ def _one_size(size_gb: float, args) -> dict:
                 row = {}
                 channels = [("collective", None), ("collective", "broadcast"), ("disk", None)]
                 for transport, channel in channels if engine == "builtin" else [channels[0], channels[2]]:
-                    seconds, files = _timed(pool, transport, args.repeats, channel)
-                    key = channel or transport
-                    row[key] = {"seconds": round(seconds, 3), "gb_per_s": round(nbytes / seconds / GB, 2)}
-                    if transport == "collective":
-                        row[key]["files_written"] = sorted(files)
+                    timed = _timed(pool, transport, args.repeats, channel)
+                    row[channel or transport] = timed | {"seconds": round(timed["seconds"], 3),
+                                                         "gb_per_s": round(nbytes / timed["seconds"] / GB, 2)}
                 out[engine] = row
             finally:
                 pool.shutdown()

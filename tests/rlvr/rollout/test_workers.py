@@ -3,6 +3,7 @@
 import threading
 import time
 
+import psutil
 import pytest
 import ray
 import torch
@@ -78,9 +79,12 @@ def test_weight_sync_in_buckets_with_versions_and_after_restart(cluster, transpo
     pool = RolloutPool(EngineSpec(str(path)), num_workers=2, weights=source, transport=transport,
                        bucket_bytes=64 * 1024, channel=channel)  # (far below the model's size: many chunks)
     try:
+        procs = [psutil.Process(ray.get(w.info.remote())["pid"]) for w in pool.workers]
+        before = sum(p.io_counters().write_bytes for p in procs)
         assert pool.update_weights() == 1
         # one node: the receivers map the sender's buffers unless told to take the broadcast
         assert pool.channel == (None if transport == "disk" else channel or "shared")
+        assert sum(p.io_counters().write_bytes for p in procs) == before  # in memory: nothing written
         out = pool.generate(PROMPTS, GREEDY)
         want = _local(path, trained)
         assert [c.token_ids for c in out] == want
