@@ -14,7 +14,8 @@ weights through ``RolloutPool.update_weights``, as the trainer pushes them after
 - ``disk``: the slow path (buckets through Ray's object store; vLLM writes them as a checkpoint
   folder and reloads from it).
 
-The first collective update of a pool builds the group and is not timed. ``memcpy``: one plain
+Each transport first runs ``--warmup`` untimed updates (the first collective one builds the
+group), then the best of ``--repeats`` is kept: the steady state a training run sees every step. ``memcpy``: one plain
 copy of the same number of bytes within one process (preallocated), the floor for any transport.
 What the timed updates write to storage is recorded: the worker processes' bytes (``/proc``'s
 ``write_bytes``) and the files made or changed under the temporary folder (Ray's logs aside);
@@ -66,7 +67,7 @@ def _files(root: Path) -> dict[str, tuple[float, int]]:
     return out
 
 
-def _timed(pool, transport: str, repeats: int, channel: str | None = None) -> dict:
+def _timed(pool, transport: str, repeats: int, warmup: int, channel: str | None = None) -> dict:
     """The best of ``repeats`` updates over ``transport``, and what they wrote to storage: the
     worker processes' bytes, and the files made or changed under the temporary folder."""
     import ray
@@ -74,8 +75,8 @@ def _timed(pool, transport: str, repeats: int, channel: str | None = None) -> di
     pool.transport = transport
     if transport == "collective" and pool.force_channel != channel:
         pool.force_channel, pool.channel = channel, None  # a new group on that channel
-    if transport == "collective" and pool.channel is None:
-        pool.update_weights()  # (builds the group: not timed)
+    for _ in range(warmup):  # (the first builds the group; allocators and caches settle)
+        pool.update_weights()
     pids = [ray.get(w.info.remote())["pid"] for w in pool.workers]
     files, written = _files(Path(tempfile.gettempdir())), _bytes_written(pids)
     times = []
@@ -120,15 +121,16 @@ def _one_size(size_gb: float, args) -> dict:
     nbytes = Layout.from_dict(group.weight_layout(args.bucket_mib * 2**20)).total_bytes  # (what each update moves)
     out = {"bytes": nbytes, "memcpy_seconds": round(_memcpy(nbytes), 4)}
     try:
-        for engine in ("vllm", "builtin"):
-            kwargs = (("enforce_eager", True), ("gpu_memory_utilization", 0.05)) if engine == "vllm" else ()
-            pool = RolloutPool(EngineSpec(str(path), backend=engine, max_model_len=256, vllm_kwargs=kwargs),
+        for engine in args.engines:
+            kwargs = (("enforce_eager", True), ("gpu_memory_utilization", 0.2)) if engine == "vllm" else ()
+            # (threads: rollout.threads' default)
+            pool = RolloutPool(EngineSpec(str(path), backend=engine, max_model_len=256, vllm_kwargs=kwargs, threads=2),
                                num_workers=1, weights=group, bucket_bytes=args.bucket_mib * 2**20)
             try:
                 row = {}
                 channels = [("collective", None), ("collective", "broadcast"), ("disk", None)]
                 for transport, channel in channels if engine == "builtin" else [channels[0], channels[2]]:
-                    timed = _timed(pool, transport, args.repeats, channel)
+                    timed = _timed(pool, transport, args.repeats, args.warmup, channel)
                     row[channel or transport] = timed | {"seconds": round(timed["seconds"], 3),
                                                          "gb_per_s": round(nbytes / timed["seconds"] / GB, 2)}
                 out[engine] = row
@@ -143,7 +145,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=float, nargs="+", default=[0.1, 0.5, 1.0], help="model sizes, GB in fp32")
     ap.add_argument("--bucket-mib", type=int, default=64, help="rollout.sync_bucket_bytes, in MiB")
-    ap.add_argument("--repeats", type=int, default=2, help="timed updates per transport (the best is kept)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed updates per transport (the best is kept)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed updates per transport first")
+    ap.add_argument("--engines", nargs="+", default=["vllm", "builtin"], choices=["vllm", "builtin"])
     ap.add_argument("--work", type=Path, default=Path("/tmp/rlvr-weight-sync"))
     args = ap.parse_args()
 
@@ -155,13 +159,14 @@ def main() -> None:
     finally:
         ray.shutdown()
     largest = results[f"{max(args.sizes)}"]
-    files = sorted({f for r in results.values() for e in ("vllm", "builtin") for k in ("collective", "broadcast")
+    files = sorted({f for r in results.values() for e in args.engines for k in ("collective", "broadcast")
                     for f in r[e].get(k, {}).get("files_written", [])})
-    print(json.dumps({
-        "bucket_mib": args.bucket_mib, "sizes": results,
-        "vllm_speedup_vs_disk": round(largest["vllm"]["disk"]["seconds"] / largest["vllm"]["collective"]["seconds"], 2),
-        "builtin_vs_memcpy": round(largest["builtin"]["collective"]["seconds"] / largest["memcpy_seconds"], 2),
-        "files_written": len(files), "files": files}))
+    out = {"bucket_mib": args.bucket_mib, "sizes": results, "files_written": len(files), "files": files}
+    if "vllm" in largest:
+        out["vllm_speedup_vs_disk"] = round(largest["vllm"]["disk"]["seconds"] / largest["vllm"]["collective"]["seconds"], 2)
+    if "builtin" in largest:
+        out["builtin_vs_memcpy"] = round(largest["builtin"]["collective"]["seconds"] / largest["memcpy_seconds"], 2)
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

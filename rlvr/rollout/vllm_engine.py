@@ -54,8 +54,11 @@ class WeightSyncExtension:
         self.rlvr_receiver = GroupReceiver(Endpoint(**endpoint), first_rank + self.rank, size, group, mode,
                                            device=str(getattr(self, "device", "cpu")))
 
-    def rlvr_receive_weights(self, layout: dict) -> int:
-        """One update from the group, loaded as vLLM's own weight-transfer engines load theirs."""
+    def rlvr_receive_weights(self, layout: dict) -> dict:
+        """One update from the group, loaded as vLLM's own weight-transfer engines load theirs.
+        Returns the seconds spent receiving (and loading) and finalising."""
+        import time
+
         from vllm.config import set_current_vllm_config
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload, initialize_layerwise_reload
 
@@ -65,14 +68,17 @@ class WeightSyncExtension:
         # The layerwise loader keeps each tensor until its layer is complete (attention layers
         # until the end), so it gets copies, never views of the chunk buffers the next chunk reuses.
         load = lambda items: model.load_weights([(n, t.clone()) for n, t in items])  # noqa: E731
+        start = time.perf_counter()
         with set_current_vllm_config(self.vllm_config):
             initialize_layerwise_reload(model)
             try:
-                received = self.rlvr_receiver.receive(Layout.from_dict(layout), load)
+                self.rlvr_receiver.receive(Layout.from_dict(layout), load)
+                received = time.perf_counter()
             finally:  # (a failed update still leaves every layer materialised; the pool sends it again)
                 finalize_layerwise_reload(model, self.vllm_config.model_config)
         self.refresh_mamba_conv_weights()
-        return received
+        return {"receive_s": received - start, "wait_s": self.rlvr_receiver.wait_s,
+                "finalize_s": time.perf_counter() - received}
 
     def refresh_mamba_conv_weights(self) -> int:
         """Point each Mamba-2 mixer's ``conv_weights`` buffer (a view made once, at start-up) at
@@ -170,7 +176,7 @@ class VLLMEngine:
             endpoint=endpoint, first_rank=first_rank, size=size, group=group, mode=mode))
 
     def receive_weights(self, layout: dict, version: int) -> None:
-        self.llm.collective_rpc("rlvr_receive_weights", kwargs={"layout": layout})
+        self.last_receive = self.llm.collective_rpc("rlvr_receive_weights", kwargs={"layout": layout})[0]
         self.weight_reloads += 1
         self.llm.reset_prefix_cache()
         self.weights_version = next_version(self.weights_version, version)

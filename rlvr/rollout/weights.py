@@ -28,6 +28,7 @@ import math
 import mmap
 import os
 import pickle
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
@@ -325,7 +326,7 @@ class WeightSender:
         """One update: ``items`` (name, tensor) in ``layout`` order. Every item is consumed even
         when the transport fails (they may be collectives of the learner's ranks, which must not
         be left waiting), and the first failure is raised at the end."""
-        chunks = _fill(layout, items, self.shared.chunks if self.mode == "shared" else self.buffers)
+        chunks = _fill(layout, _runs(layout, items), self.shared.chunks if self.mode == "shared" else self.buffers)
         try:
             _send(self.group, layout, chunks, self.mode == "shared")
         except Exception:
@@ -342,18 +343,28 @@ class WeightSender:
             self.shared.close()
 
 
-def _fill(layout: Layout, items: Iterable[tuple[str, torch.Tensor]], buffers: list[torch.Tensor]
-          ) -> Iterator[torch.Tensor]:
-    """The stream's chunks, chunk k written into ``buffers[k % 2]``; the caller must be done with
-    a buffer's last chunk before asking for the next chunk into it."""
-    chunk, k = layout.chunk_bytes, 0
+Run = tuple[int, torch.Tensor]  # (offset in the stream, raw bytes: a flat uint8 tensor)
+
+
+def _runs(layout: Layout, items: Iterable[tuple[str, torch.Tensor]]) -> Iterator[Run]:
+    """Whole tensors, checked against the layout, as runs of the stream."""
     slots = iter(layout.slots)
     for name, tensor in items:
         slot = next(slots, None)
         if slot is None or slot.name != name or tuple(tensor.shape) != slot.shape or str(tensor.dtype) != f"torch.{slot.dtype}":
             raise RuntimeError(f"weight sync: got {name} {tuple(tensor.shape)} {tensor.dtype}, the layout has {slot}")
-        raw = tensor.detach().contiguous().view(-1).view(torch.uint8)
-        done, position = 0, slot.offset
+        yield slot.offset, tensor.detach().contiguous().view(-1).view(torch.uint8)
+    if next(slots, None) is not None:
+        raise RuntimeError("weight sync: the sender ran out of tensors before the layout did")
+
+
+def _fill(layout: Layout, runs: Iterable[Run], buffers: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """The stream's chunks, chunk k written into ``buffers[k % 2]`` from ``runs`` (in offset
+    order: all of the stream, or one writer's share of it); the caller must be done with a
+    buffer's last chunk before asking for the next chunk into it."""
+    chunk, k = layout.chunk_bytes, 0
+    for position, raw in runs:
+        done = 0
         while done < raw.numel():
             while position >= (k + 1) * chunk:  # this chunk is full: hand it over
                 yield buffers[k % 2][:chunk]
@@ -362,11 +373,39 @@ def _fill(layout: Layout, items: Iterable[tuple[str, torch.Tensor]], buffers: li
             n = min(chunk - start, raw.numel() - done)
             buffers[k % 2][start:start + n].copy_(raw[done:done + n])
             done, position = done + n, position + n
-    if next(slots, None) is not None:
-        raise RuntimeError("weight sync: the sender ran out of tensors before the layout did")
     while k < layout.num_chunks:
         yield buffers[k % 2][:layout.chunk_size(k)]
         k += 1
+
+
+def write_shared(layout: Layout, runs: Iterable[Run], shared: _SharedBuffers, barrier: Callable[[], None],
+                 sender: WeightSender | None) -> None:
+    """One update written by several processes of the sender's node into its shared buffers,
+    each its own ``runs`` (a ZeRO-3 learner rank: its partitions, so no parameter is gathered);
+    ``barrier`` synchronises the writers, and ``sender`` (the writer that is rank 0 of the group,
+    None on the others) signals. Every writer calls it; the receivers see an ordinary update
+    on the shared channel (the same A0, A(k+1), R(k) sequence)."""
+    chunks = _fill(layout, runs, shared.chunks)
+    signals, consumed, failed = [], [], None
+    for k in range(layout.num_chunks):
+        try:
+            if sender is not None and failed is None and k >= 2:
+                consumed.pop(0).wait()  # R(k-2): buffer k % 2 is free again
+        except Exception as e:  # a receiver is gone: stop signalling, but go on writing in step
+            failed, sender.group = e, None  # (with the other writers, who wait in the barriers)
+        barrier()  # (every writer knows it)
+        chunk = next(chunks)
+        barrier()  # chunk k is complete
+        if sender is not None and failed is None:
+            signals.append(sender.group.signal(k, chunk))
+            if k >= 1:
+                consumed.append(sender.group.consumed())
+    if sender is not None and failed is None and layout.num_chunks:
+        consumed.append(sender.group.consumed())
+        for work in signals + consumed:
+            work.wait()
+    if failed is not None:
+        raise failed
 
 
 def _send(group: _Group, layout: Layout, chunks: Iterator[torch.Tensor], shared: bool) -> None:
@@ -415,8 +454,11 @@ class GroupReceiver:
         buffers = self.shared.chunks if self.shared else self.buffers
         assemble = _Assembler(layout)
         posted = [self._ready(0, layout, buffers)] if n else []
+        self.wait_s = 0.0  # (of this update: the time spent waiting for the sender's chunks)
         for k in range(n):
+            start = time.perf_counter()
             posted.pop(0).wait()
+            self.wait_s += time.perf_counter() - start
             if k + 1 < n:
                 posted.append(self._ready(k + 1, layout, buffers))
             load(assemble.chunk(k, buffers[k % 2][:layout.chunk_size(k)]))

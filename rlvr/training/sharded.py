@@ -132,6 +132,34 @@ def gathered_to_first(module: nn.Module, rank: int) -> Iterator[tuple[str, torch
         yield name, flat[:param.ds_numel].view(param.ds_shape)
 
 
+def partition_runs(module: nn.Module, rank: int, offsets: dict[str, int]) -> Iterator[tuple[int, torch.Tensor]]:
+    """This rank's bytes of a weight-sync stream whose tensors lie at ``offsets`` (checkpoint
+    name -> byte offset), in stream order: the pieces of its own partitions, and on rank 0 also
+    every tensor that is not partitioned. Written by every rank into the sender's shared buffers
+    (``rlvr.rollout.weights.write_shared``), they make the stream with nothing gathered. A
+    parameter's checkpoint tensors (the per-expert ones of a stacked parameter) are consecutive
+    blocks of it, flattened, so each piece of a partition lands in one contiguous run."""
+    from rlvr.model.names import checkpoint_items
+
+    params = dict(module.named_parameters())
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        param = params.get(name)
+        if param is None or not is_partitioned(param):
+            if rank == 0:
+                for piece_name, piece in checkpoint_items([(name, tensor.detach())]):
+                    yield offsets[piece_name], piece.contiguous().view(-1).view(torch.uint8)
+            continue
+        part = param.ds_tensor.data.view(-1)
+        lo = rank * part.numel()
+        hi = min(lo + part.numel(), param.ds_numel)
+        start = 0  # of the current piece, in elements of the flattened parameter
+        for piece_name, piece in checkpoint_items([(name, torch.empty(param.ds_shape, dtype=part.dtype, device="meta"))]):
+            a, b = max(lo, start), min(hi, start + piece.numel())
+            if a < b:
+                yield offsets[piece_name] + (a - start) * part.element_size(), part[a - lo:b - lo].view(torch.uint8)
+            start += piece.numel()
+
+
 def bucket_plan(module: nn.Module, bucket_bytes: int) -> list[set[str]]:
     """The module's tensors (``state_dict`` names) grouped into buckets of at most
     ``bucket_bytes`` whole (a larger tensor alone), from their unpartitioned sizes: the same on

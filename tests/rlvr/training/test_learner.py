@@ -34,7 +34,9 @@ def _config(path, **learner):
 
 def _weights(group: LearnerGroup, transport: str = "collective", chunk_bytes: int = 16384) -> dict[str, torch.Tensor]:
     """The learner's weights as a rollout engine receives them: here, this process joins the
-    transfer group as its one receiver (over the shared channel), or takes the disk path's buckets."""
+    transfer group as its one receiver (over the shared channel) and rank 0 sends what it has or
+    gathers; "direct": every rank writes its own partitions into rank 0's shared buffers; "disk":
+    the disk path's buckets."""
     if transport == "disk":
         return {name: t.clone() for ref in group.weight_buckets() for name, t in unpack_bucket(ray.get(ref))}
     endpoint = group.weight_endpoint(chunk_bytes)
@@ -43,7 +45,8 @@ def _weights(group: LearnerGroup, transport: str = "collective", chunk_bytes: in
     receiver = GroupReceiver(Endpoint(**endpoint), 1, 2, name, "shared")
     ray.get(joined)
     layout = group.weight_layout(chunk_bytes)
-    sent = [r.sync_send.remote(layout) for r in group.ranks]
+    shared = endpoint["shared"] if transport == "direct" else None
+    sent = [r.sync_send.remote(layout, shared) for r in group.ranks]
     out = {}
     receiver.receive(Layout.from_dict(layout), lambda items: out.update((n, t.clone()) for n, t in items))
     ray.get(sent)

@@ -36,11 +36,12 @@ def test_zero3_ranks_hold_exactly_the_checkpoint(ray_cluster, tmp_path, bf16):
     group = LearnerGroup(_config(tmp_path, num_ranks=2, zero_stage=3, bf16=bf16), str(tmp_path))
     try:
         loaded = _weights(group)  # gathered to rank 0 alone, as a rollout engine receives them
+        direct = _weights(group, "direct")  # each rank's partitions written into rank 0's buffers
         buckets = _weights(group, "disk")  # all-gathered, bucket by bucket
     finally:
         group.shutdown()
-    assert loaded.keys() == start.keys() == buckets.keys()
-    assert all(torch.equal(loaded[n], buckets[n]) for n in loaded)
+    assert loaded.keys() == start.keys() == buckets.keys() == direct.keys()
+    assert all(torch.equal(loaded[n], buckets[n]) and torch.equal(loaded[n], direct[n]) for n in loaded)
     for name, tensor in loaded.items():
         fp32 = not bf16 or name.endswith(KEEP_FP32 + ("e_score_correction_bias",))
         assert tensor.dtype == (torch.float32 if fp32 else torch.bfloat16), name
