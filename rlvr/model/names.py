@@ -48,14 +48,13 @@ def canonical_name(name: str) -> str:
     return name
 
 
-@torch.no_grad()
-def load_named(model: torch.nn.Module, items: Iterable[tuple[str, torch.Tensor]]) -> int:
-    """Copy (checkpoint name, tensor) pairs into ``model``'s parameters in place: a per-expert
-    tensor goes into its slice of the stacked expert parameter, so no full second copy of the
-    weights is ever built. Returns how many tensors were loaded; unknown names raise."""
+def targets(model: torch.nn.Module):
+    """name -> the tensor of ``model`` that checkpoint tensor ``name`` is (a parameter or buffer,
+    or a per-expert slice of a stacked parameter: a view, for loading in place); unknown names
+    raise."""
     params = dict(model.named_parameters()) | dict(model.named_buffers())
-    count = 0
-    for name, tensor in items:
+
+    def target_of(name: str) -> torch.Tensor:
         name = canonical_name(name)
         m = PER_EXPERT_RE.match(name)
         if m:
@@ -65,6 +64,20 @@ def load_named(model: torch.nn.Module, items: Iterable[tuple[str, torch.Tensor]]
             target = params.get(name)
         if target is None:
             raise KeyError(f"weight {name!r} matches no parameter of the model")
+        return target
+
+    return target_of
+
+
+@torch.no_grad()
+def load_named(model: torch.nn.Module, items: Iterable[tuple[str, torch.Tensor]]) -> int:
+    """Copy (checkpoint name, tensor) pairs into ``model``'s parameters in place: a per-expert
+    tensor goes into its slice of the stacked expert parameter, so no full second copy of the
+    weights is ever built. Returns how many tensors were loaded; unknown names raise."""
+    target_of = targets(model)
+    count = 0
+    for name, tensor in items:
+        target = target_of(name)
         if target.shape != tensor.shape:
             raise ValueError(f"weight {name!r}: shape {tuple(tensor.shape)}, model has {tuple(target.shape)}")
         target.copy_(tensor)

@@ -29,8 +29,8 @@ import torch
 
 from rlvr import kernels
 from rlvr.model import HybridLM
-from rlvr.model.names import load_named
-from rlvr.rollout.weights import Endpoint, GroupReceiver, Layout, can_map, next_version, update_weights
+from rlvr.model.names import load_named, targets
+from rlvr.rollout.weights import Endpoint, GroupReceiver, Layout, MappedReader, can_map, next_version, update_weights
 from rlvr.rollout.engine import Completion, SamplingParams, StopStrings, prompt_repeats
 from rlvr.rollout.engine import prompt_ids as engine_prompt_ids
 from rlvr.tokenizer import Tokenizer
@@ -99,6 +99,7 @@ class BuiltinEngine:
         self.max_model_len = max_model_len or model.config.max_position_embeddings
         self.weights_version = 0
         self._receiver: GroupReceiver | None = None  # this engine's end of the weight-transfer group
+        self._mapped = MappedReader()  # (and of the mapped channel)
         self._running: set[threading.Event] = set()  # one stop flag per generate call in progress
         self._running_lock = threading.Lock()
 
@@ -120,8 +121,14 @@ class BuiltinEngine:
         self._receiver = GroupReceiver(Endpoint(**endpoint), first_rank, size, group, mode, device=str(device))
 
     @torch.no_grad()
-    def receive_weights(self, layout: dict, version: int) -> None:
-        self._receiver.receive(Layout.from_dict(layout), lambda items: load_named(self.model, items))
+    def receive_weights(self, update: dict, version: int) -> None:
+        """One update: read from the sender's memory (the mapped channel) straight into the
+        parameters, or received chunk by chunk from the group."""
+        if update.get("kind") == "mapped":
+            target_of = targets(self.model)
+            self._mapped.read(update, lambda name, dtype, shape: target_of(name))
+        else:
+            self._receiver.receive(Layout.from_dict(update), lambda items: load_named(self.model, items))
         self.finish_weight_update(version)
 
     def begin_weight_update(self) -> None:

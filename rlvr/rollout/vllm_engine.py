@@ -52,7 +52,7 @@ class WeightSyncExtension:
 
         self.rlvr_receiver = None  # (the last generation's, if any: its connections close)
         self.rlvr_receiver = GroupReceiver(Endpoint(**endpoint), first_rank + self.rank, size, group, mode,
-                                           device=str(getattr(self, "device", "cpu")))
+                                           device=str(self.device))
 
     def rlvr_receive_weights(self, layout: dict) -> dict:
         """One update from the group, loaded as vLLM's own weight-transfer engines load theirs.
@@ -64,6 +64,8 @@ class WeightSyncExtension:
 
         from rlvr.rollout.weights import Layout
 
+        from rlvr.rollout.weights import MappedReader, split_update
+
         model = self.model_runner.get_model()
         # The layerwise loader keeps each tensor until its layer is complete (attention layers
         # until the end), so it gets copies, never views of the chunk buffers the next chunk reuses.
@@ -72,12 +74,19 @@ class WeightSyncExtension:
         with set_current_vllm_config(self.vllm_config):
             initialize_layerwise_reload(model)
             try:
-                self.rlvr_receiver.receive(Layout.from_dict(layout), load)
+                if layout.get("kind") == "mapped":  # read from the sender's memory, a chunk's worth at a time
+                    reader = self.rlvr_mapped = getattr(self, "rlvr_mapped", None) or MappedReader(str(self.device))
+                    for part in split_update(layout, CHUNK_BYTES):
+                        staged = []
+                        reader.read(part, lambda n, dtype, shape: _stage(staged, n, dtype, shape, self.device))
+                        model.load_weights(staged)
+                else:
+                    self.rlvr_receiver.receive(Layout.from_dict(layout), load)
                 received = time.perf_counter()
             finally:  # (a failed update still leaves every layer materialised; the pool sends it again)
                 finalize_layerwise_reload(model, self.vllm_config.model_config)
         self.refresh_mamba_conv_weights()
-        return {"receive_s": received - start, "wait_s": self.rlvr_receiver.wait_s,
+        return {"receive_s": received - start, "wait_s": getattr(self.rlvr_receiver, "wait_s", 0.0),
                 "finalize_s": time.perf_counter() - received}
 
     def refresh_mamba_conv_weights(self) -> int:
@@ -93,6 +102,14 @@ class WeightSyncExtension:
                 module.conv_weights = unpacked if unpacked is not None else w.view(w.size(0), w.size(-1))
                 count += 1
         return count
+
+
+CHUNK_BYTES = 64 * 1024**2  # what a worker stages at a time from a mapped update
+
+
+def _stage(staged: list, name: str, dtype: torch.dtype, shape: tuple, device) -> torch.Tensor:
+    staged.append((name, torch.empty(shape, dtype=dtype, device=device)))
+    return staged[-1][1]
 
 
 def request_seeds(ids: list[list[int]], seed: int | None) -> list[int | None]:

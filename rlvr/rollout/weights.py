@@ -378,36 +378,6 @@ def _fill(layout: Layout, runs: Iterable[Run], buffers: list[torch.Tensor]) -> I
         k += 1
 
 
-def write_shared(layout: Layout, runs: Iterable[Run], shared: _SharedBuffers, barrier: Callable[[], None],
-                 sender: WeightSender | None) -> None:
-    """One update written by several processes of the sender's node into its shared buffers,
-    each its own ``runs`` (a ZeRO-3 learner rank: its partitions, so no parameter is gathered);
-    ``barrier`` synchronises the writers, and ``sender`` (the writer that is rank 0 of the group,
-    None on the others) signals. Every writer calls it; the receivers see an ordinary update
-    on the shared channel (the same A0, A(k+1), R(k) sequence)."""
-    chunks = _fill(layout, runs, shared.chunks)
-    signals, consumed, failed = [], [], None
-    for k in range(layout.num_chunks):
-        try:
-            if sender is not None and failed is None and k >= 2:
-                consumed.pop(0).wait()  # R(k-2): buffer k % 2 is free again
-        except Exception as e:  # a receiver is gone: stop signalling, but go on writing in step
-            failed, sender.group = e, None  # (with the other writers, who wait in the barriers)
-        barrier()  # (every writer knows it)
-        chunk = next(chunks)
-        barrier()  # chunk k is complete
-        if sender is not None and failed is None:
-            signals.append(sender.group.signal(k, chunk))
-            if k >= 1:
-                consumed.append(sender.group.consumed())
-    if sender is not None and failed is None and layout.num_chunks:
-        consumed.append(sender.group.consumed())
-        for work in signals + consumed:
-            work.wait()
-    if failed is not None:
-        raise failed
-
-
 def _send(group: _Group, layout: Layout, chunks: Iterator[torch.Tensor], shared: bool) -> None:
     """The sender's half of the sequence A0, then A(k+1), R(k) for each k."""
     n = layout.num_chunks
@@ -522,3 +492,133 @@ class _Assembler:
 
 def _typed(raw: torch.Tensor, slot: Slot) -> torch.Tensor:
     return raw.view(_dtype(slot.dtype)).view(slot.shape)
+
+
+# -- The mapped channel: receivers read the sender's own parameter memory.
+#
+# Where the learner's ranks and the engines share a node, the update needs no stream at all: each
+# rank moves the storages of its parameters (its ZeRO-3 partitions, or the whole module on rank 0)
+# into shared memory, in place, once (``share``: every view of them stays valid, DeepSpeed's
+# included), and publishes where each checkpoint tensor's pieces lie in them (``MappedUpdate``).
+# A receiver maps those storages (once per handle) and copies the pieces straight into its
+# parameters: one copy of the weights in all, against two for a chunk stream. The learner must not
+# step while engines read, which the synchronous loop guarantees (the pool's update returns when
+# every engine has read). On one GPU the same handles are CUDA-IPC ones (docs/weight-sync.md).
+
+
+def share(tensor: torch.Tensor) -> tuple[str, int]:
+    """(handle, size in bytes) of ``tensor``'s storage, first moved into shared memory if it is not
+    (in place). Host: "pid:fd" of the storage's unlinked shared-memory file."""
+    storage = tensor.untyped_storage()
+    if tensor.is_cuda:
+        from torch.multiprocessing.reductions import reduce_tensor
+
+        whole = torch.empty(0, dtype=torch.uint8, device=tensor.device).set_(storage)
+        return "cuda:" + base64.b64encode(pickle.dumps(reduce_tensor(whole)[1])).decode(), storage.nbytes()
+    if not storage.is_shared():
+        storage.share_memory_()
+    fd, size = storage._share_fd_cpu_()
+    return f"{os.getpid()}:{fd}", size
+
+
+def mapped_piece(name: str, start: int, tensor: torch.Tensor) -> tuple[list, str, int]:
+    """A contiguous ``tensor`` holding elements ``[start, start + numel)`` of checkpoint tensor
+    ``name`` (flattened), as a piece of a mapped update: ([name, start, numel, handle, byte
+    offset], handle, storage size); its storage is shared on the way."""
+    handle, size = share(tensor)
+    return [name, start, tensor.numel(), handle, tensor.storage_offset() * tensor.element_size()], handle, size
+
+
+def mapped_update(tensors: Iterable[tuple[str, torch.dtype, tuple[int, ...]]], pieces: Iterable[list],
+                  storages: dict[str, int]) -> dict:
+    """An update for ``MappedReader.read``: every tensor (name, dtype, shape) in order, and the
+    pieces that make each (from every sender, in any order), as plain values."""
+    tensors = [[n, str(d).removeprefix("torch."), list(shape)] for n, d, shape in tensors]
+    order = {t[0]: i for i, t in enumerate(tensors)}
+    return {"kind": "mapped", "tensors": tensors, "storages": storages,
+            "pieces": sorted(pieces, key=lambda p: (order[p[0]], p[1]))}
+
+
+def split_update(update: dict, max_bytes: int) -> Iterator[dict]:
+    """``update`` as consecutive updates of at most ``max_bytes`` of tensors each (a larger tensor
+    alone): for a receiver that must stage what it reads."""
+    part, size, pieces = [], 0, iter(update["pieces"])
+    piece = next(pieces, None)
+    for name, dtype, shape in update["tensors"]:
+        nbytes = math.prod(shape) * _dtype(dtype).itemsize
+        if part and size + nbytes > max_bytes:
+            yield update | {"tensors": [t for t, _ in part], "pieces": [p for _, ps in part for p in ps]}
+            part, size = [], 0
+        own = []
+        while piece is not None and piece[0] == name:
+            own.append(piece)
+            piece = next(pieces, None)
+        part.append(([name, dtype, shape], own))
+        size += nbytes
+    if part:
+        yield update | {"tensors": [t for t, _ in part], "pieces": [p for _, ps in part for p in ps]}
+
+
+class MappedReader:
+    """A receiver's end of the mapped channel: its mappings of the senders' storages, kept across
+    updates (a handle no longer published is unmapped)."""
+
+    def __init__(self, device: str = "cpu"):
+        self.device = torch.device(device)
+        self.maps: dict[str, tuple[torch.Tensor, object]] = {}  # handle -> (bytes, what keeps them mapped)
+
+    def read(self, update: dict, into: Callable[[str, torch.dtype, tuple[int, ...]], torch.Tensor]) -> int:
+        """Copy every tensor of ``update`` (``MappedUpdate.to_dict``) into ``into(name, dtype,
+        shape)`` (a contiguous tensor of that shape: the engine's parameter, or a staging tensor).
+        Returns the bytes copied."""
+        for handle in set(self.maps) - set(update["storages"]):
+            self._unmap(handle)
+        for handle, size in update["storages"].items():
+            if handle not in self.maps:
+                self.maps[handle] = _map(handle, size, self.device)
+        copied = 0
+        pieces = iter(update["pieces"])
+        piece = next(pieces, None)
+        for name, dtype, shape in update["tensors"]:
+            dtype = _dtype(dtype)
+            dst = into(name, dtype, tuple(shape))
+            if tuple(dst.shape) != tuple(shape) or not dst.is_contiguous():
+                raise ValueError(f"weight sync: {name} is {tuple(shape)}, the engine's is {tuple(dst.shape)}")
+            flat = dst.view(-1)
+            while piece is not None and piece[0] == name:
+                _, start, numel, handle, offset = piece
+                src = self.maps[handle][0][offset:offset + numel * dtype.itemsize]
+                flat[start:start + numel].copy_(src.view(dtype))
+                copied += numel * dtype.itemsize
+                piece = next(pieces, None)
+        return copied
+
+    def _unmap(self, handle: str) -> None:
+        _, keep = self.maps.pop(handle)
+        if isinstance(keep, mmap.mmap):
+            try:
+                keep.close()
+            except BufferError:  # (a view is still alive: unmapped when it goes)
+                pass
+
+    def close(self) -> None:
+        for handle in list(self.maps):
+            self._unmap(handle)
+
+
+def _map(handle: str, size: int, device: torch.device) -> tuple[torch.Tensor, object]:
+    """(uint8 tensor over the storage ``handle``, the object that keeps it mapped)."""
+    if handle.startswith("cuda:"):
+        from torch.multiprocessing.reductions import rebuild_cuda_tensor
+
+        raw = rebuild_cuda_tensor(*pickle.loads(base64.b64decode(handle.removeprefix("cuda:"))))
+        return raw, raw
+    pid, fd = handle.split(":")
+    own = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY)
+    try:
+        mapping = mmap.mmap(own, size, prot=mmap.PROT_READ)
+    finally:
+        os.close(own)
+    with warnings.catch_warnings():  # (read only, and only read)
+        warnings.filterwarnings("ignore", message="The given buffer is not writable")
+        return torch.frombuffer(mapping, dtype=torch.uint8), mapping

@@ -160,7 +160,6 @@ class LearnerRank(EngineCalls):
         self._sync_items = None  # (rank 0, ZeRO 0-2: the buckets of the next sync)
         self._sync_plan = None  # (ZeRO-3, every rank: the names in each bucket)
         self._sender = None  # (rank 0: its end of the weight-transfer group)
-        self._mapped = None  # (other ranks: rank 0's shared buffers, where they write their partitions)
         self._grad_norm = None
         self._grad_norm_total = None  # (bf16: with the fp32 tensors' share)
         if self.cfg.rollout.colocate:
@@ -351,23 +350,26 @@ class LearnerRank(EngineCalls):
 
         return can_map(Endpoint(**endpoint))
 
-    def sync_send(self, layout: dict, shared: str | None = None) -> None:
-        """Every rank: rank 0 streams its tensors into the group; under ZeRO-3 each parameter is
-        first gathered to rank 0 alone, the other ranks sending their partitions. ``shared`` (the
-        handle of rank 0's shared buffers, where every rank can map them): instead, every rank
-        writes its own partitions into them, and nothing is gathered."""
-        import torch.distributed as dist
+    def sync_map(self) -> tuple[list, dict]:
+        """The mapped channel: where this rank's pieces of the weights lie in shared memory (its
+        storages moved there in place, the first time): (pieces, {handle: size})."""
+        from rlvr.rollout.weights import mapped_piece
 
+        pieces, storages = [], {}
+        for name, start, tensor in sharded.partition_pieces(self.engine.module, self.rank):
+            if tensor.numel():
+                piece, handle, size = mapped_piece(name, start, tensor)
+                pieces.append(piece)
+                storages[handle] = size
+        return pieces, storages
+
+    def sync_send(self, layout: dict) -> None:
+        """Every rank: rank 0 streams its tensors into the group; under ZeRO-3 each parameter is
+        first gathered to rank 0 alone, the other ranks sending their partitions."""
         from rlvr.model.names import checkpoint_items
-        from rlvr.rollout.weights import Layout, write_shared
+        from rlvr.rollout.weights import Layout
 
         module = self.engine.module
-        if shared is not None:
-            layout = Layout.from_dict(layout)
-            runs = sharded.partition_runs(module, self.rank, {s.name: s.offset for s in layout.slots})
-            write_shared(layout, runs, self._shared_buffers(shared, layout.chunk_bytes), dist.barrier,
-                         self._sender if self.rank == 0 else None)
-            return
         if self.cfg.learner.zero_stage == 3:
             items = sharded.gathered_to_first(module, self.rank)
         elif self.rank == 0:
@@ -379,16 +381,6 @@ class LearnerRank(EngineCalls):
         else:
             for _ in items:  # (take part in every gather)
                 pass
-
-    def _shared_buffers(self, handle: str, chunk_bytes: int):
-        """Rank 0's shared chunk buffers: its own, or mapped here (once per handle)."""
-        from rlvr.rollout.weights import _SharedBuffers
-
-        if self.rank == 0:
-            return self._sender.shared
-        if self._mapped is None or self._mapped.handle != handle:
-            self._mapped = _SharedBuffers(chunk_bytes, torch.device("cuda" if self.use_gpu else "cpu"), handle)
-        return self._mapped
 
     # -- weight sync, the disk path (bucketed: one bucket in flight at a time)
     def prepare_sync(self, bucket_bytes: int) -> int:
@@ -488,7 +480,7 @@ class LearnerGroup:
         self.num_parameters = ray.get([r.setup.remote(addr, port) for r in self.ranks])[0]
         self._exported = None  # (bucket bytes, ref of the bucket count, ref of bucket 0) after a step
         self._gathering = []  # refs of the other ranks' part in the buckets asked for (ZeRO-3)
-        self._direct = None  # the handle of rank 0's shared buffers where every rank writes its partitions
+        self._mapped = False  # whether the engines read the ranks' own memory (the mapped channel)
 
     def _all(self, method: str, *args):
         return ray.get([getattr(r, method).remote(*args) for r in self.ranks])
@@ -557,20 +549,30 @@ class LearnerGroup:
         return ray.get(self.ranks[0].sync_endpoint.remote(chunk_bytes))
 
     def weight_layout(self, chunk_bytes: int) -> dict:
+        """The next update: where the ranks' pieces lie in shared memory (the mapped channel), or
+        the stream's layout."""
+        if self._mapped:
+            from rlvr.rollout.weights import Layout, mapped_update
+
+            layout = Layout.from_dict(ray.get(self.ranks[0].sync_layout.remote(chunk_bytes)))
+            maps = self._all("sync_map")
+            return mapped_update(((s.name, getattr(torch, s.dtype), s.shape) for s in layout.slots),
+                                 [p for pieces, _ in maps for p in pieces],
+                                 {h: n for _, storages in maps for h, n in storages.items()})
         return ray.get(self.ranks[0].sync_layout.remote(chunk_bytes))
 
     def connect_weights(self, size: int, group: str, mode: str) -> None:
-        """Rank 0 joins the group. On the shared channel under ZeRO-3, where every rank can map
-        rank 0's buffers, the ranks write their own partitions there (no gather)."""
+        """Rank 0 joins the group. Where the engines map rank 0's buffers (the shared channel) and
+        every rank can too, on CPUs, the engines read the ranks' own memory instead: the mapped
+        channel (``rlvr/rollout/weights.py``)."""
         endpoint = self.weight_endpoint(0)
         ray.get(self.ranks[0].sync_connect.remote(size, group, mode))
-        self._direct = None
-        if mode == "shared" and self.cfg.learner.zero_stage == 3 and len(self.ranks) > 1 and all(
-                ray.get([r.sync_can_map.remote(endpoint) for r in self.ranks[1:]])):
-            self._direct = endpoint["shared"]
+        self._mapped = mode == "shared" and not self.cfg.learner.gpus_per_rank and all(
+            ray.get([r.sync_can_map.remote(endpoint) for r in self.ranks[1:]]))
 
     def send_weights(self, layout: dict) -> None:
-        self._all("sync_send", layout, self._direct)
+        if layout.get("kind") != "mapped":  # (mapped: the engines read; nothing to send)
+            self._all("sync_send", layout)
 
     def weight_buckets(self, bucket_bytes: int = 64 * 1024**2):
         """Yield object refs of packed weight buckets, one at a time (checkpoint names): those

@@ -132,13 +132,13 @@ def gathered_to_first(module: nn.Module, rank: int) -> Iterator[tuple[str, torch
         yield name, flat[:param.ds_numel].view(param.ds_shape)
 
 
-def partition_runs(module: nn.Module, rank: int, offsets: dict[str, int]) -> Iterator[tuple[int, torch.Tensor]]:
-    """This rank's bytes of a weight-sync stream whose tensors lie at ``offsets`` (checkpoint
-    name -> byte offset), in stream order: the pieces of its own partitions, and on rank 0 also
-    every tensor that is not partitioned. Written by every rank into the sender's shared buffers
-    (``rlvr.rollout.weights.write_shared``), they make the stream with nothing gathered. A
-    parameter's checkpoint tensors (the per-expert ones of a stacked parameter) are consecutive
-    blocks of it, flattened, so each piece of a partition lands in one contiguous run."""
+def partition_pieces(module: nn.Module, rank: int) -> Iterator[tuple[str, int, torch.Tensor]]:
+    """What this rank holds of the module's weights in checkpoint names, as (checkpoint name,
+    first element, flat contiguous tensor) in ``state_dict`` order: the pieces of its own
+    partitions, and on rank 0 also every tensor that is not partitioned, whole. Together the
+    ranks' pieces cover every tensor once, with nothing gathered. A parameter's checkpoint tensors
+    (the per-expert ones of a stacked parameter) are consecutive blocks of it, flattened, so each
+    piece of a partition is contiguous in one of them."""
     from rlvr.model.names import checkpoint_items
 
     params = dict(module.named_parameters())
@@ -147,16 +147,16 @@ def partition_runs(module: nn.Module, rank: int, offsets: dict[str, int]) -> Ite
         if param is None or not is_partitioned(param):
             if rank == 0:
                 for piece_name, piece in checkpoint_items([(name, tensor.detach())]):
-                    yield offsets[piece_name], piece.contiguous().view(-1).view(torch.uint8)
+                    yield piece_name, 0, piece.view(-1)  # (contiguous: a module's own tensor, or an expert of one)
             continue
         part = param.ds_tensor.data.view(-1)
         lo = rank * part.numel()
         hi = min(lo + part.numel(), param.ds_numel)
-        start = 0  # of the current piece, in elements of the flattened parameter
+        start = 0  # of the current checkpoint tensor, in elements of the flattened parameter
         for piece_name, piece in checkpoint_items([(name, torch.empty(param.ds_shape, dtype=part.dtype, device="meta"))]):
             a, b = max(lo, start), min(hi, start + piece.numel())
             if a < b:
-                yield offsets[piece_name] + (a - start) * part.element_size(), part[a - lo:b - lo].view(torch.uint8)
+                yield piece_name, a - start, part[a - lo:b - lo]
             start += piece.numel()
 
 

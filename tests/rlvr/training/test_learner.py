@@ -11,7 +11,7 @@ from rlvr.config import load_config
 from rlvr.kernels import token_logprobs
 from rlvr.training.learner import LearnerGroup, TrainBatch, lr_lambda
 from rlvr.model.config import tiny
-from rlvr.rollout.weights import Endpoint, GroupReceiver, Layout, unpack_bucket
+from rlvr.rollout.weights import Endpoint, GroupReceiver, Layout, MappedReader, unpack_bucket
 
 
 def _batch(seed: int = 0, rows: int = 8, length: int = 12) -> TrainBatch:
@@ -35,18 +35,22 @@ def _config(path, **learner):
 def _weights(group: LearnerGroup, transport: str = "collective", chunk_bytes: int = 16384) -> dict[str, torch.Tensor]:
     """The learner's weights as a rollout engine receives them: here, this process joins the
     transfer group as its one receiver (over the shared channel) and rank 0 sends what it has or
-    gathers; "direct": every rank writes its own partitions into rank 0's shared buffers; "disk":
-    the disk path's buckets."""
+    gathers; "mapped": this process reads the ranks' memory; "disk": the disk path's buckets."""
     if transport == "disk":
         return {name: t.clone() for ref in group.weight_buckets() for name, t in unpack_bucket(ray.get(ref))}
+    if transport == "mapped":  # read from the ranks' own memory, as a same-node engine does
+        group._mapped = True
+        out, reader = {}, MappedReader()
+        reader.read(group.weight_layout(chunk_bytes), lambda n, dtype, shape: out.setdefault(n, torch.empty(shape, dtype=dtype)))
+        reader.close()
+        return out
     endpoint = group.weight_endpoint(chunk_bytes)
     name = uuid.uuid4().hex
     joined = group.ranks[0].sync_connect.remote(2, name, "shared")
     receiver = GroupReceiver(Endpoint(**endpoint), 1, 2, name, "shared")
     ray.get(joined)
     layout = group.weight_layout(chunk_bytes)
-    shared = endpoint["shared"] if transport == "direct" else None
-    sent = [r.sync_send.remote(layout, shared) for r in group.ranks]
+    sent = [r.sync_send.remote(layout) for r in group.ranks]
     out = {}
     receiver.receive(Layout.from_dict(layout), lambda items: out.update((n, t.clone()) for n, t in items))
     ray.get(sent)

@@ -36,7 +36,7 @@ def test_zero3_ranks_hold_exactly_the_checkpoint(ray_cluster, tmp_path, bf16):
     group = LearnerGroup(_config(tmp_path, num_ranks=2, zero_stage=3, bf16=bf16), str(tmp_path))
     try:
         loaded = _weights(group)  # gathered to rank 0 alone, as a rollout engine receives them
-        direct = _weights(group, "direct")  # each rank's partitions written into rank 0's buffers
+        direct = _weights(group, "mapped")  # read from each rank's partitions where they lie
         buckets = _weights(group, "disk")  # all-gathered, bucket by bucket
     finally:
         group.shutdown()
