@@ -7,7 +7,9 @@ Two ways, one per ``rollout.weight_transfer`` (the pool in ``rlvr/rollout/worker
   built once and rebuilt when a worker is replaced. An update is one byte stream in chunks,
   double-buffered, loaded by each engine as it arrives: no file, no object store, and under
   ZeRO-3 each parameter gathered to the sender alone. Where every receiver shares the sender's
-  node, the chunk buffers are shared memory and the group carries only signals.
+  node, the chunk buffers are shared memory and the group carries only signals; where the
+  learner's ranks share it too, the engines read the ranks' own memory and nothing is streamed
+  (the mapped channel, at the end of this file).
 - **disk** (the slow path, for engines that cannot join a group): a *transaction* on the engine
   side: ``begin_weight_update()``, any number of ``load_weight_bucket(named_tensors)`` calls
   (each a slice of the checkpoint, in checkpoint names), then ``finish_weight_update(version)``.
@@ -234,6 +236,15 @@ class _Group:
             _settle(written)
         return self.signals.broadcast([torch.tensor([k], dtype=torch.int64)], _broadcast_options())
 
+    def abort(self) -> None:
+        """Close every connection now: the other members' pending collectives fail at once,
+        rather than at the timeout (each failed member aborts in turn)."""
+        for pg in {id(self.pg): self.pg, id(self.signals): self.signals}.values():
+            try:
+                pg.abort()
+            except RuntimeError:  # (a backend without abort: its connections go with the object)
+                pass
+
     def consumed(self, read: torch.Tensor | None = None):  # R(k)
         if read is not None:  # (a receiver: its reads of the chunk are complete first)
             _settle(read)
@@ -299,7 +310,7 @@ class WeightSender:
     """The sending end, in the process that holds the weights (learner rank 0, or a driver)."""
 
     def __init__(self, chunk_bytes: int, host: str, backend: str = "gloo", device: str = "cpu",
-                 timeout_s: float = 600.0):
+                 timeout_s: float = 60.0):
         self.chunk_bytes, self.device, self.timeout_s = chunk_bytes, torch.device(device), timeout_s
         self.store = dist.TCPStore("0.0.0.0", 0, is_master=True, wait_for_workers=False,
                                    timeout=datetime.timedelta(seconds=timeout_s))
@@ -330,8 +341,9 @@ class WeightSender:
         try:
             _send(self.group, layout, chunks, self.mode == "shared")
         except Exception:
-            # dropping the group closes its connections, so receivers fail now rather than at the
-            # timeout; the pool builds a new generation
+            # closing the group's connections makes the receivers fail now rather than at the
+            # timeout; the pool builds a new group
+            self.group.abort()
             self.group = None
             for _ in chunks:  # drain: the remaining gathers still run on every learner rank
                 pass
@@ -406,7 +418,7 @@ class GroupReceiver:
     """The receiving end, in each engine process (a builtin rollout worker, each vLLM worker)."""
 
     def __init__(self, endpoint: Endpoint, rank: int, size: int, group: str, mode: str,
-                 device: str = "cpu", timeout_s: float = 600.0):
+                 device: str = "cpu", timeout_s: float = 60.0):
         chunk_bytes = endpoint.chunk_bytes
         self.store = dist.TCPStore(endpoint.host, endpoint.port, is_master=False,
                                    timeout=datetime.timedelta(seconds=timeout_s))
@@ -423,17 +435,21 @@ class GroupReceiver:
         n = layout.num_chunks
         buffers = self.shared.chunks if self.shared else self.buffers
         assemble = _Assembler(layout)
-        posted = [self._ready(0, layout, buffers)] if n else []
         self.wait_s = 0.0  # (of this update: the time spent waiting for the sender's chunks)
-        for k in range(n):
-            start = time.perf_counter()
-            posted.pop(0).wait()
-            self.wait_s += time.perf_counter() - start
-            if k + 1 < n:
-                posted.append(self._ready(k + 1, layout, buffers))
-            load(assemble.chunk(k, buffers[k % 2][:layout.chunk_size(k)]))
-            if self.shared:
-                self.group.consumed(buffers[k % 2]).wait()
+        try:
+            posted = [self._ready(0, layout, buffers)] if n else []
+            for k in range(n):
+                start = time.perf_counter()
+                posted.pop(0).wait()
+                self.wait_s += time.perf_counter() - start
+                if k + 1 < n:
+                    posted.append(self._ready(k + 1, layout, buffers))
+                load(assemble.chunk(k, buffers[k % 2][:layout.chunk_size(k)]))
+                if self.shared:
+                    self.group.consumed(buffers[k % 2]).wait()
+        except Exception:  # (a member is gone: the others must not wait for this one either)
+            self.group.abort()
+            raise
         return layout.total_bytes
 
     def _ready(self, k: int, layout: Layout, buffers: list[torch.Tensor]):

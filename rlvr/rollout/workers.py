@@ -9,7 +9,8 @@ over one of two transports (``rlvr/rollout/weights.py``):
 - "collective" (the default): a transfer group of the sender and every engine process, built once
   and rebuilt whenever a worker is replaced; each update streams through it in chunks, straight
   into the engines' parameters. Same-node receivers map the sender's chunk buffers (the "shared"
-  channel); others receive each chunk by broadcast.
+  channel), or, where the source can offer it (the learner on CPUs), read the learner ranks' own
+  memory (the mapped channel); others receive each chunk by broadcast.
 - "disk" (the slow path, on request): packed buckets through Ray's object store, one at a time,
   to every worker; a vLLM engine writes them as a checkpoint folder and reloads from it.
 Neither holds a full second copy of the weights anywhere. A version counter tags every
