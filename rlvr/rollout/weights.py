@@ -54,7 +54,7 @@ class WeightReceiver(Protocol):
 
     def join_weight_group(self, endpoint: dict, first_rank: int, size: int, group: str, mode: str) -> None: ...
 
-    def receive_weights(self, layout: dict, version: int) -> None: ...
+    def receive_weights(self, update: dict, version: int) -> None: ...  # a Layout's dict, or a mapped update
 
     def begin_weight_update(self) -> None: ...
 
@@ -117,8 +117,8 @@ def unpack_bucket(packed: list[tuple]) -> Iterator[tuple[str, torch.Tensor]]:
 # sender's two chunk buffers stay the same size whatever the model, and the receiver assembles a
 # spanning tensor in a staging copy. The sender fills chunk k+1 while chunk k is in flight.
 #
-# Two channels, chosen once per group (``RolloutPool`` asks every receiver whether it can map
-# the sender's memory):
+# The stream takes one of two channels, chosen once per group (``RolloutPool`` asks every
+# receiver whether it can map the sender's memory; the third channel, mapped, is at the end):
 # - "broadcast": the chunk itself goes through the group's broadcast (gloo on CPUs, NCCL on GPUs).
 # - "shared": the two chunk buffers are shared memory that every receiver maps (an anonymous
 #   ``memfd`` on a CPU node, a CUDA-IPC handle on one GPU: docs/weight-sync.md), so

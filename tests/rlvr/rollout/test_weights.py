@@ -7,7 +7,8 @@ import uuid
 import pytest
 import torch
 
-from rlvr.rollout.weights import ALIGN, Endpoint, GroupReceiver, Layout, WeightSender, _Assembler, can_map
+from rlvr.rollout.weights import (ALIGN, Endpoint, GroupReceiver, Layout, MappedReader, WeightSender, _Assembler, can_map,
+                                  mapped_piece, mapped_update, split_update)
 
 
 def _tensors():
@@ -98,3 +99,31 @@ def test_a_handle_from_elsewhere_cannot_be_mapped():
         assert not can_map(Endpoint(**(endpoint | {"shared": "999999999:3"})))  # (no such process)
     finally:
         sender.close()
+
+
+def test_a_mapped_update_reads_every_piece_from_shared_storage_in_place():
+    """Two "ranks" each hold half of a flattened tensor (as ZeRO-3 partitions) and one holds a
+    whole one; a reader assembles both from the shared storages, casting to its own dtype."""
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.randn(6, 5, generator=g).bfloat16(), torch.randn(7, generator=g).bfloat16()
+    rank0, rank1 = w.view(-1)[:16].clone(), w.view(-1)[16:].clone()  # (the partitions: storages of their own)
+    pieces, storages = [], {}
+    for name, start, t in [("w", 0, rank0), ("w", 16, rank1), ("b", 0, b)]:
+        piece, handle, size = mapped_piece(name, start, t)
+        pieces.append(piece)
+        storages[handle] = size
+    assert rank0.is_shared() and b.is_shared()  # (moved in place: the tensors still hold their values)
+    update = mapped_update([("b", torch.bfloat16, (7,)), ("w", torch.bfloat16, (6, 5))], pieces[::-1], storages)
+    params = {"w": torch.zeros(6, 5), "b": torch.zeros(7)}  # an fp32 engine
+    reader = MappedReader()
+    assert reader.read(update, lambda name, dtype, shape: params[name]) == (30 + 7) * 2
+    assert torch.equal(params["w"], w.float()) and torch.equal(params["b"], b.float())
+    rank1.mul_(2)  # the learner steps: the next read sees it, with nothing sent
+    reader.read(update, lambda name, dtype, shape: params[name])
+    assert torch.equal(params["w"].view(-1)[16:], (w.view(-1)[16:] * 2).float())
+    with pytest.raises(ValueError, match="the engine's is"):
+        reader.read(update, lambda name, dtype, shape: torch.zeros(3))
+    reader.close()
+    parts = list(split_update(update, 20))  # (b: 14 bytes, w: 60 bytes, alone)
+    assert [[t[0] for t in p["tensors"]] for p in parts] == [["b"], ["w"]]
+    assert [len(p["pieces"]) for p in parts] == [1, 2]
