@@ -56,7 +56,8 @@ class WeightSyncExtension:
 
     def rlvr_receive_weights(self, layout: dict) -> dict:
         """One update from the group, loaded as vLLM's own weight-transfer engines load theirs.
-        Returns the seconds spent receiving (and loading) and finalising."""
+        Returns the seconds spent receiving and loading (of which waiting for the sender's chunks,
+        and reading mapped pieces into staging tensors) and finalising."""
         import time
 
         from vllm.config import set_current_vllm_config
@@ -70,7 +71,7 @@ class WeightSyncExtension:
         # The layerwise loader keeps each tensor until its layer is complete (attention layers
         # until the end), so it gets copies, never views of the chunk buffers the next chunk reuses.
         load = lambda items: model.load_weights([(n, t.clone()) for n, t in items])  # noqa: E731
-        start = time.perf_counter()
+        start, read_s = time.perf_counter(), 0.0
         with set_current_vllm_config(self.vllm_config):
             initialize_layerwise_reload(model)
             try:
@@ -78,7 +79,9 @@ class WeightSyncExtension:
                     reader = self.rlvr_mapped = getattr(self, "rlvr_mapped", None) or MappedReader(str(self.device))
                     for part in split_update(layout, CHUNK_BYTES):
                         staged = []
+                        read = time.perf_counter()
                         reader.read(part, lambda n, dtype, shape: _stage(staged, n, dtype, shape, self.device))
+                        read_s += time.perf_counter() - read
                         model.load_weights(staged)
                 else:
                     self.rlvr_receiver.receive(Layout.from_dict(layout), load)
@@ -86,7 +89,7 @@ class WeightSyncExtension:
             finally:  # (a failed update still leaves every layer materialised; the pool sends it again)
                 finalize_layerwise_reload(model, self.vllm_config.model_config)
         self.refresh_mamba_conv_weights()
-        return {"receive_s": received - start, "wait_s": getattr(self.rlvr_receiver, "wait_s", 0.0),
+        return {"receive_s": received - start, "wait_s": getattr(self.rlvr_receiver, "wait_s", 0.0), "read_s": read_s,
                 "finalize_s": time.perf_counter() - received}
 
     def refresh_mamba_conv_weights(self) -> int:
