@@ -346,9 +346,18 @@ class LearnerRank(EngineCalls):
         self._sender.connect(size, group, mode)
 
     def sync_can_map(self, endpoint: dict) -> bool:
+        """Whether this rank can serve the mapped channel: it maps rank 0's buffers (so it shares
+        the engines' node), and /dev/shm, where its storages would move, has room for them (a
+        container's default of 64 MiB would end in SIGBUS at the first touch past it)."""
+        import shutil
+
         from rlvr.rollout.weights import Endpoint, can_map
 
-        return can_map(Endpoint(**endpoint))
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage()
+                    for _, _, t in sharded.partition_pieces(self.engine.module, self.rank) if t.numel()}
+        need = sum(s.nbytes() for s in storages.values() if not s.is_shared())
+        room = shutil.disk_usage("/dev/shm").free if os.path.isdir("/dev/shm") else 0
+        return need < room and can_map(Endpoint(**endpoint))
 
     def sync_map(self) -> tuple[list, dict]:
         """The mapped channel: where this rank's pieces of the weights lie in shared memory (its
@@ -568,7 +577,7 @@ class LearnerGroup:
         endpoint = self.weight_endpoint(0)
         ray.get(self.ranks[0].sync_connect.remote(size, group, mode))
         self._mapped = mode == "shared" and not self.cfg.learner.gpus_per_rank and all(
-            ray.get([r.sync_can_map.remote(endpoint) for r in self.ranks[1:]]))
+            ray.get([r.sync_can_map.remote(endpoint) for r in self.ranks]))
 
     def send_weights(self, layout: dict) -> None:
         if layout.get("kind") != "mapped":  # (mapped: the engines read; nothing to send)
