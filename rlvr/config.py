@@ -108,7 +108,15 @@ class AlgorithmConfig(_Strict):
     kl_coef: float = Field(0.0, ge=0)  # KL to the starting policy; 0 = off
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     kl_in_reward: bool = False  # subtract kl_coef * KL from the reward instead of adding it to the loss
-    tis_cap: float | None = Field(2.0, gt=0)  # truncated importance sampling; None = off
+    # Importance sampling for the engine/learner mismatch (rlvr.grpo.importance_weights): tis_cap
+    # is the upper bound (truncate: the cap; mask: the upper threshold), None = no correction.
+    tis_cap: float | None = Field(2.0, gt=0)
+    is_mode: Literal["truncate", "mask"] = "truncate"  # mask: tokens/sequences out of [is_low, tis_cap] get no loss
+    is_level: Literal["token", "sequence", "geometric"] = "token"  # whose ratio: each token's, the sequence's, its geometric mean
+    is_low: float = Field(0.5, ge=0)  # mask mode's lower threshold
+    # Asynchronous GRPO: rollouts of up to this many steps ahead are generated while the learner
+    # trains; a sample from weights more than this many versions old is dropped. 0: synchronous.
+    max_staleness: int = Field(0, ge=0)
     dynamic_sampling: bool = False  # drop groups with equal rewards and draw more prompts
     max_refills: int = Field(3, ge=0)  # extra rollout rounds dynamic sampling may spend per step
     overlong_buffer: int | None = Field(None, ge=1)  # soft penalty over the last N allowed tokens
@@ -120,7 +128,19 @@ class AlgorithmConfig(_Strict):
         if self.clip_high < self.clip_low:
             raise ValueError(f"clip_high: {self.clip_high} < clip_low = {self.clip_low} (clip-higher means "
                              "clip_high >= clip_low)")
+        if self.is_mode == "mask" and (self.tis_cap is None or self.is_low >= self.tis_cap):
+            raise ValueError(f"is_mode=mask keeps ratios in [is_low, tis_cap]: needs tis_cap > is_low (got "
+                             f"is_low={self.is_low}, tis_cap={self.tis_cap})")
         return self
+
+    @property
+    def proximal(self) -> bool:
+        """Whether the learner recomputes the proximal log-probabilities in a pass of their own
+        before its update: for importance weights other than token-level truncation (they are
+        computed, and rejected tokens removed, before the loss is normalised). Otherwise the
+        loss's own forward is the proximal policy (nothing has stepped yet within the update;
+        with ``epochs`` > 1 each rank runs its own pass), stale samples included."""
+        return self.is_mode != "truncate" or self.is_level != "token"
 
 
 class SamplingConfig(_Strict):
@@ -298,6 +318,9 @@ class Config(_Strict):
         if self.rollout.colocate and self.learner.zero_stage == 3:
             raise ValueError("rollout.colocate: needs learner.zero_stage <= 2 (ZeRO-3 splits every parameter over "
                              "the ranks; the engine needs them whole)")
+        if self.rollout.colocate and self.algorithm.max_staleness:
+            raise ValueError("algorithm.max_staleness: needs rollout workers of their own (rollout.colocate=true "
+                             "samples on the learner's ranks: rollouts and learning cannot overlap there)")
         if self.rollout.sampling.temperature == 0:
             raise ValueError(f"rollout.sampling.temperature: 0 is greedy: the {self.algorithm.group_size} samples "
                              "of a group would be identical, their advantages zero, and nothing learnt")

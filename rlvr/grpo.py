@@ -9,7 +9,10 @@ Sources for the variants: GRPO (Shao et al. 2024, DeepSeekMath), Dr. GRPO (Liu e
 "Understanding R1-Zero-Like Training": no std normalisation, constant length normaliser), DAPO
 (Yu et al. 2025: clip-higher, token-level loss, dynamic sampling, overlong reward shaping),
 KL estimators k1/k2/k3 (Schulman 2020, "Approximating KL divergence"), truncated importance
-sampling for inference/training mismatch (Yao et al. 2025).
+sampling for inference/training mismatch (Yao et al. 2025), masked importance sampling (Liu et
+al. 2025, "When Speed Kills Stability"), the decoupled PPO objective for stale rollouts (Hilton
+et al. 2022; AReaL, Fu et al. 2025: clip against a recomputed proximal policy, correct for the
+behaviour policy with importance weights).
 """
 
 from __future__ import annotations
@@ -74,11 +77,70 @@ KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"k1": kl_k1, "k2
 
 # ---------------------------------------------------------------- the policy loss
 
+IS_LEVELS = ("token", "sequence", "geometric")
+IS_MODES = ("truncate", "mask")
+
+
+def importance_ratios(prox_logp: Tensor, engine_logp: Tensor, mask: Tensor, level: str = "token") -> Tensor:
+    """The behaviour correction's ratio pi_prox / pi_engine, on every token of (B, T): the
+    tokens were sampled by the inference engine (other kernels and precision; with
+    ``max_staleness`` > 0, older weights too), the loss is taken against the proximal policy.
+    - ``token``: each token's own ratio;
+    - ``sequence``: the product of the sequence's token ratios, on each of its tokens;
+    - ``geometric``: the geometric mean of the sequence's token ratios (GSPO's length-normalised
+      ratio), on each of its tokens.
+    Log-ratios are clamped to +-20 before ``exp`` (a long sequence's product would overflow)."""
+    log_ratio = (prox_logp - engine_logp) * mask
+    if level == "token":
+        return torch.exp(log_ratio)
+    total = log_ratio.sum(dim=1, keepdim=True)
+    if level == "geometric":
+        total = total / mask.sum(dim=1, keepdim=True).clamp(min=1)
+    elif level != "sequence":
+        raise ValueError(f"unknown importance-sampling level {level!r} ({', '.join(IS_LEVELS)})")
+    return torch.exp(total.clamp(-20, 20)).expand_as(log_ratio)
+
+
+def importance_weights(prox_logp: Tensor, engine_logp: Tensor, mask: Tensor, mode: str = "truncate",
+                       level: str = "token", low: float = 0.0, high: float = 2.0) -> tuple[Tensor, Tensor]:
+    """Per-token loss weights for the engine/learner mismatch, and the tokens that stay in the loss:
+    - ``truncate`` (TIS, Yao et al. 2025): weight min(ratio, high); every token stays;
+    - ``mask`` (MIS, "When Speed Kills Stability", 2025): a token (``level`` token) or a whole
+      sequence (``sequence``, ``geometric``) whose ratio leaves [low, high] leaves the loss, the
+      rest keep their ratio as weight. The caller removes the rejected tokens from the loss mask
+      *before* the loss is normalised, so they count in no denominator.
+    Detached: no gradient flows through. -> (weights, keep), both (B, T)."""
+    ratio = importance_ratios(prox_logp, engine_logp, mask, level).detach()
+    if mode == "truncate":
+        return ratio.clamp(max=high), mask.bool()
+    if mode != "mask":
+        raise ValueError(f"unknown importance-sampling mode {mode!r} ({', '.join(IS_MODES)})")
+    keep = mask.bool() & (ratio >= low) & (ratio <= high)
+    return torch.where(keep, ratio, torch.zeros_like(ratio)), keep
+
+
 def truncated_is_weights(old_logp: Tensor, engine_logp: Tensor, cap: float = 2.0) -> Tensor:
-    """Truncated importance sampling (TIS): tokens were sampled by the inference engine, whose
-    probabilities differ from the trainer's (kernels, precision; larger for Mamba/MoE), so each
-    token's loss is weighted by min(pi_trainer_old / pi_engine, cap). No gradient flows through."""
-    return torch.exp(old_logp - engine_logp).clamp(max=cap).detach()
+    """Token-level truncated importance sampling, min(pi_trainer_old / pi_engine, cap), for a loss
+    that compares against the policy it differentiates (its ``old_logp`` is that forward's own)."""
+    return importance_weights(old_logp, engine_logp, torch.ones_like(old_logp), "truncate", "token", high=cap)[0]
+
+
+def importance_metrics(ratio: Tensor, weights: Tensor, keep: Tensor, mask: Tensor, mode: str, high: float
+                       ) -> dict[str, float]:
+    """Statistics of a batch's importance ratios over its trained tokens (``mask``, before any
+    rejection): mean, min, max, and the share of tokens truncated (``truncate``) or masked out
+    (``mask``)."""
+    on = mask.bool()
+    if not on.any():
+        return {}
+    r = ratio[on]
+    out = {"is/ratio_mean": float(r.mean()), "is/ratio_min": float(r.min()), "is/ratio_max": float(r.max()),
+           "is/weight_mean": float(weights[on].mean())}
+    if mode == "truncate":
+        out["is/truncated_share"] = float((r > high).float().mean())
+    else:
+        out["is/masked_share"] = float((~keep[on]).float().mean())
+    return out
 
 
 def clipped_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, clip_low: float = 0.2,
@@ -171,15 +233,18 @@ class LossConfig:
 
 def grpo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, config: LossConfig,
               engine_logp: Tensor | None = None, ref_logp: Tensor | None = None,
-              weights: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+              weights: Tensor | None = None, is_weights: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
     """The scalar loss to backpropagate and detached metrics (clip fraction, KL, IS weight:
     means over the masked tokens). ``weights``: per-token loss weights computed over the whole
     batch (``loss_weights``) when this is a slice of it; else ``config.aggregation`` over
-    these tokens."""
+    these tokens. ``is_weights``: importance weights computed beforehand (``importance_weights``
+    against a proximal policy); else token-level truncation against ``old_logp``."""
     per_token, clipped = clipped_policy_loss(logp, old_logp, advantages, config.clip_low, config.clip_high)
     metrics = {}
-    if config.tis_cap is not None and engine_logp is not None:
+    if is_weights is None and config.tis_cap is not None and engine_logp is not None:
         is_weights = truncated_is_weights(old_logp, engine_logp, config.tis_cap)
+        metrics["is_truncated_share"] = _masked_mean((is_weights >= config.tis_cap).to(logp.dtype), mask)
+    if is_weights is not None:
         per_token = per_token * is_weights
         metrics["is_weight_mean"] = _masked_mean(is_weights, mask)
     if config.kl_coef:

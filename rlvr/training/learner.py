@@ -51,6 +51,11 @@ class TrainBatch:
     advantages: torch.Tensor  # (B,)
     engine_logp: torch.Tensor  # (B, L - 1): the sampling engine's log-probabilities
     lengths: torch.Tensor  # (B,) real tokens of each sequence (the rest is padding)
+    # (B, L - 1), when the proximal policy was recomputed (``algorithm.proximal``): its
+    # log-probabilities and the importance weights computed against them; else the loss's own
+    # forward is the proximal policy and the weights are token-level truncation.
+    old_logp: torch.Tensor | None = None
+    is_weights: torch.Tensor | None = None
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):
@@ -232,6 +237,11 @@ class LearnerRank(EngineCalls):
         with torch.no_grad():
             return [self._logprobs(self.reference, m)[0].cpu() for m in (m.to(self.engine.device) for m in micros)]
 
+    def policy_logprobs(self, micros: list[MicroBatch]) -> list[torch.Tensor]:
+        """Per-token log-probabilities under the current policy: the proximal policy of the
+        decoupled objective, recomputed before an update."""
+        return [lp.cpu() for lp in self._old_logprobs([m.to(self.engine.device) for m in micros])]
+
     # -- training
     def train(self, micros: list[MicroBatch]) -> dict[str, float]:
         """One GRPO update from this rank's micro-batches: ``algorithm.epochs`` passes over them,
@@ -239,7 +249,10 @@ class LearnerRank(EngineCalls):
         the whole batch) and metrics as sums over tokens with their ``tokens`` count."""
         micros = [m.to(self.engine.device) for m in micros]
         self.engine.train()
-        old_logp = self._old_logprobs(micros) if self.cfg.algorithm.epochs > 1 else None
+        if "old_logp" in micros[0].tokens:  # recomputed by the group before this update
+            old_logp = [m.tokens["old_logp"] for m in micros]
+        else:
+            old_logp = self._old_logprobs(micros) if self.cfg.algorithm.epochs > 1 else None
         sums: dict[str, float] = {}
         old_mismatch = 0.0
         for epoch in range(self.cfg.algorithm.epochs):
@@ -286,7 +299,8 @@ class LearnerRank(EngineCalls):
         mask_f = t["mask"].bool()
         old_mismatch = float((logp.detach() - old).abs()[mask_f].max()) if old_logp is not None and mask_f.any() else 0.0
         loss, metrics = grpo.grpo_loss(logp, old, t["advantages"], t["mask"], self.loss_config,
-                                       engine_logp=t["engine_logp"], ref_logp=ref_logp, weights=t["weights"])
+                                       engine_logp=t["engine_logp"], ref_logp=ref_logp, weights=t["weights"],
+                                       is_weights=t.get("is_weights"))
         # The weights normalise over the global batch; DeepSpeed averages gradients over ranks.
         self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
         boundary = self.engine.is_gradient_accumulation_boundary()
@@ -505,6 +519,9 @@ class LearnerGroup:
                   "advantages": batch.advantages[:, None].expand_as(batch.mask)}
         if weights is not None:
             tokens["weights"] = weights
+        for key in ("old_logp", "is_weights"):
+            if getattr(batch, key) is not None:
+                tokens[key] = getattr(batch, key)
         plans = packing.plan(batch.lengths.tolist(), shares, self.cfg.learner.max_tokens_per_micro_batch)
         return [[packing.pack(batch.input_ids, batch.lengths, tokens, rows) for rows in rank_plan] for rank_plan in plans]
 
@@ -543,9 +560,17 @@ class LearnerGroup:
         """(B, L - 1) log-probabilities of the targets under the reference policy, each rank
         computing its share (a ZeRO-3 reference is partitioned: every rank takes part in each
         forward, so every rank gets as many micro-batches)."""
+        return self._logprobs_of(batch, "reference_logprobs")
+
+    def proximal_logprobs(self, batch: TrainBatch) -> torch.Tensor:
+        """(B, L - 1) log-probabilities of the targets under the current policy, as
+        ``reference_logprobs`` computes the reference's."""
+        return self._logprobs_of(batch, "policy_logprobs")
+
+    def _logprobs_of(self, batch: TrainBatch, method: str) -> torch.Tensor:
         B, n = batch.input_ids.shape[0], len(self.ranks)
         micros = self.micro_batches(batch, [list(range(r * B // n, (r + 1) * B // n)) for r in range(n)])
-        values = ray.get([r.reference_logprobs.remote(m) for r, m in zip(self.ranks, micros)])
+        values = ray.get([getattr(r, method).remote(m) for r, m in zip(self.ranks, micros)])
         out = torch.zeros_like(batch.engine_logp)
         for rank_values, rank_micros in zip(values, micros):
             for v, m in zip(rank_values, rank_micros):

@@ -20,6 +20,7 @@ import json
 import logging
 import random
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import torch
 from rlvr import grpo, runtime
 from rlvr.config import Config, ConfigError
 from rlvr.data import Prompt, PromptStream, fitting_prompts, split_prompts
+from rlvr.training.ahead import PoolGate, RolloutsAhead, StepRollouts, fresh_groups, staleness, staleness_metrics
 from rlvr.training.gates import Gates, GateTripped
 from rlvr.training.interrupt import Interrupted, StopRequest
 from rlvr.training.learner import LearnerGroup, TrainBatch
@@ -108,6 +110,9 @@ class Trainer:
         self.collector: Collector | None = None
         self.learner: LearnerGroup | None = None
         self.pool: RolloutPool | None = None
+        self.gate: PoolGate | None = None  # the pool, one caller at a time (rollouts ahead vs weight updates)
+        self.collect_lock = threading.Lock()  # one collection at a time (the scorers serve one)
+        self.ahead: RolloutsAhead | None = None  # (algorithm.max_staleness >= 1)
         self.metrics: MetricsLogger | None = None
 
     # ------------------------------------------------------------------ set-up
@@ -133,11 +138,12 @@ class Trainer:
                                 num_gpus=rc.gpus_per_worker, resources=rc.resources,
                                 weights=self.learner, transport=rc.weight_transfer, bucket_bytes=rc.sync_bucket_bytes,
                                 colocated=self.learner.ranks if rc.colocate else None)
-        self.collector = Collector(self.pool, keys, scorer)
+        self.gate = PoolGate(self.pool)
+        self.collector = Collector(self.gate, keys, scorer)
         resumed = self._resume()
         self.metrics = MetricsLogger(cfg.logging, self.out, cfg.name, cfg.model_dump(), resume_step=self.step)
         if resumed:
-            self.pool.update_weights()
+            self.gate.update_weights()
 
     def _load_prompts(self) -> None:
         cfg = self.cfg
@@ -223,6 +229,9 @@ class Trainer:
                 runtime.settle()  # what setup built lives as long as the run
                 if not self.evals:
                     self.evals.append((self.step, self.evaluate()["eval/accuracy"]))
+                if self.cfg.algorithm.max_staleness:
+                    self.ahead = RolloutsAhead(self._collect, self._driver_state, self.step, self.cfg.steps,
+                                               self.cfg.algorithm.max_staleness)
                 with tqdm(total=self.cfg.steps, initial=self.step, desc="GRPO", unit="step",
                           disable=not self.cfg.logging.progress) as bar:  # closed on a stop too: no glued lines
                     while self.step < self.cfg.steps and not self._out_of_time():
@@ -278,14 +287,13 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         t = {"start": time.monotonic()}
-        before_step = self._driver_state()
-        prompts, completions, masks, rewards, stats = self._collect()
-        if self.stop.requested:
-            # Nothing has reached the learner: abandon the step, as if it had not begun.
-            self._load_driver_state(before_step)
-            self.stop.check(f"step {self.step}")
-        t["rollout"] = stats.pop("rollout_seconds")
-        t["reward"] = stats.pop("reward_seconds")
+        busy = self.gate.busy
+        got = self._rollouts()
+        t["wait"] = time.monotonic() - t["start"]
+        t["rollout"] = got.stats.pop("rollout_seconds")
+        t["reward"] = got.stats.pop("reward_seconds")
+        got, stats = self._fresh(got)
+        completions, masks, rewards = got.completions, got.masks, got.rewards
         batch = build_batch(completions, self.pad_id, masks)
         alg = self.cfg.algorithm
         truncated = torch.tensor([c.finish_reason == "length" for c in completions])
@@ -298,26 +306,84 @@ class Trainer:
             overlong_buffer=alg.overlong_buffer, overlong_mask=alg.overlong_mask, kl_per_token=kl, kl_beta=beta)
         batch.advantages = grpo.ADVANTAGE_ESTIMATORS[alg.advantage](shaped, alg.group_size)
         before = time.monotonic()
+        if alg.proximal:
+            stats.update(self._proximal(batch))
         learner_metrics = self.learner.train(batch)
         t["learn"] = time.monotonic() - before
         before = time.monotonic()
-        self.pool.update_weights()
-        t["sync"] = time.monotonic() - before
+        self.gate.update_weights()
+        if self.ahead is not None:
+            self.ahead.synced(self.step)
+        t["sync_wait"] = self.gate.waited
+        t["sync"] = time.monotonic() - before - t["sync_wait"]
         t["step"] = time.monotonic() - t["start"]
-        return self._step_metrics(prompts, rewards, lengths, truncated, learner_metrics, stats, t)
+        metrics = self._step_metrics(got.prompts, rewards, lengths, truncated, learner_metrics, stats, t)
+        # The overlap achieved: the shares of this step's wall time the engines spent generating
+        # and the learner spent learning (both near 1: each waits for nothing).
+        metrics["overlap/rollout_busy"] = (self.gate.busy - busy) / max(t["step"], 1e-9)
+        metrics["overlap/learner_busy"] = t["learn"] / max(t["step"], 1e-9)
+        return metrics
 
-    def _collect(self) -> tuple[list[Prompt], list[Completion], list[list[int]], torch.Tensor, dict]:
-        """Prompts x group_size samples (completions or episodes), their masks and rewards. With
-        dynamic sampling, groups whose rewards are all equal are dropped and more prompts drawn
-        (up to ``max_refills`` rounds); if still short, uninformative groups fill the batch
-        (their advantage is zero)."""
+    def _rollouts(self) -> StepRollouts:
+        """This step's samples: collected now (synchronous), or taken from the rollouts ahead."""
+        if self.ahead is not None:
+            return self.ahead.take(self.step, lambda: self.stop.check(f"step {self.step}"))
+        before_step = self._driver_state()
+        got = self._collect(self.step)
+        if self.stop.requested:
+            # Nothing has reached the learner: abandon the step, as if it had not begun.
+            self._load_driver_state(before_step)
+            self.stop.check(f"step {self.step}")
+        return got
+
+    def _fresh(self, got: StepRollouts) -> tuple[StepRollouts, dict]:
+        """The groups whose samples are at most ``max_staleness`` weight updates old (the rest
+        are dropped, counted) and, with rollouts ahead, the staleness of those trained on."""
+        k, G = self.cfg.algorithm.max_staleness, self.cfg.algorithm.group_size
+        stats = got.stats
+        if not k:
+            return got, stats
+        lag = staleness(got.completions, self.gate.version)
+        keep = fresh_groups(lag, G, k)
+        if not keep.any():
+            raise RuntimeError(f"step {self.step}: every sample is more than {k} weight updates old")
+        rows = keep.repeat_interleave(G)
+        kept = [i for i in range(len(rows)) if rows[i]]
+        stats.update(staleness_metrics(lag[rows], int((~rows).sum()), k))
+        got = StepRollouts(got.step, [p for p, on in zip(got.prompts, keep) if on], [got.completions[i] for i in kept],
+                           [got.masks[i] for i in kept], got.rewards[rows], stats)
+        return got, stats
+
+    def _proximal(self, batch) -> dict[str, float]:
+        """The decoupled objective: the learner's current log-probabilities (the proximal policy)
+        and the importance weights against the engine's; rejected tokens leave the mask before
+        the loss is normalised. Returns the ratios' statistics."""
+        alg = self.cfg.algorithm
+        prox = self.learner.proximal_logprobs(batch)
+        ratio = grpo.importance_ratios(prox, batch.engine_logp, batch.mask, alg.is_level)
+        if alg.tis_cap is None:
+            weights, keep = torch.ones_like(prox), batch.mask.bool()
+        else:
+            weights, keep = grpo.importance_weights(prox, batch.engine_logp, batch.mask, alg.is_mode, alg.is_level,
+                                                    alg.is_low, alg.tis_cap)
+        out = grpo.importance_metrics(ratio, weights, keep, batch.mask, alg.is_mode, alg.tis_cap or float("inf"))
+        batch.mask = batch.mask * keep.to(batch.mask.dtype)
+        batch.old_logp, batch.is_weights = prox, weights
+        return out
+
+    def _collect(self, step: int) -> StepRollouts:
+        """Prompts x group_size samples (completions or episodes), their masks and rewards, for
+        ``step``. With dynamic sampling, groups whose rewards are all equal are dropped and more
+        prompts drawn (up to ``max_refills`` rounds); if still short, uninformative groups fill
+        the batch (their advantage is zero)."""
         cfg, G = self.cfg, self.cfg.algorithm.group_size
         want = cfg.prompts_per_step
         kept, spare, episodes = [], [], []
         stats = {"rollout_seconds": 0.0, "reward_seconds": 0.0, "rounds": 0, "scoring_failures": 0}
         for round_ in range(cfg.algorithm.max_refills + 1 if cfg.algorithm.dynamic_sampling else 1):
-            prompts = self.stream.next(want - len(kept))
-            got = self.collector.collect(prompts, G, cfg.rollout.sampling, sampling_seed(cfg.seed, self.step, round_))
+            with self.collect_lock:
+                prompts = self.stream.next(want - len(kept))
+                got = self.collector.collect(prompts, G, cfg.rollout.sampling, sampling_seed(cfg.seed, step, round_))
             samples, masks, rewards = got.samples, got.masks, got.rewards
             for key in ("rollout_seconds", "reward_seconds", "scoring_failures"):
                 stats[key] += getattr(got, key)
@@ -335,8 +401,8 @@ class Trainer:
         stats["informative_groups"] = len(kept) / want
         stats.update(episode_metrics(episodes))
         kept = (kept + spare)[:want]
-        return ([p for p, _, _, _ in kept], [c for _, cs, _, _ in kept for c in cs], [m for _, _, ms, _ in kept for m in ms],
-                torch.cat([r for _, _, _, r in kept]), stats)
+        return StepRollouts(step, [p for p, _, _, _ in kept], [c for _, cs, _, _ in kept for c in cs],
+                            [m for _, _, ms, _ in kept for m in ms], torch.cat([r for _, _, _, r in kept]), stats)
 
     def _step_metrics(self, prompts, rewards, lengths, truncated, learner_metrics, stats, t) -> dict[str, float]:
         G = self.cfg.algorithm.group_size
@@ -347,7 +413,7 @@ class Trainer:
              "response/truncated": float(truncated.float().mean()),
              "rollout/rounds": stats["rounds"], "rollout/informative_groups": stats["informative_groups"],
              "reward/scoring_failures": stats["scoring_failures"],
-             **{k: v for k, v in stats.items() if k.startswith("episode/")},
+             **{k: v for k, v in stats.items() if k.startswith(("episode/", "staleness/", "is/"))},
              "throughput/generated_tokens_per_s": float(lengths.sum()) / max(t["rollout"], 1e-9),
              "throughput/tokens_per_s": float(lengths.sum()) / max(t["step"], 1e-9)}
         for env in sorted({p.env for p in prompts}):
@@ -363,7 +429,8 @@ class Trainer:
         """Greedy (``rollout.eval_sampling``) accuracy on the held-out prompts."""
         if not self.eval_prompts:
             return {"eval/accuracy": float("nan")}
-        got = self.collector.collect(self.eval_prompts, 1, self.cfg.rollout.eval_sampling, eval_seed(self.cfg.seed))
+        with self.collect_lock:
+            got = self.collector.collect(self.eval_prompts, 1, self.cfg.rollout.eval_sampling, eval_seed(self.cfg.seed))
         rewards = got.rewards
         out = {"eval/accuracy": float(rewards.mean())}
         out.update({f"eval/{k}": v for k, v in episode_metrics(got.episodes).items()})
@@ -379,8 +446,10 @@ class Trainer:
         if (self.ckpt_dir / "resume_from").exists() and (self.ckpt_dir / "resume_from").read_text() == tag:
             return
         self.learner.save(str(self.ckpt_dir), tag)
+        # (rollouts ahead: the prompt stream from before the oldest untrained step drew its prompts)
+        driver = self.ahead.checkpoint_state() if self.ahead is not None else self._driver_state()
         state = {"step": self.step, "evals": self.evals, "train_seconds": self.train_seconds,
-                 "wall_seconds": self._wall_seconds(), **self._driver_state()}
+                 "wall_seconds": self._wall_seconds(), **driver}
         torch.save(state, self.ckpt_dir / tag / "trainer_state.pt")
         pointer = self.ckpt_dir / "resume_from.tmp"
         pointer.write_text(tag)
@@ -448,6 +517,8 @@ class Trainer:
         return summary
 
     def shutdown(self) -> None:
+        if self.ahead is not None:
+            self.ahead.close()
         if self.collector is not None:
             self.collector.close()
         if self.metrics is not None:

@@ -34,11 +34,25 @@ def test_defaults_and_derived_batch_arithmetic():
     ({"prompts_per_step": 10, "learner": {"num_ranks": 3}}, "learner.num_ranks = 3"),
     ({"learner": {"max_tokens_per_micro_batch": 0}}, "learner.max_tokens_per_micro_batch"),
     ({"rollout": {"max_model_len": 64, "sampling": {"max_tokens": 64}}}, "rollout.sampling.max_tokens: 64 leaves"),
+    ({"algorithm": {"max_staleness": -1}}, "algorithm.max_staleness"),
+    ({"algorithm": {"max_staleness": 1}, "rollout": {"colocate": True}}, "algorithm.max_staleness: needs rollout workers"),
+    ({"algorithm": {"is_mode": "mask", "is_low": 2.5}}, "algorithm: is_mode=mask keeps ratios in [is_low, tis_cap]"),
+    ({"algorithm": {"is_mode": "mask", "tis_cap": None}}, "needs tis_cap > is_low"),
+    ({"algorithm": {"is_level": "batch"}}, "algorithm.is_level"),
 ])
 def test_errors_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as err:
         load_config({"data": DATA} | overrides)
     assert key in str(err.value), str(err.value)
+
+
+def test_the_learner_recomputes_the_proximal_policy_only_where_the_objective_needs_it():
+    def proximal(**algorithm):
+        return load_config({"data": DATA, "algorithm": algorithm}).algorithm.proximal
+
+    # token-level truncation: the loss's own forward is the proximal policy (stale samples too)
+    assert not proximal() and not proximal(epochs=3) and not proximal(max_staleness=2)
+    assert proximal(is_mode="mask") and proximal(is_level="geometric") and proximal(is_level="sequence")
 
 
 def _train(*args: str) -> subprocess.CompletedProcess:

@@ -72,6 +72,79 @@ def test_truncated_importance_weights():
     assert torch.allclose(w, torch.tensor([2.0, 1.0, 2.0]))  # 0.5/0.25 = 2, 1, 10 -> capped at 2
 
 
+# Two sequences: the first with three trained tokens, the second with two (its last is padding).
+# Token ratios pi_prox / pi_engine: [2, 0.5, 4] and [1.5, 0.25].
+PROX = torch.log(torch.tensor([[0.8, 0.2, 0.4], [0.6, 0.1, 0.7]]))
+ENGINE = torch.log(torch.tensor([[0.4, 0.4, 0.1], [0.4, 0.4, 0.9]]))
+MASK = torch.tensor([[1, 1, 1], [1, 1, 0]])
+
+
+def test_importance_ratios_per_token_per_sequence_and_geometric():
+    token = grpo.importance_ratios(PROX, ENGINE, MASK, "token")
+    assert torch.allclose(token[MASK.bool()], torch.tensor([2.0, 0.5, 4.0, 1.5, 0.25]))
+    sequence = grpo.importance_ratios(PROX, ENGINE, MASK, "sequence")  # products: 4 and 0.375, on every token
+    assert torch.allclose(sequence, torch.tensor([[4.0] * 3, [0.375] * 3]))
+    geometric = grpo.importance_ratios(PROX, ENGINE, MASK, "geometric")  # 4 ** (1/3), 0.375 ** (1/2)
+    assert torch.allclose(geometric, torch.tensor([[4 ** (1 / 3)] * 3, [0.375 ** 0.5] * 3]))
+    # a product over a long sequence is clamped, not inf
+    long = grpo.importance_ratios(torch.zeros(1, 100), torch.full((1, 100), -1.0), torch.ones(1, 100), "sequence")
+    assert torch.isfinite(long).all() and long[0, 0] == pytest.approx(math.exp(20), rel=1e-5)
+    with pytest.raises(ValueError, match="level"):
+        grpo.importance_ratios(PROX, ENGINE, MASK, "batch")
+
+
+def test_truncated_importance_sampling_at_each_level():
+    w, keep = grpo.importance_weights(PROX, ENGINE, MASK, "truncate", "token", high=2.0)
+    assert torch.allclose(w[MASK.bool()], torch.tensor([2.0, 0.5, 2.0, 1.5, 0.25]))  # 4 -> 2
+    assert torch.equal(keep, MASK.bool())  # truncation rejects nothing
+    w, _ = grpo.importance_weights(PROX, ENGINE, MASK, "truncate", "sequence", high=2.0)
+    assert torch.allclose(w, torch.tensor([[2.0] * 3, [0.375] * 3]))
+    # the token level is what the loss always applied (truncated_is_weights), bit for bit
+    assert torch.equal(grpo.importance_weights(PROX, ENGINE, torch.ones_like(MASK), "truncate", "token", high=2.0)[0],
+                       grpo.truncated_is_weights(PROX, ENGINE, 2.0))
+
+
+def test_masked_importance_sampling_rejects_tokens_or_whole_sequences():
+    # token level, kept in [0.45, 2.05]: 2 (kept), 0.5 (kept), 4 (out), 1.5 (kept), 0.25 (out)
+    w, keep = grpo.importance_weights(PROX, ENGINE, MASK, "mask", "token", low=0.45, high=2.05)
+    assert keep.tolist() == [[True, True, False], [True, False, False]]
+    assert torch.allclose(w, torch.tensor([[2.0, 0.5, 0.0], [1.5, 0.0, 0.0]]))
+    # sequence level: 4 and 0.375 are both out of [0.45, 2.05]: nothing is trained
+    w, keep = grpo.importance_weights(PROX, ENGINE, MASK, "mask", "sequence", low=0.45, high=2.05)
+    assert not keep.any() and not w.any()
+    # geometric: 1.587 (kept: every token of the first sequence, weighted by it), 0.612 (kept)
+    w, keep = grpo.importance_weights(PROX, ENGINE, MASK, "mask", "geometric", low=0.45, high=2.05)
+    assert torch.equal(keep, MASK.bool())
+    assert torch.allclose(w, torch.tensor([[4 ** (1 / 3)] * 3, [0.375 ** 0.5] * 2 + [0.0]]))
+    # ... and with the floor above 0.612, the second sequence goes whole
+    _, keep = grpo.importance_weights(PROX, ENGINE, MASK, "mask", "geometric", low=0.7, high=2.05)
+    assert keep.tolist() == [[True, True, True], [False, False, False]]
+    with pytest.raises(ValueError, match="mode"):
+        grpo.importance_weights(PROX, ENGINE, MASK, "clip")
+
+
+def test_importance_metrics_count_truncated_and_masked_tokens():
+    ratio = grpo.importance_ratios(PROX, ENGINE, MASK, "token")
+    w, keep = grpo.importance_weights(PROX, ENGINE, MASK, "truncate", "token", high=2.0)
+    m = grpo.importance_metrics(ratio, w, keep, MASK, "truncate", 2.0)
+    assert m["is/ratio_mean"] == pytest.approx((2 + 0.5 + 4 + 1.5 + 0.25) / 5)
+    assert m["is/ratio_min"] == pytest.approx(0.25) and m["is/ratio_max"] == pytest.approx(4.0)
+    assert m["is/truncated_share"] == pytest.approx(1 / 5)  # only 4 is above the cap
+    w, keep = grpo.importance_weights(PROX, ENGINE, MASK, "mask", "token", low=0.45, high=2.05)
+    assert grpo.importance_metrics(ratio, w, keep, MASK, "mask", 2.05)["is/masked_share"] == pytest.approx(2 / 5)
+
+
+def test_precomputed_importance_weights_replace_the_truncation_in_the_loss():
+    # rejected tokens leave the mask before the loss is normalised: the token mean is over the kept ones
+    w, keep = grpo.importance_weights(PROX, ENGINE, MASK, "mask", "token", low=0.45, high=2.05)
+    adv = torch.tensor([1.0, -1.0])
+    loss, m = grpo.grpo_loss(PROX, PROX, adv, keep.int(), grpo.LossConfig(tis_cap=2.0), engine_logp=ENGINE,
+                             is_weights=w)
+    # ratio 1 everywhere (logp = old): per token -A, weighted 2, 0.5 (first), 1.5 (second), over 3 tokens
+    assert loss.item() == pytest.approx((-2.0 - 0.5 + 1.5) / 3)
+    assert m["is_weight_mean"] == pytest.approx((2.0 + 0.5 + 1.5) / 3)
+
+
 def test_overlong_penalty_and_kl_in_reward():
     lengths = torch.tensor([50, 80, 90, 100, 120])
     assert grpo.overlong_penalty(lengths, max_len=100, buffer=20).tolist() == pytest.approx([0, 0, -0.5, -1, -1])
@@ -114,6 +187,7 @@ def test_grpo_loss_wires_everything():
     # token mean over 3 tokens: (-1.2 - 2.0 + 1.0) / 3
     assert loss.item() == pytest.approx((-1.2 - 2.0 + 1.0) / 3, abs=1e-6)
     assert metrics["clip_fraction"] == 0 and metrics["is_weight_mean"] == pytest.approx(4 / 3)
+    assert metrics["is_truncated_share"] == pytest.approx(1 / 3)  # the ratio 2 sits at the cap
     with pytest.raises(ValueError, match="reference"):
         grpo.grpo_loss(logp, old, adv, mask, grpo.LossConfig(kl_coef=0.1))
     loss_kl, m = grpo.grpo_loss(logp, old, adv, mask, grpo.LossConfig(kl_coef=0.1, tis_cap=None), ref_logp=old)

@@ -19,8 +19,8 @@ SMALL = [
 ]
 
 
-def _command(out: Path) -> list[str]:
-    return [str(Path(sys.executable).parent / "rlvr-train"), f"hydra.run.dir={out}", "name=sqltest", *SMALL]
+def _command(out: Path, *extra: str) -> list[str]:
+    return [str(Path(sys.executable).parent / "rlvr-train"), f"hydra.run.dir={out}", "name=sqltest", *SMALL, *extra]
 
 
 def _metrics(out: Path) -> dict[int, dict]:
@@ -63,3 +63,20 @@ def test_kill_9_mid_run_then_relaunch_continues_exactly(whole, tmp_path, kill_at
                 (4, "reward/mean"), (4, "train/loss"), (4, "eval/accuracy")]
     for step, key in compared:
         assert b[step][key] == pytest.approx(a[step][key], rel=1e-5, abs=1e-7), (step, key)
+
+
+@pytest.mark.slow
+def test_episodes_are_played_ahead_of_the_learner_and_killed_runs_resume(tmp_path, kill_at_checkpoint):
+    # algorithm.max_staleness=1: the next step's episodes are played while the learner trains
+    kill_at_checkpoint(_command(tmp_path, "algorithm.max_staleness=1"), tmp_path, "step_000002")
+    done = subprocess.run(_command(tmp_path, "algorithm.max_staleness=1"), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stdout + done.stderr
+    metrics = _metrics(tmp_path)
+    assert sorted(metrics) == [1, 2, 3, 4]
+    assert [metrics[s]["staleness/mean"] for s in (1, 2, 3, 4)] == [0, 1, 0, 1]  # (3: the first after the relaunch)
+    for step in (1, 2, 3, 4):
+        assert metrics[step]["episode/turns_mean"] >= 1 and "reward/sql/mean" in metrics[step]
+        # token-level truncation of the ratio to the stale engine's log-probs, inside the loss
+        assert 0 < metrics[step]["train/is_weight_mean"] <= 2 and 0 <= metrics[step]["train/is_truncated_share"] <= 1
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 4

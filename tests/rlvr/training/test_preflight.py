@@ -13,6 +13,7 @@ import torch
 import rlvr.model as M
 from rlvr.config import ConfigError, load_config
 from rlvr.model.config import tiny
+from rlvr.training import preflight
 from rlvr.training.command_line import check_command_line, compose_jobs, fit_overrides, parse
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
@@ -148,6 +149,17 @@ def test_a_relaunch_with_another_config_is_refused_unless_forced(tmp_path):
     _check("learner.lr=3e-4", "resume=force", out=tmp_path / "run")
 
 
+def test_a_run_saved_before_a_config_key_existed_resumes_at_its_default(tmp_path):
+    run = tmp_path / "run"
+    _earlier_run(run)
+    saved = json.loads((run / "config.json").read_text())
+    del saved["algorithm"]["max_staleness"], saved["algorithm"]["is_mode"]  # (keys added after that run)
+    (run / "config.json").write_text(json.dumps(saved))
+    _check(out=run)  # at their defaults they change nothing
+    with pytest.raises(ConfigError, match=r"algorithm.max_staleness: None -> 1"):
+        _check("algorithm.max_staleness=1", out=run)
+
+
 def _train(*args: str) -> tuple[subprocess.CompletedProcess, float]:
     start = time.monotonic()
     done = subprocess.run([str(Path(sys.executable).parent / "rlvr-train"), *args], capture_output=True, text=True,
@@ -188,3 +200,14 @@ def test_joining_a_cluster_without_the_resources_fails_naming_the_key():
     with pytest.raises(ConfigError, match="rollout.resources: no node of the Ray cluster has rollout_node=1"):
         check_cluster_resources(cfg, nodes)
     check_cluster_resources(load_config(_composed()), nodes)  # CPUs only: fits
+
+
+def test_rollouts_ahead_on_too_few_cores_are_warned_about_naming_the_thread_keys():
+    def warning(*overrides, cores=2):
+        return preflight.warn_oversubscribed(load_config(_composed(*overrides)), cores=cores)
+
+    assert warning() is None  # synchronous: the phases take turns on every core
+    message = warning("algorithm.max_staleness=1")  # the CPU defaults: 2 + 2 threads
+    assert "rollout.threads=1 learner.threads=1" in message and "4 torch threads" in message
+    assert warning("algorithm.max_staleness=1", "rollout.threads=1", "learner.threads=1") is None
+    assert warning("algorithm.max_staleness=1", cores=8) is None

@@ -85,6 +85,50 @@ def _assert_same_run(whole: Path, resumed: Path, steps=(3, 4)) -> None:
         assert after[key] == before[key], key
 
 
+@pytest.mark.slow
+def test_the_synchronous_loop_reproduces_the_numbers_of_the_loop_before_rollouts_ahead(whole):
+    # algorithm.max_staleness=0 (the default) is the loop as it was before asynchronous GRPO:
+    # the same samples, rewards, losses, gradients and evaluations, to the bit.
+    golden = json.loads((Path(__file__).parent / "data" / "quick_job_sync_metrics.json").read_text())["rows"]
+    rows = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == len(golden)
+    for row, want in zip(rows, golden):
+        for key, value in want.items():
+            assert row[key] == value, (row["step"], key, row[key], value)
+    assert all("staleness/mean" not in row for row in rows)  # (nothing runs ahead)
+
+
+@pytest.mark.slow
+def test_rollouts_ahead_train_on_stale_samples_and_a_signal_stops_and_resumes(tmp_path):
+    # dapo: dynamic sampling's refills run ahead too; masked IS: the proximal policy recomputed before the update
+    ahead = ["algorithm.max_staleness=1", "algorithm=dapo", "algorithm.is_mode=mask"]
+    proc = subprocess.Popen(_command(tmp_path, *ahead), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    _wait_for(proc, lambda: (tmp_path / "metrics.jsonl").exists()
+              and '"step": 1,' in (tmp_path / "metrics.jsonl").read_text(), "step 1")
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr[-2000:]
+    resumed_at = int((tmp_path / "checkpoints" / "resume_from").read_text().removeprefix("step_"))
+    assert 1 <= resumed_at < 4
+    done = subprocess.run(_command(tmp_path, *ahead), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "train/loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    lag = {r["step"]: r["staleness/mean"] for r in steps}
+    # step 1 samples the starting weights; every later step was collected while the one before it
+    # trained (one update old), except the first after the relaunch: its samples come from the
+    # checkpoint's weights (the rollouts in flight at the signal were abandoned, their prompts drawn again)
+    assert lag == {s: 0 if s in (1, resumed_at + 1) else 1 for s in (1, 2, 3, 4)}
+    for r in steps:
+        assert r["staleness/max"] <= 1 and r["staleness/dropped"] == 0
+        assert 0 < r["is/ratio_min"] <= r["is/ratio_mean"] <= r["is/ratio_max"] and 0 <= r["is/masked_share"] <= 1
+        assert 0 < r["overlap/learner_busy"] <= 1 and r["overlap/rollout_busy"] >= 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 4 and 0 <= summary["eval_accuracy_after"] <= 1
+
+
 def test_colocated_rollouts_run_the_same_job(whole, tmp_path):
     # rollout.colocate: the learner rank samples from the module it trains, with no rollout worker
     # and no weight sync; the same seed gives the same samples, rewards, losses and evaluations.
