@@ -16,7 +16,8 @@ from rlvr.tokenizer import ByteTokenizer
 
 
 @pytest.mark.slow
-def test_a_mixture_of_four_environments_trains_with_a_local_judge(tmp_path):
+@pytest.mark.parametrize("max_staleness", [0, 1])  # 1: every environment's rollouts and scoring run ahead
+def test_a_mixture_of_four_environments_trains_with_a_local_judge(tmp_path, max_staleness):
     torch.manual_seed(0)
     tok = ByteTokenizer()
     M.HybridLM(tiny(max_position_embeddings=2048, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)).save(
@@ -26,13 +27,15 @@ def test_a_mixture_of_four_environments_trains_with_a_local_judge(tmp_path):
                "eval_every=100", "time_limit=null", "logging.progress=false", "logging.tensorboard=false",
                "cluster.num_cpus=4", "reward.workers=1", "rollout.sampling.max_tokens=24",
                "rollout.eval_sampling.max_tokens=24", "data.train.3.env_args.max_tokens=8",
-               "data.eval.3.env_args.max_tokens=8"]
+               "data.eval.3.env_args.max_tokens=8", f"algorithm.max_staleness={max_staleness}"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600,
                           env=os.environ | {"RLVR_JUDGE_CHECKPOINT": str(tmp_path / "judge")})
     assert done.returncode == 0, done.stderr[-3000:]
     steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
              if "reward/mean" in line]
     assert len(steps) == 2
+    if max_staleness:
+        assert [s["staleness/mean"] for s in steps] == [0, 1]
     for env in ("math", "code", "sql", "judge"):
         assert any(f"reward/{env}/mean" in s for s in steps), env
     judged = [s for s in steps if "reward/judge/mean" in s]
