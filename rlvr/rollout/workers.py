@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import itertools
+import json
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -35,6 +36,8 @@ from rlvr import runtime
 from rlvr.rollout.engine import Completion, SamplingParams
 from rlvr.rollout.multiturn import Episode, run_episodes
 from rlvr.rollout.weights import ALIGN, Layout, WeightSender, buckets, pack_bucket, unpack_bucket
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,6 +227,7 @@ class RolloutPool:
         ray.kill(self.workers[slot], no_restart=True)
         self.workers[slot] = self._start()
         self.restarts += 1
+        log.warning("rollout worker %d died: replaced by a new one (%d replacement(s) so far)", slot, self.restarts)
         self.channel = None  # the group had the dead worker in it: a new generation
         if self.version and self.weights is not None:
             self._push([self.workers[slot]], self.version)

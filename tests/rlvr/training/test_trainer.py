@@ -129,6 +129,27 @@ def test_rollouts_ahead_train_on_stale_samples_and_a_signal_stops_and_resumes(tm
     assert summary["steps"] == 4 and 0 <= summary["eval_accuracy_after"] <= 1
 
 
+@pytest.mark.slow
+def test_rollouts_ahead_survive_a_killed_rollout_worker(tmp_path):
+    proc = subprocess.Popen(_command(tmp_path, "algorithm.max_staleness=2", "steps=30", "checkpoint_every=100"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _wait_for(proc, lambda: (tmp_path / "metrics.jsonl").exists()
+              and '"step": 3,' in (tmp_path / "metrics.jsonl").read_text(), "step 3")
+    ps = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True).stdout.splitlines()
+    workers = [int(line.split()[0]) for line in ps
+               if line.split()[1] == str(proc.pid) and line.split(None, 2)[2].startswith("ray::RolloutWorker")]
+    assert workers, "no rollout worker found in the run's session"
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "train/loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, 31))
+    assert max(r["staleness/max"] for r in steps) <= 2 and sum(r["staleness/dropped"] for r in steps) == 0
+    assert "rollout worker 0 died: replaced" in _log(tmp_path)
+
+
 def test_colocated_rollouts_run_the_same_job(whole, tmp_path):
     # rollout.colocate: the learner rank samples from the module it trains, with no rollout worker
     # and no weight sync; the same seed gives the same samples, rewards, losses and evaluations.
