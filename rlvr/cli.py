@@ -374,7 +374,7 @@ def _eval_setup(args: argparse.Namespace):
             raise UsageError(f"--run: the run {args.run} has no held-out prompts (data.eval empty and data.holdout=0)")
         rc, model = cfg.rollout, args.model or args.run / "final"
         spec = _engine_spec(args, model, tokenizer=cfg.model.tokenizer, max_batch=rc.max_batch, backend=rc.engine,
-                            max_model_len=rc.max_model_len, dtype=cfg.model.dtype)
+                            max_model_len=rc.max_model_len, dtype=cfg.rollout_dtype)
         job = {"input": str(args.run.resolve()), "fingerprint": fingerprint(path)}
         return model, prompts, _sampling(args, rc.eval_sampling), eval_seed(cfg.seed), spec, job
     if args.model is None or args.env is None or args.input is None:

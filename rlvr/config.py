@@ -99,11 +99,14 @@ class DataConfig(_Strict):
 class AlgorithmConfig(_Strict):
     """GRPO and its variants (see ``rlvr/grpo.py`` for the maths)."""
 
-    name: Literal["grpo"] = "grpo"
+    name: Literal["grpo", "gspo"] = "grpo"  # (a label: the keys below make the algorithm)
     advantage: Literal["grpo", "dr_grpo"] = "grpo"
     group_size: int = Field(8, ge=2)  # samples per prompt
     clip_low: float = Field(0.2, ge=0, le=1)  # the ratio's floor is 1 - clip_low
     clip_high: float = Field(0.28, ge=0)  # >= clip_low; > clip_low is DAPO's clip-higher
+    # token: each token's ratio is clipped (PPO, GRPO); sequence: one ratio per sequence, the
+    # geometric mean of its token ratios (GSPO: algorithm=gspo)
+    policy_ratio: Literal["token", "sequence"] = "token"
     aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
     kl_coef: float = Field(0.0, ge=0)  # KL to the starting policy; 0 = off
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
@@ -136,11 +139,11 @@ class AlgorithmConfig(_Strict):
     @property
     def proximal(self) -> bool:
         """Whether the learner recomputes the proximal log-probabilities in a pass of their own
-        before its update: for importance weights other than token-level truncation (they are
-        computed, and rejected tokens removed, before the loss is normalised). Otherwise the
-        loss's own forward is the proximal policy (nothing has stepped yet within the update;
-        with ``epochs`` > 1 each rank runs its own pass), stale samples included."""
-        return self.is_mode != "truncate" or self.is_level != "token"
+        before its update: for masked importance sampling (the rejected tokens leave the loss
+        before it is normalised). Otherwise the loss's own forward is the proximal policy
+        (nothing has stepped yet within the update; with ``epochs`` > 1 each rank runs its own
+        pass), stale samples included, and truncation is applied inside the loss."""
+        return self.is_mode == "mask"
 
 
 class SamplingConfig(_Strict):
@@ -171,6 +174,9 @@ class RolloutConfig(_Strict):
     sampling: SamplingConfig = SamplingConfig()
     eval_sampling: SamplingConfig = SamplingConfig(temperature=0.0)
     vllm_kwargs: dict[str, Any] = {}
+    # The engines' dtype; None: model.dtype. bfloat16 on CPU is supported (the builtin engine
+    # computes in bf16, the SSM state stays fp32): the precision gap a GPU run has, on this machine.
+    dtype: Literal["float32", "bfloat16"] | None = None
     # Weight sync to the rollout workers travels in chunks (buckets) of at most this many bytes.
     sync_bucket_bytes: int = Field(64 * 1024**2, ge=1)
     # How: "collective", in memory over a process group of the learner's rank 0 and every engine
@@ -318,6 +324,9 @@ class Config(_Strict):
         if self.rollout.colocate and self.learner.zero_stage == 3:
             raise ValueError("rollout.colocate: needs learner.zero_stage <= 2 (ZeRO-3 splits every parameter over "
                              "the ranks; the engine needs them whole)")
+        if self.rollout.colocate and self.rollout.dtype not in (None, "bfloat16" if self.learner.bf16 else "float32"):
+            raise ValueError(f"rollout.dtype: {self.rollout.dtype} differs from the learner's, but colocated rollouts "
+                             "(rollout.colocate=true) sample from the learner's own weights")
         if self.rollout.colocate and self.algorithm.max_staleness:
             raise ValueError("algorithm.max_staleness: needs rollout workers of their own (rollout.colocate=true "
                              "samples on the learner's ranks: rollouts and learning cannot overlap there)")
@@ -330,6 +339,11 @@ class Config(_Strict):
     @property
     def sequences_per_step(self) -> int:
         return self.prompts_per_step * self.algorithm.group_size
+
+    @property
+    def rollout_dtype(self) -> str:
+        """The rollout engines' dtype: rollout.dtype, else model.dtype."""
+        return self.rollout.dtype or self.model.dtype
 
     @property
     def sequences_per_rank(self) -> int:

@@ -12,7 +12,8 @@ KL estimators k1/k2/k3 (Schulman 2020, "Approximating KL divergence"), truncated
 sampling for inference/training mismatch (Yao et al. 2025), masked importance sampling (Liu et
 al. 2025, "When Speed Kills Stability"), the decoupled PPO objective for stale rollouts (Hilton
 et al. 2022; AReaL, Fu et al. 2025: clip against a recomputed proximal policy, correct for the
-behaviour policy with importance weights).
+behaviour policy with importance weights), GSPO (Zheng et al. 2025: one clipped ratio per
+sequence, the geometric mean of its token ratios).
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ IS_LEVELS = ("token", "sequence", "geometric")
 IS_MODES = ("truncate", "mask")
 
 
-def importance_ratios(prox_logp: Tensor, engine_logp: Tensor, mask: Tensor, level: str = "token") -> Tensor:
+def importance_ratios(prox_logp: Tensor, engine_logp: Tensor, mask: Tensor, level: str = "token",
+                      segments: Tensor | None = None) -> Tensor:
     """The behaviour correction's ratio pi_prox / pi_engine, on every token of (B, T): the
     tokens were sampled by the inference engine (other kernels and precision; with
     ``max_staleness`` > 0, older weights too), the loss is taken against the proximal policy.
@@ -89,20 +91,22 @@ def importance_ratios(prox_logp: Tensor, engine_logp: Tensor, mask: Tensor, leve
     - ``sequence``: the product of the sequence's token ratios, on each of its tokens;
     - ``geometric``: the geometric mean of the sequence's token ratios (GSPO's length-normalised
       ratio), on each of its tokens.
-    Log-ratios are clamped to +-20 before ``exp`` (a long sequence's product would overflow)."""
+    Log-ratios are clamped to +-20 before ``exp`` (a long sequence's product would overflow).
+    ``segments``: the sequences of packed rows (``segment_totals``)."""
     log_ratio = (prox_logp - engine_logp) * mask
     if level == "token":
         return torch.exp(log_ratio)
-    total = log_ratio.sum(dim=1, keepdim=True)
-    if level == "geometric":
-        total = total / mask.sum(dim=1, keepdim=True).clamp(min=1)
-    elif level != "sequence":
+    if level not in IS_LEVELS:
         raise ValueError(f"unknown importance-sampling level {level!r} ({', '.join(IS_LEVELS)})")
-    return torch.exp(total.clamp(-20, 20)).expand_as(log_ratio)
+    total, count = segment_totals(log_ratio, mask, segments)
+    if level == "geometric":
+        total = total / count.clamp(min=1)
+    return torch.exp(total.clamp(-20, 20))
 
 
 def importance_weights(prox_logp: Tensor, engine_logp: Tensor, mask: Tensor, mode: str = "truncate",
-                       level: str = "token", low: float = 0.0, high: float = 2.0) -> tuple[Tensor, Tensor]:
+                       level: str = "token", low: float = 0.0, high: float = 2.0,
+                       segments: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per-token loss weights for the engine/learner mismatch, and the tokens that stay in the loss:
     - ``truncate`` (TIS, Yao et al. 2025): weight min(ratio, high); every token stays;
     - ``mask`` (MIS, "When Speed Kills Stability", 2025): a token (``level`` token) or a whole
@@ -110,7 +114,7 @@ def importance_weights(prox_logp: Tensor, engine_logp: Tensor, mask: Tensor, mod
       rest keep their ratio as weight. The caller removes the rejected tokens from the loss mask
       *before* the loss is normalised, so they count in no denominator.
     Detached: no gradient flows through. -> (weights, keep), both (B, T)."""
-    ratio = importance_ratios(prox_logp, engine_logp, mask, level).detach()
+    ratio = importance_ratios(prox_logp, engine_logp, mask, level, segments).detach()
     if mode == "truncate":
         return ratio.clamp(max=high), mask.bool()
     if mode != "mask":
@@ -143,18 +147,54 @@ def importance_metrics(ratio: Tensor, weights: Tensor, keep: Tensor, mask: Tenso
     return out
 
 
-def clipped_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, clip_low: float = 0.2,
-                        clip_high: float = 0.2) -> tuple[Tensor, Tensor]:
+def clipped_surrogate(ratio: Tensor, advantages: Tensor, clip_low: float = 0.2, clip_high: float = 0.2
+                      ) -> tuple[Tensor, Tensor]:
     """PPO-clip per token: -min(ratio A, clip(ratio, 1-clip_low, 1+clip_high) A).
     ``clip_high > clip_low`` is DAPO's clip-higher (more room for raising unlikely tokens).
     advantages: (B,) per sequence or (B, T). Returns (loss per token, clipped indicator)."""
     if advantages.dim() == 1:
         advantages = advantages[:, None]
-    ratio = torch.exp(logp - old_logp)
     unclipped = ratio * advantages
     clipped = ratio.clamp(1 - clip_low, 1 + clip_high) * advantages
     loss = -torch.minimum(unclipped, clipped)
     return loss, (clipped < unclipped).float()
+
+
+def clipped_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, clip_low: float = 0.2,
+                        clip_high: float = 0.2) -> tuple[Tensor, Tensor]:
+    """The clipped surrogate of each token's own ratio pi_theta / pi_old (PPO, GRPO)."""
+    return clipped_surrogate(torch.exp(logp - old_logp), advantages, clip_low, clip_high)
+
+
+def segment_totals(values: Tensor, mask: Tensor, segments: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """On every token, the sum of ``values`` over the masked tokens of its sequence and their
+    number. A row is one sequence, or (``segments``: (B, T) sequence numbers within each row,
+    packed micro-batches' ``seq_idx``) several. No gradient flows through."""
+    values, mask = values.detach().float(), mask.float()
+    if segments is None:
+        return ((values * mask).sum(1, keepdim=True).expand_as(values),
+                mask.sum(1, keepdim=True).expand_as(values))
+    rows, per_row = values.shape[0], int(segments.max()) + 1
+    key = (torch.arange(rows, device=values.device)[:, None] * per_row + segments).reshape(-1)
+    total = torch.zeros(rows * per_row, device=values.device).index_add_(0, key, (values * mask).reshape(-1))
+    count = torch.zeros(rows * per_row, device=values.device).index_add_(0, key, mask.reshape(-1))
+    return total[key].view_as(values), count[key].view_as(values)
+
+
+def segment_mean(values: Tensor, mask: Tensor, segments: Tensor | None = None) -> Tensor:
+    """On every token, the mean of ``values`` over the masked tokens of its sequence."""
+    total, count = segment_totals(values, mask, segments)
+    return total / count.clamp(min=1)
+
+
+def sequence_ratio(logp: Tensor, old_logp: Tensor, mask: Tensor, segments: Tensor | None = None) -> Tensor:
+    """GSPO's ratio (Zheng et al. 2025, "Group Sequence Policy Optimization"), in its token form:
+    s_i = (pi_theta(y_i) / pi_old(y_i)) ** (1 / |y_i|), the geometric mean of the sequence's
+    token ratios, on each of its tokens as sg[s_i] * pi_theta(y_t) / sg[pi_theta(y_t)]. Its value
+    is s_i, so one sequence is clipped as a whole; with the loss averaged over each sequence's
+    tokens (``seq_mean_token_mean``) its gradient is GSPO's, s_i / |y_i| * sum_t grad log pi(y_t)."""
+    log_s = segment_mean(logp - old_logp, mask, segments)
+    return torch.exp(log_s) * torch.exp(logp - logp.detach())
 
 
 def loss_weights(mask: Tensor, mode: str, max_len: int | None = None) -> Tensor:
@@ -229,20 +269,34 @@ class LossConfig:
     kl_estimator: str = "k3"
     kl_coef: float = 0.0  # KL to the reference policy in the loss; 0 = off
     tis_cap: float | None = 2.0  # truncated importance-sampling cap; None = no correction
+    is_level: str = "token"  # whose ratio the truncation caps: "token", "sequence", "geometric"
+    policy_ratio: str = "token"  # "token": PPO/GRPO's per-token ratio; "sequence": GSPO's
 
 
 def grpo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, config: LossConfig,
               engine_logp: Tensor | None = None, ref_logp: Tensor | None = None,
-              weights: Tensor | None = None, is_weights: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+              weights: Tensor | None = None, is_weights: Tensor | None = None,
+              segments: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
     """The scalar loss to backpropagate and detached metrics (clip fraction, KL, IS weight:
     means over the masked tokens). ``weights``: per-token loss weights computed over the whole
     batch (``loss_weights``) when this is a slice of it; else ``config.aggregation`` over
     these tokens. ``is_weights``: importance weights computed beforehand (``importance_weights``
-    against a proximal policy); else token-level truncation against ``old_logp``."""
-    per_token, clipped = clipped_policy_loss(logp, old_logp, advantages, config.clip_low, config.clip_high)
+    against a proximal policy); else truncation (at ``config.is_level``) against ``old_logp``. ``segments``:
+    which sequence each token belongs to in a packed row (GSPO's per-sequence ratio)."""
+    if config.policy_ratio == "sequence":
+        ratio = sequence_ratio(logp, old_logp, mask, segments)
+    elif config.policy_ratio == "token":
+        ratio = torch.exp(logp - old_logp)
+    else:
+        raise ValueError(f"unknown policy ratio {config.policy_ratio!r} (token, sequence)")
+    per_token, clipped = clipped_surrogate(ratio, advantages, config.clip_low, config.clip_high)
     metrics = {}
     if is_weights is None and config.tis_cap is not None and engine_logp is not None:
-        is_weights = truncated_is_weights(old_logp, engine_logp, config.tis_cap)
+        if config.is_level == "token":
+            is_weights = truncated_is_weights(old_logp, engine_logp, config.tis_cap)
+        else:
+            is_weights = importance_weights(old_logp, engine_logp, mask, "truncate", config.is_level,
+                                            high=config.tis_cap, segments=segments)[0]
         metrics["is_truncated_share"] = _masked_mean((is_weights >= config.tis_cap).to(logp.dtype), mask)
     if is_weights is not None:
         per_token = per_token * is_weights

@@ -16,9 +16,15 @@ import logging
 log = logging.getLogger(__name__)
 
 # What a tripped gate's reason adds for the metrics the project logs.
+_MISMATCH = ("the rollout engine and the learner disagree on the sampled tokens' probabilities (precision, "
+             "kernels, MoE routing): compare rollout.dtype with the learner's, or train with algorithm=gspo or "
+             "algorithm.is_mode=mask")
 HINTS = {
     "reward/judge/fallback_share": "the judge's answers hold no verdict of its own (cut off, garbled, or only "
                                    "quoting the candidates): check its endpoint, model, max_tokens and template",
+    "train/token_prob_error": _MISMATCH,
+    "train/engine_trainer_kl": _MISMATCH,
+    "train/logprob_mismatch": _MISMATCH,
 }
 
 

@@ -161,7 +161,8 @@ class LearnerRank(EngineCalls):
             clip_low=self.cfg.algorithm.clip_low, clip_high=self.cfg.algorithm.clip_high,
             aggregation=self.cfg.algorithm.aggregation, kl_estimator=self.cfg.algorithm.kl_estimator,
             kl_coef=grpo.kl_placement(self.cfg.algorithm.kl_coef, self.cfg.algorithm.kl_in_reward)[1],
-            tis_cap=self.cfg.algorithm.tis_cap)
+            tis_cap=self.cfg.algorithm.tis_cap, is_level=self.cfg.algorithm.is_level,
+            policy_ratio=self.cfg.algorithm.policy_ratio)
         self._sync_items = None  # (rank 0, ZeRO 0-2: the buckets of the next sync)
         self._sync_plan = None  # (ZeRO-3, every rank: the names in each bucket)
         self._sender = None  # (rank 0: its end of the weight-transfer group)
@@ -300,7 +301,8 @@ class LearnerRank(EngineCalls):
         old_mismatch = float((logp.detach() - old).abs()[mask_f].max()) if old_logp is not None and mask_f.any() else 0.0
         loss, metrics = grpo.grpo_loss(logp, old, t["advantages"], t["mask"], self.loss_config,
                                        engine_logp=t["engine_logp"], ref_logp=ref_logp, weights=t["weights"],
-                                       is_weights=t.get("is_weights"))
+                                       is_weights=t.get("is_weights"),
+                                       segments=None if micro.seq_idx is None else micro.seq_idx[:, :-1])
         # The weights normalise over the global batch; DeepSpeed averages gradients over ranks.
         self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
         boundary = self.engine.is_gradient_accumulation_boundary()
@@ -317,6 +319,8 @@ class LearnerRank(EngineCalls):
         diff = (logp.detach() - t["engine_logp"]) * mask
         metrics.update(entropy=float((entropy.detach() * mask).sum()) / max(n, 1),
                        logprob_mismatch=float(diff.abs().sum()) / max(n, 1),
+                       # NeMo RL's token probability error: mean of max(p/q, q/p), 1 where they agree
+                       token_prob_error=float((diff.abs().exp() * mask).sum()) / max(n, 1),
                        # KL(engine || trainer) on sampled tokens, k3 estimator
                        engine_trainer_kl=float((grpo.kl_k3(t["engine_logp"], logp.detach()) * mask).sum()) / max(n, 1))
         # Token means -> token sums, so that the group can average over all ranks' tokens.

@@ -150,7 +150,7 @@ def overhead_bytes(cfg) -> float:
 def rollout_figures(cfg, c, params: int, device_bytes: float) -> tuple[list[Figure], dict]:
     """The engine's weights and state, and the sequences that fit on ``device_bytes``."""
     rc = cfg.rollout
-    wb = 2 if cfg.model.dtype in ("bfloat16", "float16") else 4
+    wb = 2 if cfg.rollout_dtype in ("bfloat16", "float16") else 4
     util = float(rc.vllm_kwargs.get("gpu_memory_utilization", 0.9)) if rc.engine == "vllm" else 1.0
     # a sequence: a prompt of PROMPT_TOKENS and the sampling budget, within the engine's context
     length = min(rc.max_model_len or c.max_position_embeddings, PROMPT_TOKENS + rc.sampling.max_tokens)

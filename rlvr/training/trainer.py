@@ -131,7 +131,7 @@ class Trainer:
         rc = cfg.rollout
         spec = EngineSpec(self.start_checkpoint, backend=rc.engine, tokenizer=cfg.model.tokenizer, max_batch=rc.max_batch,
                           max_model_len=rc.max_model_len,
-                          dtype=cfg.model.dtype, threads=rc.threads, vllm_kwargs=tuple(rc.vllm_kwargs.items()))
+                          dtype=cfg.rollout_dtype, threads=rc.threads, vllm_kwargs=tuple(rc.vllm_kwargs.items()))
         self.learner = LearnerGroup(cfg, self.start_checkpoint)
         self.stop.check("while the actors started")
         self.pool = RolloutPool(spec, num_workers=rc.num_workers, num_cpus=rc.cpus_per_worker,

@@ -39,6 +39,9 @@ def test_defaults_and_derived_batch_arithmetic():
     ({"algorithm": {"is_mode": "mask", "is_low": 2.5}}, "algorithm: is_mode=mask keeps ratios in [is_low, tis_cap]"),
     ({"algorithm": {"is_mode": "mask", "tis_cap": None}}, "needs tis_cap > is_low"),
     ({"algorithm": {"is_level": "batch"}}, "algorithm.is_level"),
+    ({"algorithm": {"policy_ratio": "group"}}, "algorithm.policy_ratio"),
+    ({"rollout": {"dtype": "float16"}}, "rollout.dtype"),
+    ({"rollout": {"dtype": "bfloat16", "colocate": True}}, "rollout.dtype: bfloat16 differs from the learner's"),
 ])
 def test_errors_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as err:
@@ -50,9 +53,10 @@ def test_the_learner_recomputes_the_proximal_policy_only_where_the_objective_nee
     def proximal(**algorithm):
         return load_config({"data": DATA, "algorithm": algorithm}).algorithm.proximal
 
-    # token-level truncation: the loss's own forward is the proximal policy (stale samples too)
+    # truncation, at any level: the loss's own forward is the proximal policy (stale samples too)
     assert not proximal() and not proximal(epochs=3) and not proximal(max_staleness=2)
-    assert proximal(is_mode="mask") and proximal(is_level="geometric") and proximal(is_level="sequence")
+    assert not proximal(is_level="geometric") and not proximal(is_level="sequence")
+    assert proximal(is_mode="mask") and proximal(is_mode="mask", is_level="geometric")
 
 
 def _train(*args: str) -> subprocess.CompletedProcess:
@@ -82,7 +86,7 @@ def test_the_shipped_configs_compose_and_validate():
 
     configs = Path(__file__).resolve().parents[2] / "configs"
     with initialize_config_dir(str(configs), version_base="1.3"):
-        for overrides in ([], ["algorithm=dapo"], ["algorithm=dr_grpo"], ["learner=zero2_2ranks"],
+        for overrides in ([], ["algorithm=dapo"], ["algorithm=dr_grpo"], ["algorithm=gspo"], ["learner=zero2_2ranks"],
                           ["experiment=two_node"], ["experiment=nano_gpu", "model.path=/models/nano"]):
             cfg = compose("config", overrides=overrides)
             assert isinstance(load_config(OmegaConf.to_container(cfg, resolve=True)), Config), overrides

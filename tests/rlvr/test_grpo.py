@@ -145,6 +145,57 @@ def test_precomputed_importance_weights_replace_the_truncation_in_the_loss():
     assert m["is_weight_mean"] == pytest.approx((2.0 + 0.5 + 1.5) / 3)
 
 
+def test_segment_means_follow_the_sequences_packed_in_a_row():
+    values = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0]])
+    mask = torch.tensor([[1, 1, 0, 1, 1]])  # the third token is a boundary (no target)
+    segments = torch.tensor([[0, 0, 0, 1, 1]])  # two sequences in the row
+    assert grpo.segment_mean(values, mask, segments).tolist() == [[1.5, 1.5, 1.5, 4.5, 4.5]]
+    assert grpo.segment_mean(values, mask).tolist() == [[3.0] * 5]  # one sequence per row
+    total, count = grpo.segment_totals(values, mask, segments)
+    assert total.tolist() == [[3.0, 3.0, 3.0, 9.0, 9.0]] and count.tolist() == [[2, 2, 2, 2, 2]]
+
+
+def test_gspo_clips_one_geometric_mean_ratio_per_sequence_and_has_its_gradient():
+    old = torch.log(torch.tensor([[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]]))
+    # sequence 1: token ratios 1.2 and 1.5 -> geometric mean sqrt(1.8) = 1.342; sequence 2: 0.9, 1.0, 1.1
+    new = torch.log(torch.tensor([[0.6, 0.75, 0.5], [0.45, 0.5, 0.55]])).requires_grad_()
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    ratio = grpo.sequence_ratio(new, old, mask)
+    s1, s2 = math.sqrt(1.8), (0.9 * 1.0 * 1.1) ** (1 / 3)
+    assert torch.allclose(ratio.detach(), torch.tensor([[s1] * 3, [s2] * 3]))
+    adv = torch.tensor([1.0, -1.0])
+    cfg = grpo.LossConfig(clip_low=3e-4, clip_high=4e-4, aggregation="seq_mean_token_mean", tis_cap=None,
+                          policy_ratio="sequence")
+    loss, m = grpo.grpo_loss(new, old, adv, mask, cfg)
+    # sequence 1 is clipped at 1 + 4e-4 (A > 0, ratio above): no gradient; sequence 2 (A < 0,
+    # ratio 0.9967 below 1 - 3e-4) is clipped too: its loss is -clip * A... = +0.9997
+    assert loss.item() == pytest.approx((-(1 + 4e-4) + (1 - 3e-4)) / 2, abs=1e-6)
+    assert m["clip_fraction"] == pytest.approx(1.0)
+    # unclipped (a wide range), the gradient is GSPO's: -A_i s_i / |y_i| on each of the sequence's tokens
+    # (divided by the 2 sequences of the mean)
+    wide = grpo.LossConfig(clip_low=0.9, clip_high=0.9, aggregation="seq_mean_token_mean", tis_cap=None,
+                           policy_ratio="sequence")
+    grad, = torch.autograd.grad(grpo.grpo_loss(new, old, adv, mask, wide)[0], new)
+    want = torch.tensor([[-s1 / 2, -s1 / 2, 0.0], [s2 / 3, s2 / 3, s2 / 3]]) / 2
+    assert torch.allclose(grad, want, atol=1e-6)
+    with pytest.raises(ValueError, match="policy ratio"):
+        grpo.grpo_loss(new, old, adv, mask, grpo.LossConfig(policy_ratio="batch"))
+
+
+def test_sequence_level_truncation_inside_the_loss_follows_packed_sequences():
+    # two sequences packed in one row equal the same two as rows of their own
+    prox, engine = PROX[:, :2], ENGINE[:, :2]  # ratios [2, 0.5] and [1.5, 0.25]
+    packed_prox, packed_engine = prox.reshape(1, 4), engine.reshape(1, 4)
+    segments = torch.tensor([[0, 0, 1, 1]])
+    for level in ("sequence", "geometric"):
+        rows = grpo.importance_weights(prox, engine, torch.ones(2, 2), "truncate", level, high=2.0)[0]
+        packed = grpo.importance_weights(packed_prox, packed_engine, torch.ones(1, 4), "truncate", level, high=2.0,
+                                         segments=segments)[0]
+        assert torch.allclose(packed, rows.reshape(1, 4)), level
+    # geometric: sqrt(2 * 0.5) = 1 and sqrt(1.5 * 0.25) = 0.61
+    assert torch.allclose(rows, torch.tensor([[1.0, 1.0], [0.375 ** 0.5] * 2]))
+
+
 def test_overlong_penalty_and_kl_in_reward():
     lengths = torch.tensor([50, 80, 90, 100, 120])
     assert grpo.overlong_penalty(lengths, max_len=100, buffer=20).tolist() == pytest.approx([0, 0, -0.5, -1, -1])

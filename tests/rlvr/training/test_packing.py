@@ -55,20 +55,26 @@ def test_pack_unpack_round_trip_and_boundaries_masked():
     assert torch.equal(out, engine)
 
 
-@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
-def test_packed_micro_batches_give_the_padded_loss_and_gradients(aggregation):
+@pytest.mark.parametrize("aggregation,policy_ratio,is_level", [
+    ("token_mean", "token", "token"), ("seq_mean_token_mean", "token", "token"),
+    ("seq_mean_token_sum_norm", "token", "token"),
+    ("seq_mean_token_mean", "sequence", "geometric"),  # GSPO, and truncation of each sequence's ratio
+    ("token_mean", "token", "sequence"),
+])
+def test_packed_micro_batches_give_the_padded_loss_and_gradients(aggregation, policy_ratio, is_level):
     torch.manual_seed(0)
     model = M.HybridLM(tiny(initializer_range=0.1))
     ids, lengths, mask, adv, engine = _ragged()
-    cfg = grpo.LossConfig(aggregation=aggregation, tis_cap=2.0)
+    cfg = grpo.LossConfig(aggregation=aggregation, tis_cap=2.0, policy_ratio=policy_ratio, is_level=is_level)
 
-    def loss_of(logp, old, a, m, e, w=None):
-        return grpo.grpo_loss(logp, old, a, m, cfg, engine_logp=e, weights=w)[0]
+    def loss_of(logp, old, a, m, e, w=None, segments=None):
+        return grpo.grpo_loss(logp, old, a, m, cfg, engine_logp=e, weights=w, segments=segments)[0]
 
     # Reference: the whole padded batch in one forward.
     model.zero_grad()
     logp = token_logprobs(model(ids[:, :-1]), ids)[0]
-    full = loss_of(logp, logp.detach() - 0.1, adv, mask, engine)
+    # (the old log-probs vary by token, so that a sequence's ratio depends on which tokens are its own)
+    full = loss_of(logp, logp.detach() - 0.1 + 0.05 * engine, adv, mask, engine)
     full.backward()
     want = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -83,10 +89,11 @@ def test_packed_micro_batches_give_the_padded_loss_and_gradients(aggregation):
         seq_idx = None if m.seq_idx is None else m.seq_idx[:, :-1]
         logp = token_logprobs(model(m.input_ids[:, :-1], seq_idx=seq_idx), m.input_ids)[0]
         t = m.tokens
-        loss = loss_of(logp, logp.detach() - 0.1, t["advantages"], t["mask"], t["engine_logp"], t["weights"])
+        loss = loss_of(logp, logp.detach() - 0.1 + 0.05 * t["engine_logp"], t["advantages"], t["mask"],
+                       t["engine_logp"], t["weights"], seq_idx)
         loss.backward()
         total += float(loss.detach())
-    print(f"{aggregation}: padded {float(full.detach()):.6f}, packed {total:.6f}")
+    print(f"{aggregation}, {policy_ratio} ratio, {is_level} IS: padded {float(full.detach()):.6f}, packed {total:.6f}")
     assert total == pytest.approx(float(full.detach()), rel=1e-5, abs=1e-9)
     for n, p in model.named_parameters():
         if n in want:

@@ -150,6 +150,20 @@ def test_rollouts_ahead_survive_a_killed_rollout_worker(tmp_path):
     assert "rollout worker 0 died: replaced" in _log(tmp_path)
 
 
+@pytest.mark.slow
+def test_bf16_rollouts_show_a_mismatch_that_a_gate_stops_at_the_first_step(tmp_path):
+    # bf16 engines against the fp32 learner: the token probability error is measurably above 1
+    # (an fp32 engine's is 1 to rounding); a gate set below it stops the run after one step
+    gate = "gates=[{metric: 'train/token_prob_error', above: 1.0001, window: 1, action: stop}]"
+    done = subprocess.run(_command(tmp_path, "rollout.dtype=bfloat16", gate), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert "train/token_prob_error averaged" in done.stderr and "rollout.dtype" in done.stderr
+    assert "Traceback" not in done.stderr
+    [row] = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r]
+    assert row["step"] == 1 and row["train/token_prob_error"] > 1.0001 and row["train/logprob_mismatch"] > 1e-3
+
+
 def test_colocated_rollouts_run_the_same_job(whole, tmp_path):
     # rollout.colocate: the learner rank samples from the module it trains, with no rollout worker
     # and no weight sync; the same seed gives the same samples, rewards, losses and evaluations.
