@@ -152,7 +152,7 @@ class RolloutsAhead:
         with self._cond:
             return self._states[min(self._states)] if self._states else self._snapshot()
 
-    def close(self, timeout: float = 5.0) -> None:
+    def close(self, timeout: float = 1.0) -> None:
         """Stops collecting; a collection in progress is abandoned (its pool call ends when the
         pool shuts down)."""
         with self._cond:
