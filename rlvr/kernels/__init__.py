@@ -148,13 +148,14 @@ def token_logprobs(logits, input_ids, consume_logits: bool = False):
     return target_logprobs(logits, input_ids[:, 1:], consume_logits)
 
 
-def moe_routed(x_router, x, w: MoEWeights, dims: MoEDims):
-    """Router + routed experts (see ``moe_routed_ref``), on the fastest path available."""
-    if dims.n_group == 1 and _use_cpu(x, x_router, *w):
+def moe_routed(x_router, x, w: MoEWeights, dims: MoEDims, chosen=None):
+    """Router + routed experts (see ``moe_routed_ref``; ``chosen``: routing replay), on the
+    fastest path available (the inference kernel routes by itself: replay takes the others)."""
+    if dims.n_group == 1 and chosen is None and _use_cpu(x, x_router, *w):
         return cpu.moe_routed_cpu(x_router, x, w, dims)
     if _train_on_cpu(x, x_router, *w):
-        return cpu_train.moe_routed_train(x_router, x, w, dims)
-    return moe_routed_ref(x_router, x, w, dims)
+        return cpu_train.moe_routed_train(x_router, x, w, dims, chosen)
+    return moe_routed_ref(x_router, x, w, dims, chosen)
 
 
 def relu2(x):

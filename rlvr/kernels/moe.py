@@ -44,10 +44,14 @@ def relu2(x: torch.Tensor) -> torch.Tensor:
     return F.relu_(x).square_()
 
 
-def route_ref(x: torch.Tensor, router: torch.Tensor, correction_bias: torch.Tensor, dims: MoEDims
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (tokens, hidden) -> (expert index, weight), each (tokens, top_k)."""
+def route_ref(x: torch.Tensor, router: torch.Tensor, correction_bias: torch.Tensor, dims: MoEDims,
+              chosen: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (tokens, hidden) -> (expert index, weight), each (tokens, top_k). ``chosen`` (tokens,
+    top_k): routing replay, the experts another forward chose (a rollout engine's); their weights
+    still come from this router's scores, so the router keeps learning."""
     scores = torch.sigmoid(F.linear(x.float(), router.float()))
+    if chosen is not None:
+        return _weights(scores, chosen.long(), dims)
     choice = scores + correction_bias.float()
     if dims.n_group > 1:
         per_group = dims.n_experts // dims.n_group
@@ -55,7 +59,10 @@ def route_ref(x: torch.Tensor, router: torch.Tensor, correction_bias: torch.Tens
         group_scores = grouped.topk(2, dim=-1).values.sum(-1)
         keep = torch.zeros_like(group_scores).scatter_(1, group_scores.topk(dims.topk_group, dim=-1).indices, 1)
         choice = choice.masked_fill(~keep.bool().repeat_interleave(per_group, 1), -torch.inf)
-    index = choice.topk(dims.top_k, dim=-1).indices
+    return _weights(scores, choice.topk(dims.top_k, dim=-1).indices, dims)
+
+
+def _weights(scores: torch.Tensor, index: torch.Tensor, dims: MoEDims) -> tuple[torch.Tensor, torch.Tensor]:
     weight = scores.gather(1, index)
     if dims.norm_topk_prob:
         weight = weight / (weight.sum(-1, keepdim=True) + 1e-20)
@@ -74,10 +81,12 @@ def expert_slots(index: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, tor
     return order, torch.cumsum(counts, 0).to(torch.int32)
 
 
-def moe_routed_ref(x_router: torch.Tensor, x: torch.Tensor, w: MoEWeights, dims: MoEDims) -> torch.Tensor:
-    """x_router (tokens, hidden) chooses the experts; x (tokens, dim) is what they transform
-    (the same tensor, or its Latent-MoE projection). -> (tokens, dim) in x's dtype."""
-    index, weight = route_ref(x_router, w.router, w.correction_bias, dims)
+def moe_routed_ref(x_router: torch.Tensor, x: torch.Tensor, w: MoEWeights, dims: MoEDims,
+                   chosen: torch.Tensor | None = None) -> torch.Tensor:
+    """x_router (tokens, hidden) chooses the experts (or ``chosen`` are replayed, ``route_ref``);
+    x (tokens, dim) is what they transform (the same tensor, or its Latent-MoE projection).
+    -> (tokens, dim) in x's dtype."""
+    index, weight = route_ref(x_router, w.router, w.correction_bias, dims, chosen)
     n_tokens = index.shape[0]
     order, offsets = expert_slots(index, dims.n_experts)
     token_of_slot = order // dims.top_k

@@ -257,3 +257,47 @@ def test_nano_slice_has_nanos_widths_with_one_layer_of_each_kind():
     with torch.device("meta"):
         n = sum(p.numel() for p in M.HybridLM(piece).parameters())
     assert n == pytest.approx(0.867e9, rel=0.01)
+
+
+def test_routing_replay_through_the_model_gives_the_forced_experts_and_gradients():
+    from rlvr.kernels import moe as moe_kernels
+
+    torch.manual_seed(0)
+    model = M.HybridLM(tiny(initializer_range=0.1))
+    moe = [i for i, block in enumerate(model.backbone.layers) if block.kind == "E"]
+    assert moe, "the tiny preset has MoE layers"
+    ids = torch.randint(1, 200, (2, 9))
+    top_k = model.config.num_experts_per_tok
+    # the model's own choices: each MoE layer's router applied to what reaches it
+    seen = []
+    hooks = [model.backbone.layers[i].mixer.register_forward_pre_hook(
+        lambda m, args: seen.append(moe_kernels.route_ref(args[0].reshape(-1, args[0].shape[-1]), m.gate.weight,
+                                                          m.gate.e_score_correction_bias, m.dims)[0]))
+        for i in moe]
+    with torch.no_grad():
+        plain = model(ids)
+    for hook in hooks:
+        hook.remove()
+    own = torch.stack([s.view(2, 9, top_k) for s in seen], dim=2)
+    assert own.shape == (2, 9, len(moe), top_k)
+    with torch.no_grad():
+        assert torch.allclose(model(ids, experts=own), plain, atol=1e-5)
+    # other experts: other logits, and the loss's gradient still reaches every router
+    other = (own + 1) % model.config.n_routed_experts
+    model.zero_grad()
+    forced = model(ids, experts=other)
+    assert not torch.allclose(forced, plain, atol=1e-3)
+    forced.logsumexp(-1).mean().backward()
+    for i in moe:
+        assert model.backbone.layers[i].mixer.gate.weight.grad.abs().sum() > 0
+    want = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    # under gradient checkpointing the recomputed forward replays the same experts
+    model.gradient_checkpointing_enable(True)
+    model.train()
+    model.zero_grad()
+    model(ids, experts=other).logsumexp(-1).mean().backward()
+    for n, p in model.named_parameters():
+        if n in want:
+            assert torch.allclose(p.grad, want[n], atol=1e-5, rtol=1e-4), n
+    with pytest.raises(ValueError, match="experts must be"):
+        model(ids, experts=own[:, :5])  # (not one choice per token)
