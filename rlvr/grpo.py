@@ -284,12 +284,12 @@ def grpo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, 
     against a proximal policy); else truncation (at ``config.is_level``) against ``old_logp``. ``segments``:
     which sequence each token belongs to in a packed row (GSPO's per-sequence ratio)."""
     if config.policy_ratio == "sequence":
-        ratio = sequence_ratio(logp, old_logp, mask, segments)
+        per_token, clipped = clipped_surrogate(sequence_ratio(logp, old_logp, mask, segments), advantages,
+                                               config.clip_low, config.clip_high)
     elif config.policy_ratio == "token":
-        ratio = torch.exp(logp - old_logp)
+        per_token, clipped = clipped_policy_loss(logp, old_logp, advantages, config.clip_low, config.clip_high)
     else:
         raise ValueError(f"unknown policy ratio {config.policy_ratio!r} (token, sequence)")
-    per_token, clipped = clipped_surrogate(ratio, advantages, config.clip_low, config.clip_high)
     metrics = {}
     if is_weights is None and config.tis_cap is not None and engine_logp is not None:
         if config.is_level == "token":

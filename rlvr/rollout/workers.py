@@ -221,7 +221,9 @@ class RolloutPool:
     def _start(self):
         return RolloutWorker.options(**self.options).remote(self.spec)
 
-    def _replace(self, slot: int) -> None:
+    def _replace(self, slot: int, push: bool = True) -> None:
+        """A new worker in ``slot`` (the dead one killed for good), given the current weights
+        unless ``push`` is false (an update in progress sends them to every worker next)."""
         if self.colocated:  # a learner rank: the job cannot go on without it
             raise RuntimeError(f"the learner rank serving rollouts (rollout.colocate) in slot {slot} died")
         ray.kill(self.workers[slot], no_restart=True)
@@ -229,7 +231,7 @@ class RolloutPool:
         self.restarts += 1
         log.warning("rollout worker %d died: replaced by a new one (%d replacement(s) so far)", slot, self.restarts)
         self.channel = None  # the group had the dead worker in it: a new generation
-        if self.version and self.weights is not None:
+        if push and self.version and self.weights is not None:
             self._push([self.workers[slot]], self.version)
 
     def generate(self, prompts: list, sampling: SamplingParams) -> list[Completion]:
@@ -319,10 +321,7 @@ class RolloutPool:
                 if attempt == 2 or not dead:
                     raise
                 for slot in dead:
-                    ray.kill(self.workers[slot], no_restart=True)
-                    self.workers[slot] = self._start()
-                    self.restarts += 1
-                self.channel = None
+                    self._replace(slot, push=False)
 
     def _connect(self) -> None:
         """A new generation of the transfer group: the sender and every engine process. The

@@ -292,8 +292,8 @@ class Trainer:
         t["wait"] = time.monotonic() - t["start"]
         t["rollout"] = got.stats.pop("rollout_seconds")
         t["reward"] = got.stats.pop("reward_seconds")
-        got, stats = self._fresh(got)
-        completions, masks, rewards = got.completions, got.masks, got.rewards
+        got = self._fresh(got)
+        completions, masks, rewards, stats = got.completions, got.masks, got.rewards, got.stats
         batch = build_batch(completions, self.pad_id, masks)
         alg = self.cfg.algorithm
         truncated = torch.tensor([c.finish_reason == "length" for c in completions])
@@ -336,23 +336,21 @@ class Trainer:
             self.stop.check(f"step {self.step}")
         return got
 
-    def _fresh(self, got: StepRollouts) -> tuple[StepRollouts, dict]:
+    def _fresh(self, got: StepRollouts) -> StepRollouts:
         """The groups whose samples are at most ``max_staleness`` weight updates old (the rest
         are dropped, counted) and, with rollouts ahead, the staleness of those trained on."""
         k, G = self.cfg.algorithm.max_staleness, self.cfg.algorithm.group_size
-        stats = got.stats
         if not k:
-            return got, stats
+            return got
         lag = staleness(got.completions, self.gate.version)
         keep = fresh_groups(lag, G, k)
         if not keep.any():
             raise RuntimeError(f"step {self.step}: every sample is more than {k} weight updates old")
         rows = keep.repeat_interleave(G)
         kept = [i for i in range(len(rows)) if rows[i]]
-        stats.update(staleness_metrics(lag[rows], int((~rows).sum()), k))
-        got = StepRollouts(got.step, [p for p, on in zip(got.prompts, keep) if on], [got.completions[i] for i in kept],
-                           [got.masks[i] for i in kept], got.rewards[rows], stats)
-        return got, stats
+        got.stats.update(staleness_metrics(lag[rows], int((~rows).sum()), k))
+        return StepRollouts(got.step, [p for p, on in zip(got.prompts, keep) if on], [got.completions[i] for i in kept],
+                            [got.masks[i] for i in kept], got.rewards[rows], got.stats)
 
     def _proximal(self, batch) -> dict[str, float]:
         """The decoupled objective: the learner's current log-probabilities (the proximal policy)
@@ -361,12 +359,10 @@ class Trainer:
         alg = self.cfg.algorithm
         prox = self.learner.proximal_logprobs(batch)
         ratio = grpo.importance_ratios(prox, batch.engine_logp, batch.mask, alg.is_level)
-        if alg.tis_cap is None:
-            weights, keep = torch.ones_like(prox), batch.mask.bool()
-        else:
-            weights, keep = grpo.importance_weights(prox, batch.engine_logp, batch.mask, alg.is_mode, alg.is_level,
-                                                    alg.is_low, alg.tis_cap)
-        out = grpo.importance_metrics(ratio, weights, keep, batch.mask, alg.is_mode, alg.tis_cap or float("inf"))
+        # (masked IS: the config guarantees tis_cap, its upper threshold)
+        weights, keep = grpo.importance_weights(prox, batch.engine_logp, batch.mask, alg.is_mode, alg.is_level,
+                                                alg.is_low, alg.tis_cap)
+        out = grpo.importance_metrics(ratio, weights, keep, batch.mask, alg.is_mode, alg.tis_cap)
         batch.mask = batch.mask * keep.to(batch.mask.dtype)
         batch.old_logp, batch.is_weights = prox, weights
         return out
