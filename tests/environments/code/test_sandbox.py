@@ -127,6 +127,20 @@ def probe():
     assert marker.read_text() == "keep me" and not Path("/etc/rlvr-sandbox-test").exists()
 
 
+def test_every_run_has_the_same_clean_environment_and_a_home_of_its_own(runner):
+    """Set once in the zygote, for every program process it forks: what each one sees."""
+    program = ("import os\nprint(os.environ['HOME'], os.getcwd())\nprint(*sorted(os.environ))\n"
+               "try:\n    open('big', 'wb').write(b'x' * (2 << 20))\nexcept OSError:\n    print('refused')\n" + ADD)
+    seen = []
+    for _ in range(2):
+        result = runner.check(program, TESTS, Limits(wall_s=5, file_size_mb=1))
+        assert result.status == "passed", result  # the oversized write failed; it did not kill
+        (home, cwd), keys, refused = (line.split() for line in result.stdout.splitlines())
+        assert home == cwd and keys == ["HOME", "PATH", "PYTHONHASHSEED"] and refused == ["refused"]
+        seen.append(home)
+    assert seen[0] != seen[1]
+
+
 def test_orphans_and_daemons_are_killed_after_the_run(runner):
     daemon = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(300)\n"
               "    os._exit(0)\n" + ADD)
