@@ -148,14 +148,15 @@ def token_logprobs(logits, input_ids, consume_logits: bool = False):
     return target_logprobs(logits, input_ids[:, 1:], consume_logits)
 
 
-def moe_routed(x_router, x, w: MoEWeights, dims: MoEDims, chosen=None):
-    """Router + routed experts (see ``moe_routed_ref``; ``chosen``: routing replay), on the
-    fastest path available (the inference kernel routes by itself: replay takes the others)."""
+def moe_routed(x_router, x, w: MoEWeights, dims: MoEDims, chosen=None, chosen_out=None):
+    """Router + routed experts (see ``moe_routed_ref``; ``chosen``: routing replay;
+    ``chosen_out``: receives the router's own choice), on the fastest path available (the
+    inference kernel routes by itself: replay takes the others)."""
     if dims.n_group == 1 and chosen is None and _use_cpu(x, x_router, *w):
-        return cpu.moe_routed_cpu(x_router, x, w, dims)
+        return cpu.moe_routed_cpu(x_router, x, w, dims, chosen_out)
     if _train_on_cpu(x, x_router, *w):
-        return cpu_train.moe_routed_train(x_router, x, w, dims, chosen)
-    return moe_routed_ref(x_router, x, w, dims, chosen)
+        return cpu_train.moe_routed_train(x_router, x, w, dims, chosen, chosen_out)
+    return moe_routed_ref(x_router, x, w, dims, chosen, chosen_out)
 
 
 def relu2(x):

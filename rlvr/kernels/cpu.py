@@ -116,7 +116,7 @@ def _library() -> ctypes.CDLL | None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.mamba_prefill_f32.argtypes = [ctypes.POINTER(_Dims), i64, i64] + [p] * 11 + [i32, p, p, i32]
     lib.mamba_step_f32.argtypes = [ctypes.POINTER(_Dims), i64] + [p] * 11 + [i32]
-    lib.moe_routed_f32.argtypes = [ctypes.POINTER(_MoEDims), i64] + [p] * 7 + [i32]
+    lib.moe_routed_f32.argtypes = [ctypes.POINTER(_MoEDims), i64] + [p] * 8 + [i32]
     lib.attention_f32.argtypes = [ctypes.POINTER(_AttnDims), i64, i64] + [p] * 6 + [i32]
     lib.attention_train_fwd_f32.argtypes = [ctypes.POINTER(_AttnDims), i64, i64] + [p] * 6 + [i32]
     lib.attention_train_bwd_f32.argtypes = [ctypes.POINTER(_AttnDims), i64, i64] + [p] * 10 + [i32]
@@ -307,8 +307,10 @@ def mamba_step_cpu(zxbcdt, w: MambaWeights, dims: MambaDims, conv_state, ssm_sta
     return y, conv_state, ssm_state
 
 
-def moe_routed_cpu(x_router, x, w: MoEWeights, dims: MoEDims) -> torch.Tensor:
-    """Same arguments and result as ``moe_routed_ref`` (n_group == 1 only); inference only."""
+def moe_routed_cpu(x_router, x, w: MoEWeights, dims: MoEDims, chosen_out: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """Same arguments and result as ``moe_routed_ref`` (n_group == 1 only, no replay); inference
+    only."""
     if dims.n_group > 1:
         raise ValueError("the CPU MoE kernel implements n_group == 1 routing only")
     T, dim = x.shape
@@ -316,8 +318,11 @@ def moe_routed_cpu(x_router, x, w: MoEWeights, dims: MoEDims) -> torch.Tensor:
     routerT, bias, upT, downT = _moe_params(w)
     out = torch.empty(T, dim)
     c = _MoEDims(xr.shape[1], dim, dims.n_experts, upT.shape[2], dims.top_k, int(dims.norm_topk_prob), dims.scale)
+    record = None if chosen_out is None else torch.empty(T, dims.top_k, dtype=torch.long)
     _lib().moe_routed_f32(ctypes.byref(c), T, _ptr(xr), _ptr(xe), _ptr(routerT), _ptr(bias), _ptr(upT),
-                          _ptr(downT), _ptr(out), torch.get_num_threads())
+                          _ptr(downT), _ptr(out), _ptr(record), torch.get_num_threads())
+    if chosen_out is not None:
+        chosen_out.copy_(record)
     return _as(out, x.dtype)
 
 

@@ -208,9 +208,9 @@ class SlotCombine(torch.autograd.Function):
         return gy.to(ctx.dtypes[0]), gw.to(ctx.dtypes[1]), None
 
 
-def moe_routed_train(x_router, x, w: MoEWeights, dims: MoEDims, chosen=None):
+def moe_routed_train(x_router, x, w: MoEWeights, dims: MoEDims, chosen=None, chosen_out=None):
     """``moe_routed_ref`` with relu² and the moves between tokens and expert slots in C."""
-    index, weight = route_ref(x_router, w.router, w.correction_bias, dims, chosen)
+    index, weight = route_ref(x_router, w.router, w.correction_bias, dims, chosen, chosen_out)
     order, offsets = expert_slots(index, dims.n_experts)
     slot = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel())).view(index.shape)
     h = ReLU2.apply(grouped_mm(SlotGather.apply(x, order // dims.top_k, slot), w.up.transpose(1, 2), offsets))

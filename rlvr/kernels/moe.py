@@ -45,21 +45,35 @@ def relu2(x: torch.Tensor) -> torch.Tensor:
 
 
 def route_ref(x: torch.Tensor, router: torch.Tensor, correction_bias: torch.Tensor, dims: MoEDims,
-              chosen: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              chosen: torch.Tensor | None = None, chosen_out: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """x (tokens, hidden) -> (expert index, weight), each (tokens, top_k). ``chosen`` (tokens,
-    top_k): routing replay, the experts another forward chose (a rollout engine's); their weights
-    still come from this router's scores, so the router keeps learning."""
+    top_k): routing replay, the experts another forward chose (a rollout engine's), -1 where
+    there is no record (this router chooses); their weights still come from this router's
+    scores, so the router keeps learning. ``chosen_out`` (tokens, top_k), when given, receives
+    this router's own choice, replayed or not (what routing-agreement metrics compare)."""
     scores = torch.sigmoid(F.linear(x.float(), router.float()))
-    if chosen is not None:
-        return _weights(scores, chosen.long(), dims)
-    choice = scores + correction_bias.float()
+    # (computed under replay too: a top-k is cheap beside the experts, and asking whether any
+    # token lacks a record would cost a device sync per layer)
+    own = _top_k(scores + correction_bias.float(), dims)
+    if chosen_out is not None:
+        chosen_out.copy_(own)
+    if chosen is None:
+        return _weights(scores, own, dims)
+    chosen = chosen.long()
+    return _weights(scores, torch.where(chosen >= 0, chosen, own), dims)
+
+
+def _top_k(choice: torch.Tensor, dims: MoEDims) -> torch.Tensor:
+    """The experts of the top_k largest ``choice`` values (scores + correction bias), in the
+    top groups first when the experts are grouped."""
     if dims.n_group > 1:
         per_group = dims.n_experts // dims.n_group
         grouped = choice.view(-1, dims.n_group, per_group)
         group_scores = grouped.topk(2, dim=-1).values.sum(-1)
         keep = torch.zeros_like(group_scores).scatter_(1, group_scores.topk(dims.topk_group, dim=-1).indices, 1)
         choice = choice.masked_fill(~keep.bool().repeat_interleave(per_group, 1), -torch.inf)
-    return _weights(scores, choice.topk(dims.top_k, dim=-1).indices, dims)
+    return choice.topk(dims.top_k, dim=-1).indices
 
 
 def _weights(scores: torch.Tensor, index: torch.Tensor, dims: MoEDims) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,11 +96,11 @@ def expert_slots(index: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, tor
 
 
 def moe_routed_ref(x_router: torch.Tensor, x: torch.Tensor, w: MoEWeights, dims: MoEDims,
-                   chosen: torch.Tensor | None = None) -> torch.Tensor:
-    """x_router (tokens, hidden) chooses the experts (or ``chosen`` are replayed, ``route_ref``);
-    x (tokens, dim) is what they transform (the same tensor, or its Latent-MoE projection).
-    -> (tokens, dim) in x's dtype."""
-    index, weight = route_ref(x_router, w.router, w.correction_bias, dims, chosen)
+                   chosen: torch.Tensor | None = None, chosen_out: torch.Tensor | None = None) -> torch.Tensor:
+    """x_router (tokens, hidden) chooses the experts (or ``chosen`` are replayed; ``chosen_out``
+    receives the router's own choice: ``route_ref``); x (tokens, dim) is what they transform
+    (the same tensor, or its Latent-MoE projection). -> (tokens, dim) in x's dtype."""
+    index, weight = route_ref(x_router, w.router, w.correction_bias, dims, chosen, chosen_out)
     n_tokens = index.shape[0]
     order, offsets = expert_slots(index, dims.n_experts)
     token_of_slot = order // dims.top_k

@@ -166,15 +166,19 @@ class MoE(nn.Module):
             self.fc1_latent_proj = self.fc2_latent_proj = None
 
     def forward(self, hidden: torch.Tensor, cache=None, seq_idx=None, lengths=None,
-                experts: torch.Tensor | None = None) -> torch.Tensor:
-        """``experts`` (..., top_k) of hidden's leading shape: routing replay (``route_ref``)."""
+                experts: torch.Tensor | None = None, record: list | None = None) -> torch.Tensor:
+        """``experts`` (..., top_k) of hidden's leading shape: routing replay (``route_ref``).
+        ``record``: a list that gets this router's own choice, (..., top_k) int64."""
         shape = hidden.shape
         x = hidden.reshape(-1, shape[-1])
         routed = x if self.fc1_latent_proj is None else self.fc1_latent_proj(x)
         weights = MoEWeights(self.gate.weight, self.gate.e_score_correction_bias, self.experts.up_proj,
                              self.experts.down_proj)
         chosen = None if experts is None else experts.reshape(-1, self.dims.top_k)
-        routed = moe_routed(x, routed, weights, self.dims, chosen)
+        own = None if record is None else torch.empty(x.shape[0], self.dims.top_k, dtype=torch.long, device=x.device)
+        routed = moe_routed(x, routed, weights, self.dims, chosen, own)
+        if record is not None:
+            record.append(own.view(*shape[:-1], self.dims.top_k))
         if self.fc2_latent_proj is not None:
             routed = self.fc2_latent_proj(routed)
         return routed.view(shape) + self.shared_experts(hidden)

@@ -38,9 +38,9 @@ class Block(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.layer_norm_epsilon)
         self.mixer = MIXERS[kind](config)
 
-    def forward(self, hidden, cache=None, seq_idx=None, lengths=None, experts=None):
-        if experts is not None:  # (an MoE block's replayed routing)
-            return hidden + self.mixer(self.norm(hidden), cache, seq_idx, lengths, experts=experts)
+    def forward(self, hidden, cache=None, seq_idx=None, lengths=None, experts=None, record=None):
+        if self.kind == "E":  # (its routing: replayed, recorded)
+            return hidden + self.mixer(self.norm(hidden), cache, seq_idx, lengths, experts=experts, record=record)
         return hidden + self.mixer(self.norm(hidden), cache, seq_idx, lengths)
 
 
@@ -108,7 +108,7 @@ class HybridLM(nn.Module):
                 seq_idx: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
                 lengths: torch.Tensor | None = None, logits_dtype: torch.dtype = torch.float32,
                 keep: torch.Tensor | None = None, targets: torch.Tensor | None = None,
-                experts: torch.Tensor | None = None):
+                experts: torch.Tensor | None = None, routing: list | None = None):
         """input_ids (batch, seqlen) -> logits (batch, seqlen, vocab), fp32 by default.
 
         ``cache``: a ``HybridCache`` to fill (prefill) or extend (one token = a decode step).
@@ -123,8 +123,11 @@ class HybridLM(nn.Module):
         next tokens and the entropies at the kept positions, two (n,) tensors (the learner's
         read; see ``LMHead``).
         ``experts`` (batch, seqlen, MoE layers, top_k) integers: routing replay, the experts
-        each MoE layer uses for each token (a rollout engine's choice), weighted by this
-        model's router."""
+        each MoE layer uses for each token (a rollout engine's choice; -1: this router's own),
+        weighted by this model's router.
+        ``routing``: a list that gets, per MoE layer in order, the (batch, seqlen, top_k) experts
+        its router chose itself (a rollout engine's record; under replay, what agreement
+        metrics compare)."""
         if input_ids.dim() != 2 or input_ids.numel() == 0:
             raise ValueError(f"input_ids must be (batch, seqlen) with at least one token, got shape "
                              f"{tuple(input_ids.shape)}")
@@ -133,7 +136,7 @@ class HybridLM(nn.Module):
             seq_idx = seq_idx_from_cu_seqlens(cu_seqlens, input_ids.shape[1])
         if seq_idx is not None:
             check_seq_idx(seq_idx, input_ids.shape)
-        moe = [i for i, block in enumerate(self.backbone.layers) if block.kind == "E"] if experts is not None else []
+        moe = [i for i, block in enumerate(self.backbone.layers) if block.kind == "E"]
         if experts is not None and tuple(experts.shape[:3]) != (*input_ids.shape, len(moe)):
             raise ValueError(f"experts must be (batch, seqlen, MoE layers) = {(*input_ids.shape, len(moe))} "
                              f"x top_k, got {tuple(experts.shape)}")
@@ -142,9 +145,10 @@ class HybridLM(nn.Module):
             layer_cache = cache[i] if cache is not None else None
             replay = None if experts is None or i not in moe else experts[:, :, moe.index(i)]
             if self.gradient_checkpointing and self.training:
-                hidden = checkpoint(block, hidden, layer_cache, seq_idx, lengths, replay, use_reentrant=False)
+                # (the backward's recomputation appends to ``routing`` again: read it before)
+                hidden = checkpoint(block, hidden, layer_cache, seq_idx, lengths, replay, routing, use_reentrant=False)
             else:
-                hidden = block(hidden, layer_cache, seq_idx, lengths, replay)
+                hidden = block(hidden, layer_cache, seq_idx, lengths, replay, routing)
         if keep is not None:
             # index_select, not hidden[keep]: the same rows, and a backward that adds them back
             # (index_add_) where the mask's accumulating index_put_ took 1.5 ms for 10K rows
@@ -159,9 +163,10 @@ class HybridLM(nn.Module):
         return HybridCache(self.config)
 
     @torch.no_grad()
-    def step(self, token_ids: torch.Tensor, cache: HybridCache) -> torch.Tensor:
-        """One decode step: token_ids (batch,) -> next-token logits (batch, vocab)."""
-        return self(token_ids[:, None], cache=cache)[:, -1]
+    def step(self, token_ids: torch.Tensor, cache: HybridCache, routing: list | None = None) -> torch.Tensor:
+        """One decode step: token_ids (batch,) -> next-token logits (batch, vocab); ``routing``
+        as in ``forward``."""
+        return self(token_ids[:, None], cache=cache, routing=routing)[:, -1]
 
     def gradient_checkpointing_enable(self, enabled: bool = True) -> None:
         self.gradient_checkpointing = enabled

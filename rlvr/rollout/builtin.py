@@ -31,7 +31,7 @@ from rlvr import kernels
 from rlvr.model import HybridLM
 from rlvr.model.names import load_named, targets
 from rlvr.rollout.weights import Endpoint, GroupReceiver, Layout, MappedReader, can_map, next_version, update_weights
-from rlvr.rollout.engine import Completion, SamplingParams, StopStrings, prompt_repeats
+from rlvr.rollout.engine import Completion, SamplingParams, StopStrings, expert_dtype, prompt_repeats
 from rlvr.rollout.engine import prompt_ids as engine_prompt_ids
 from rlvr.tokenizer import Tokenizer
 
@@ -42,12 +42,17 @@ class _Outputs:
     writes instead of a Python loop over rows. Capacity doubles on demand (a generous max_tokens
     costs nothing until used)."""
 
-    def __init__(self, requests: int, max_tokens: int):
+    def __init__(self, requests: int, max_tokens: int, routing: tuple[int, int, torch.dtype] | None = None):
         self.max_tokens = max_tokens
         capacity = min(max_tokens, 256)
         self.tokens = torch.zeros(requests, capacity, dtype=torch.long)
         self.logprobs = torch.zeros(requests, capacity)
         self.count = torch.zeros(requests, dtype=torch.long)
+        # with routing (MoE layers, top_k, dtype): the experts chosen for each generated token
+        # when it was read back (requests, capacity, layers, top_k), and each prompt's (prefill)
+        self.experts = None if routing is None else torch.full((requests, capacity, *routing[:2]), -1,
+                                                                dtype=routing[2])
+        self.prompt_experts: dict[int, torch.Tensor] = {}
         self.finish: list[str | None] = [None] * requests
         self.text: list[str | None] = [None] * requests
         self.watch: dict[int, StopStrings] = {}  # request -> its stop-string watcher (when there are stops)
@@ -58,12 +63,27 @@ class _Outputs:
             grow = min(self.tokens.shape[1], self.max_tokens - self.tokens.shape[1])
             self.tokens = torch.nn.functional.pad(self.tokens, (0, grow))
             self.logprobs = torch.nn.functional.pad(self.logprobs, (0, grow))
+            if self.experts is not None:
+                self.experts = torch.nn.functional.pad(self.experts, (0, 0, 0, 0, 0, grow), value=-1)
         self.tokens[requests, pos] = tokens
         self.logprobs[requests, pos] = logprobs
         self.count[requests] = pos + 1
 
+    def record_experts(self, requests: torch.Tensor, routing: list[torch.Tensor]) -> None:
+        """A decode step's routing (per MoE layer, (rows, 1, top_k)): that of each row's last
+        recorded token, which the step read."""
+        self.experts[requests, self.count[requests] - 1] = torch.stack(routing, 2)[:, 0].to(self.experts.dtype)
+
     def token_ids(self, request: int) -> list[int]:
         return self.tokens[request, :int(self.count[request])].tolist()
+
+    def read_experts(self, request: int, prompt: int) -> torch.Tensor | None:
+        """(prompt + generated - 1, layers, top_k): every token the model read, in order."""
+        if self.experts is None or prompt not in self.prompt_experts:  # (none: aborted before its prefill)
+            return None
+        count = int(self.count[request])
+        prompt_part = self.prompt_experts[prompt]
+        return torch.cat([prompt_part, self.experts[request, :max(count - 1, 0)]])[:len(prompt_part) + count - 1]
 
 
 def request_keys(prompt_ids: list[list[int]], n: int, seed: int) -> torch.Tensor:
@@ -173,7 +193,7 @@ class BuiltinEngine:
         n = sampling.n
         keys = request_keys(prompt_ids, n, sampling.seed if sampling.seed is not None else random.randrange(2**63))
         pending = deque(range(len(prompts) * n))  # request r is sample r % n of prompt r // n
-        out = _Outputs(len(prompts) * n, sampling.max_tokens)
+        out = _Outputs(len(prompts) * n, sampling.max_tokens, self._routing_shape() if sampling.routed_experts else None)
         stop = threading.Event()
         with self._running_lock:
             self._running.add(stop)
@@ -196,11 +216,14 @@ class BuiltinEngine:
 
         while (len(active) or pending) and not stop.is_set():
             if len(active):
-                tokens, logps = draw(self.model.step(last, cache), active)
+                routing = [] if out.experts is not None else None
+                tokens, logps = draw(self.model.step(last, cache, routing), active)
+                if routing:
+                    out.record_experts(active, routing)
                 active, cache, last = self._advance(out, active, cache, tokens, logps, sampling, stop_ids)
             if pending and len(active) < self.max_batch:
                 batch = torch.tensor([pending.popleft() for _ in range(min(self.max_batch - len(active), len(pending)))])
-                new_cache, logits = self._prefill(batch.tolist(), prompt_ids, n)
+                new_cache, logits = self._prefill(batch.tolist(), prompt_ids, n, out)
                 # KV caches grow by doubling as tokens come, never past the longest sequence here.
                 new_cache.limit(max(len(prompt_ids[r // n]) for r in batch.tolist()) + sampling.max_tokens)
                 tokens, logps = draw(logits, batch)
@@ -216,16 +239,26 @@ class BuiltinEngine:
             out.finish[r] = "abort"
 
     # -- steps
-    def _prefill(self, batch: list[int], prompt_ids: list[list[int]], n: int):
-        """Prefill each distinct prompt of ``batch`` (request ids) once; return a cache and
-        next-token logits with one row per request."""
+    def _routing_shape(self) -> tuple[int, int, torch.dtype]:
+        """(MoE layers, top_k, dtype) of a routing record."""
+        c = self.model.config
+        return c.pattern.count("E"), c.num_experts_per_tok, expert_dtype(c.n_routed_experts)
+
+    def _prefill(self, batch: list[int], prompt_ids: list[list[int]], n: int, out: _Outputs):
+        """Prefill each distinct prompt of ``batch`` (request ids) once (recording its routing
+        in ``out`` when asked); return a cache and next-token logits with one row per request."""
         distinct = sorted({r // n for r in batch})
         lengths = torch.tensor([len(prompt_ids[p]) for p in distinct])
         padded = torch.zeros(len(distinct), int(lengths.max()), dtype=torch.long)
         for i, p in enumerate(distinct):
             padded[i, :lengths[i]] = torch.tensor(prompt_ids[p])
         cache = self.model.new_cache()
-        logits = self.model(padded, cache=cache, lengths=lengths)
+        routing = [] if out.experts is not None else None
+        logits = self.model(padded, cache=cache, lengths=lengths, routing=routing)
+        if routing:
+            chosen = torch.stack(routing, 2).to(out.experts.dtype)  # (prompts, length, layers, top_k)
+            for i, p in enumerate(distinct):
+                out.prompt_experts[p] = chosen[i, :lengths[i]]
         last = logits[torch.arange(len(distinct)), lengths - 1]
         where = {p: i for i, p in enumerate(distinct)}
         rows = torch.tensor([where[r // n] for r in batch])
@@ -259,4 +292,5 @@ class BuiltinEngine:
         token_ids = out.token_ids(r)
         text = out.text[r] if out.text[r] is not None else self.tokenizer.decode(token_ids)
         logprobs = out.logprobs[r, :len(token_ids)].tolist()
-        return Completion(r // n, r % n, prompt, token_ids, logprobs, text, out.finish[r], self.weights_version)
+        return Completion(r // n, r % n, prompt, token_ids, logprobs, text, out.finish[r], self.weights_version,
+                          out.read_experts(r, r // n))

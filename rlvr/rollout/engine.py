@@ -24,6 +24,9 @@ class SamplingParams:
     n: int = 1  # samples per prompt
     seed: int | None = None
     ignore_eos: bool = False  # generate max_tokens whatever comes (benchmarks)
+    # return the experts every MoE layer chose for each token the model read (``Completion.experts``):
+    # routing replay in the learner
+    routed_experts: bool = False
 
     def __post_init__(self):
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
@@ -44,6 +47,11 @@ class SamplingParams:
                 raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
         if self.seed is not None and not _is_int(self.seed):
             raise ValueError(f"seed must be a whole number or None, got {self.seed!r}")
+
+
+def expert_dtype(n_experts: int) -> torch.dtype:
+    """The smallest integer type that holds an expert index and -1 (no record)."""
+    return torch.int8 if n_experts <= 127 else torch.int16
 
 
 def _is_int(value) -> bool:
@@ -140,6 +148,10 @@ class Completion:
     text: str
     finish_reason: str  # "stop" (eos, stop token or stop string), "length" or "abort"
     weights_version: int = 0
+    # With ``SamplingParams.routed_experts``: (len(prompt_ids) + len(token_ids) - 1, MoE layers,
+    # top_k), the experts chosen for each token the model read (the prompt's, then each generated
+    # token but the last, which is never read), int8 (int16 past 127 experts).
+    experts: torch.Tensor | None = None
 
 
 class Engine(Protocol):

@@ -15,6 +15,7 @@
  * implemented here: the dispatcher keeps the torch path. */
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "simd.h"
 
@@ -77,13 +78,17 @@ static void expert_block(const MoEDims *d, const int64_t *slots, int64_t n, cons
 }
 
 /* xr (T, hidden): router input; x (T, dim): expert input (= xr, or its latent projection);
- * routerT (hidden, E); bias (E); upT (E, dim, I); downT (E, I, dim); out (T, dim). */
+ * routerT (hidden, E); bias (E); upT (E, dim, I); downT (E, I, dim); out (T, dim);
+ * chosen (T, top_k) or NULL: the experts each token was routed to (a rollout engine's record,
+ * for routing replay in the learner). */
 void moe_routed_f32(const MoEDims *d, int64_t T, const float *xr, const float *x, const float *routerT,
-                    const float *bias, const float *upT, const float *downT, float *out, int nthreads) {
+                    const float *bias, const float *upT, const float *downT, float *out, int64_t *chosen,
+                    int nthreads) {
     const int64_t E = d->n_experts, I = d->intermediate, D = d->dim, K = d->top_k, S = T * K;
     int64_t *index = malloc(sizeof(int64_t) * (2 * S + E + 1)), *sorted = index + S, *offsets = sorted + S;
     float *weight = malloc(sizeof(float) * (S + S * D)), *slot_out = weight + S;
     route(d, T, xr, routerT, bias, index, weight, nthreads);
+    if (chosen) memcpy(chosen, index, sizeof(int64_t) * S);
 
     for (int64_t e = 0; e <= E; e++) offsets[e] = 0;  /* counting sort of slots by expert */
     for (int64_t s = 0; s < S; s++) offsets[index[s] + 1]++;

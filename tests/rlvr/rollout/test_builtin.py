@@ -76,6 +76,41 @@ def test_sampled_logprobs_equal_teacher_forced_forward(engine, dtype):
         assert 1e-3 < mismatch.mean() < 0.1  # bf16 weights: a real, small mismatch
 
 
+# Routing replay, the engine's half: what it records is what its model read. In fp32 the
+# learner's own router agrees with every record and replaying the records changes nothing; a
+# bf16 engine's choices differ from the fp32 model's on some tokens, and replaying them brings
+# the fp32 model's log-probabilities closer to the engine's.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_routed_experts_are_what_the_engine_read(engine, dtype):
+    fp32 = engine.model
+    engine = BuiltinEngine(_copy(fp32, dtype) if dtype != torch.float32 else fp32, ByteTokenizer(), max_batch=4)
+    sampling = SamplingParams(temperature=1.0, max_tokens=40, n=3, seed=7, routed_experts=True)
+    agree, own_gap, replay_gap = [], [], []
+    with torch.no_grad():
+        for c in engine.generate(PROMPTS, sampling):  # (4 rows at a time: requests join mid-run)
+            ids = torch.tensor([c.prompt_ids + c.token_ids])
+            assert c.experts.shape == (ids.shape[1] - 1, 1, 2) and c.experts.dtype == torch.int8
+            assert int(c.experts.min()) >= 0 and int(c.experts.max()) < 8
+            routing, n, t = [], len(c.prompt_ids), torch.tensor(c.token_ids)[:, None]
+            own = torch.log_softmax(fp32(ids[:, :-1], routing=routing)[0], -1)[n - 1:].gather(1, t)[:, 0]
+            replayed = torch.log_softmax(fp32(ids[:, :-1], experts=c.experts[None])[0], -1)[n - 1:].gather(1, t)[:, 0]
+            agree.append((routing[0][0].sort(-1).values == c.experts.long()[:, 0].sort(-1).values).all(-1).float())
+            own_gap.append((own - torch.tensor(c.logprobs)).abs())
+            replay_gap.append((replayed - torch.tensor(c.logprobs)).abs())
+    agree, own_gap, replay_gap = torch.cat(agree).mean(), torch.cat(own_gap), torch.cat(replay_gap)
+    print(f"{dtype}: routing agreement {agree:.4f}; |fp32 model - engine| own routing mean {own_gap.mean():.2e} "
+          f"max {own_gap.max():.2e}, replayed mean {replay_gap.mean():.2e} max {replay_gap.max():.2e}")
+    if dtype == torch.float32:
+        assert agree == 1 and replay_gap.max() <= 1e-4
+    else:
+        assert agree < 1 and replay_gap.mean() < own_gap.mean() and replay_gap.max() < own_gap.max()
+
+
+def test_routed_experts_only_when_asked(engine):
+    plain = engine.generate(PROMPTS[:2], SamplingParams(max_tokens=4, seed=1))
+    assert all(c.experts is None for c in plain)
+
+
 def _copy(model, dtype):
     """The model in ``dtype``, as ``rlvr.model.load(dtype=)`` holds it (the SSM's fp32 parameters stay fp32)."""
     with tempfile.TemporaryDirectory() as folder:
