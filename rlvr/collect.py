@@ -56,7 +56,7 @@ def as_completion(episode: Episode, index: int) -> Completion:
     """An episode in the learner's terms: its first prompt, then every token after it (model
     turns and observations; ``episode.mask`` tells them apart)."""
     return Completion(index, 0, episode.prompt_ids, episode.token_ids, episode.logprobs, "", episode.finish_reason,
-                      episode.weights_version)
+                      episode.weights_version, episode.experts)
 
 
 def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
@@ -128,8 +128,9 @@ class Collector:
         self.scorers = {key: open_scorer(key[0], json.loads(key[1])) for key in keys if not self.multi_turn[key]}
         self.groups = {key: scores_groups(get_environment_class(key[0])) for key in self.scorers}
 
-    def collect(self, prompts: list[Prompt], n: int, sampling, seed: int) -> Collected:
-        """``n`` samples of each prompt with ``sampling`` (a SamplingConfig) and ``seed``."""
+    def collect(self, prompts: list[Prompt], n: int, sampling, seed: int, **records) -> Collected:
+        """``n`` samples of each prompt with ``sampling`` (a SamplingConfig) and ``seed``;
+        ``records``: what else the engines return (``SamplingConfig.params``)."""
         out = Collected([None] * (len(prompts) * n), [None] * (len(prompts) * n), torch.zeros(len(prompts) * n), [],
                         transcripts=[None] * (len(prompts) * n))
         by_key: dict[tuple[str, str] | None, list[int]] = {}
@@ -138,7 +139,7 @@ class Collector:
         for key, idx in by_key.items():
             before = time.monotonic()
             if key is None:
-                completions = self.pool.generate([prompts[i].text for i in idx], sampling.params(n=n, seed=seed))
+                completions = self.pool.generate([prompts[i].text for i in idx], sampling.params(n=n, seed=seed, **records))
                 out.rollout_seconds += time.monotonic() - before
                 before = time.monotonic()
                 scored, failures, infos = self._score([prompts[i] for i in idx], completions, n)
@@ -149,7 +150,7 @@ class Collector:
                 found = [(c, [1] * len(c.token_ids), float(r)) for c, r in zip(completions, scored)]
             else:
                 tasks = [prompts[i].task for i in idx for _ in range(n)]
-                played = self.pool.run_episodes(tasks, key[0], key[1], sampling.params(n=1, seed=seed), group=n)
+                played = self.pool.run_episodes(tasks, key[0], key[1], sampling.params(n=1, seed=seed, **records), group=n)
                 out.rollout_seconds += time.monotonic() - before
                 out.episodes += played
                 found = [(as_completion(e, k // n), e.mask, e.reward) for k, e in enumerate(played)]

@@ -125,6 +125,17 @@ class AlgorithmConfig(_Strict):
     overlong_buffer: int | None = Field(None, ge=1)  # soft penalty over the last N allowed tokens
     overlong_mask: bool = False  # leave truncated samples out of the loss
     epochs: int = Field(1, ge=1)  # optimiser passes over each batch
+    # Routing replay for MoE policies (R3): the engines record the experts every MoE layer chose
+    # for each token they read, and the learner's forward uses those experts, weighted by its own
+    # router (which keeps learning). routing_metrics records them without replay, to measure
+    # train/routing_agreement alone.
+    routing_replay: Literal["none", "rollout"] = "none"
+    routing_metrics: bool = False
+
+    @property
+    def records_routing(self) -> bool:
+        """Whether the engines return their expert choices."""
+        return self.routing_replay == "rollout" or self.routing_metrics
 
     @model_validator(mode="after")
     def _clip_range(self):
@@ -153,12 +164,13 @@ class SamplingConfig(_Strict):
     max_tokens: int = Field(64, ge=1)
     stop: list[str] = []
 
-    def params(self, n: int, seed: int) -> SamplingParams:
-        """The engines' ``SamplingParams`` for ``n`` samples per prompt."""
+    def params(self, n: int, seed: int, **records) -> SamplingParams:
+        """The engines' ``SamplingParams`` for ``n`` samples per prompt; ``records``: what the
+        engines return besides the samples (routed_experts, prefill_logprobs)."""
         from rlvr.rollout.engine import SamplingParams  # (torch: not needed to read a config)
 
         return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                              max_tokens=self.max_tokens, stop=tuple(self.stop), n=n, seed=seed)
+                              max_tokens=self.max_tokens, stop=tuple(self.stop), n=n, seed=seed, **records)
 
 
 class RolloutConfig(_Strict):
@@ -188,6 +200,11 @@ class RolloutConfig(_Strict):
     # the ranks' learner.threads serve), no second copy of the weights, no weight sync. Builtin
     # engine, ZeRO stage <= 2.
     colocate: bool = False
+    # Every this many steps (and at the first), the engines also score their samples by one
+    # prefill forward: rollout/prefill_decode_gap, the log-prob gap between the prefill path (the
+    # learner's: Mamba's chunked scan) and the decode path (the recurrence) on the same weights.
+    # 0: never. Costs one forward over the step's samples; single-turn samples, builtin engine.
+    prefill_gap_every: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _responses_fit(self):
@@ -330,6 +347,11 @@ class Config(_Strict):
         if self.rollout.colocate and self.algorithm.max_staleness:
             raise ValueError("algorithm.max_staleness: needs rollout workers of their own (rollout.colocate=true "
                              "samples on the learner's ranks: rollouts and learning cannot overlap there)")
+        if self.rollout.prefill_gap_every and self.rollout.engine != "builtin":
+            raise ValueError("rollout.prefill_gap_every: the prefill scores come from rollout.engine=builtin only")
+        if self.algorithm.records_routing and self.rollout.engine != "builtin":
+            raise ValueError("algorithm.routing_replay / routing_metrics: the expert choices come from "
+                             "rollout.engine=builtin only (rlvr does not read vLLM's routed-experts output yet)")
         if self.rollout.sampling.temperature == 0:
             raise ValueError(f"rollout.sampling.temperature: 0 is greedy: the {self.algorithm.group_size} samples "
                              "of a group would be identical, their advantages zero, and nothing learnt")

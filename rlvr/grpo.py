@@ -76,6 +76,18 @@ def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
 KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 
 
+def routing_agreement(own: Tensor, recorded: Tensor, mask: Tensor) -> dict[str, float]:
+    """How often a router's own top-k equals the recorded one (a rollout engine's), on the
+    positions of ``mask`` that have a record: own and recorded (..., MoE layers, top_k), mask
+    (...). -> routing_agreement: the share of (token, layer) decisions whose expert sets are the
+    same; routing_tokens_agree: the share of tokens whose sets are the same in every layer."""
+    same = (own.sort(-1).values == recorded.long().sort(-1).values).all(-1)  # (..., layers)
+    where = mask.bool() & (recorded >= 0).all(-1).all(-1)
+    n = max(int(where.sum()), 1)
+    return {"routing_agreement": float(same[where].float().mean(-1).sum()) / n,
+            "routing_tokens_agree": float(same[where].all(-1).float().sum()) / n}
+
+
 # ---------------------------------------------------------------- the policy loss
 
 IS_LEVELS = ("token", "sequence", "geometric")

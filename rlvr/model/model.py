@@ -144,11 +144,14 @@ class HybridLM(nn.Module):
         for i, block in enumerate(self.backbone.layers):
             layer_cache = cache[i] if cache is not None else None
             replay = None if experts is None or i not in moe else experts[:, :, moe.index(i)]
+            # (``routing`` by keyword: ZeRO-3's hooks rebuild the lists among a module's positional
+            # inputs, so a list passed there would record into a copy)
             if self.gradient_checkpointing and self.training:
                 # (the backward's recomputation appends to ``routing`` again: read it before)
-                hidden = checkpoint(block, hidden, layer_cache, seq_idx, lengths, replay, routing, use_reentrant=False)
+                hidden = checkpoint(block, hidden, layer_cache, seq_idx, lengths, experts=replay, record=routing,
+                                    use_reentrant=False)
             else:
-                hidden = block(hidden, layer_cache, seq_idx, lengths, replay, routing)
+                hidden = block(hidden, layer_cache, seq_idx, lengths, experts=replay, record=routing)
         if keep is not None:
             # index_select, not hidden[keep]: the same rows, and a backward that adds them back
             # (index_add_) where the mask's accumulating index_put_ took 1.5 ms for 10K rows

@@ -202,7 +202,28 @@ class BuiltinEngine:
         finally:
             with self._running_lock:
                 self._running.discard(stop)
-        return [self._completion(out, r, prompt_ids[r // n], n) for r in range(len(prompts) * n)]
+        completions = [self._completion(out, r, prompt_ids[r // n], n) for r in range(len(prompts) * n)]
+        if sampling.prefill_logprobs:
+            for start in range(0, len(completions), self.max_batch):
+                self._score_by_prefill(completions[start:start + self.max_batch])
+        return completions
+
+    def _score_by_prefill(self, completions: list[Completion]) -> None:
+        """Each completion's tokens, log-probabilities from one forward over prompt + tokens
+        (right-padded together): what the learner computes, where the samples came from decode
+        steps. Their difference on the same weights is the prefill-vs-decode gap."""
+        rows = [c for c in completions if c.token_ids]
+        if not rows:
+            return
+        lengths = torch.tensor([len(c.prompt_ids) + len(c.token_ids) for c in rows])
+        ids = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long)
+        for i, c in enumerate(rows):
+            ids[i, :lengths[i]] = torch.tensor(c.prompt_ids + c.token_ids)
+        col = torch.arange(ids.shape[1] - 1)
+        keep = (col >= torch.tensor([len(c.prompt_ids) - 1 for c in rows])[:, None]) & (col < lengths[:, None] - 1)
+        logp, _ = self.model(ids[:, :-1], keep=keep, targets=ids[:, 1:][keep])
+        for c, part in zip(rows, logp.split([len(c.token_ids) for c in rows])):
+            c.prefill_logprobs = part.tolist()
 
     def _decode(self, prompt_ids, sampling, stop_ids, keys, pending, out, stop) -> None:
         """Continuous batching until every request finished or ``stop`` is set."""

@@ -27,6 +27,9 @@ class SamplingParams:
     # return the experts every MoE layer chose for each token the model read (``Completion.experts``):
     # routing replay in the learner
     routed_experts: bool = False
+    # also score each sample's tokens by one forward over prompt + sample (the learner's path:
+    # for Mamba layers the chunked scan, not the decode recurrence): ``Completion.prefill_logprobs``
+    prefill_logprobs: bool = False
 
     def __post_init__(self):
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
@@ -51,7 +54,7 @@ class SamplingParams:
 
 def expert_dtype(n_experts: int) -> torch.dtype:
     """The smallest integer type that holds an expert index and -1 (no record)."""
-    return torch.int8 if n_experts <= 127 else torch.int16
+    return torch.int8 if n_experts <= 128 else torch.int16
 
 
 def _is_int(value) -> bool:
@@ -150,8 +153,10 @@ class Completion:
     weights_version: int = 0
     # With ``SamplingParams.routed_experts``: (len(prompt_ids) + len(token_ids) - 1, MoE layers,
     # top_k), the experts chosen for each token the model read (the prompt's, then each generated
-    # token but the last, which is never read), int8 (int16 past 127 experts).
+    # token but the last, which is never read), int8 (int16 past 128 experts).
     experts: torch.Tensor | None = None
+    # With ``SamplingParams.prefill_logprobs``: ``logprobs`` as one prefill forward gives them.
+    prefill_logprobs: list[float] | None = None
 
 
 class Engine(Protocol):

@@ -24,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
+import torch
+
 from rlvr import chat
 from rlvr.env import MultiTurnEnvironment, Observation, Step
 from rlvr.rollout.engine import SamplingParams
@@ -43,11 +45,22 @@ class Episode:
     weights_version: int = 0
     info: dict = dataclasses.field(default_factory=dict)
     messages: list = dataclasses.field(default_factory=list)  # the chat so far, when the environment speaks chat
+    # (tokens read, MoE layers, top_k): the experts chosen for each token, with the engines'
+    # routing records (``SamplingParams.routed_experts``); see ``read_routing``
+    experts: torch.Tensor | None = None
 
     def append(self, ids: list[int], generated: bool, logprobs: list[float] | None = None) -> None:
         self.token_ids.extend(ids)
         self.mask.extend([1 if generated else 0] * len(ids))
         self.logprobs.extend(logprobs if generated else [0.0] * len(ids))
+
+    def read_routing(self, experts: torch.Tensor | None) -> None:
+        """A turn's routing record (every token the engine read in that turn: the history, then
+        its own tokens). A token keeps the record of the turn that first read it: the one under
+        which the tokens after it in that turn were sampled. The history's observations are
+        first read by the next turn's prefill."""
+        if experts is not None:
+            self.experts = experts if self.experts is None else torch.cat([self.experts, experts[len(self.experts):]])
 
 
 def _first_prompt(tokenizer, episode: Episode, first: Observation) -> list[int]:
@@ -158,6 +171,7 @@ def run_episodes(engine, make_env: Callable[[], MultiTurnEnvironment], tasks: li
 def _advance(tokenizer, engine, env, ep: Episode, completion, step: Step | None, limit: int) -> bool:
     """The model's turn and the environment's answer into the episode -> whether it goes on."""
     ep.append(completion.token_ids, True, completion.logprobs)
+    ep.read_routing(completion.experts)
     ep.turns += 1
     ep.weights_version = completion.weights_version
     if step is None:

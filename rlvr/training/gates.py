@@ -25,6 +25,12 @@ HINTS = {
     "train/token_prob_error": _MISMATCH,
     "train/engine_trainer_kl": _MISMATCH,
     "train/logprob_mismatch": _MISMATCH,
+    "rollout/prefill_decode_gap": "the engines' decode path (Mamba's recurrence) and one prefill pass (the "
+                                  "learner's chunked scan) disagree on the same weights: check the kernels and "
+                                  "rollout.dtype, or mask such sequences (algorithm.is_mode=mask, is_level=sequence)",
+    "train/routing_agreement": "the learner's MoE routers choose other experts than the engines did for the same "
+                               "tokens: train with algorithm.routing_replay=rollout, or compare rollout.dtype with "
+                               "the learner's",
 }
 
 

@@ -56,6 +56,9 @@ class TrainBatch:
     # forward is the proximal policy and the weights are token-level truncation.
     old_logp: torch.Tensor | None = None
     is_weights: torch.Tensor | None = None
+    # (B, L - 1, MoE layers, top_k): the experts the engine chose for each input token (-1: no
+    # record), when it recorded them (``algorithm.records_routing``)
+    experts: torch.Tensor | None = None
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):
@@ -222,14 +225,18 @@ class LearnerRank(EngineCalls):
 
     # -- log-probabilities
     @staticmethod
-    def _logprobs(model, micro: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _logprobs(model, micro: MicroBatch, replay: bool = False, routing: list | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probabilities and entropies (R, W - 1) of a micro-batch's next-token targets where
         its mask is set (the response tokens; zero elsewhere, where no loss or metric reads them):
         the model projects those positions only, and never holds a large vocabulary's logits
-        whole (``LMHead``)."""
+        whole (``LMHead``). ``replay``: with the engine's experts (routing replay); ``routing``:
+        gets the model's own choices (``HybridLM.forward``)."""
         seq_idx = None if micro.seq_idx is None else micro.seq_idx[:, :-1]
         keep = micro.tokens["mask"] > 0
-        logp, entropy = model(micro.input_ids[:, :-1], seq_idx=seq_idx, keep=keep, targets=micro.input_ids[:, 1:][keep])
+        experts = micro.tokens["experts"] if replay else None
+        logp, entropy = model(micro.input_ids[:, :-1], seq_idx=seq_idx, keep=keep, targets=micro.input_ids[:, 1:][keep],
+                              experts=experts, routing=routing)
         zeros = torch.zeros(keep.shape, dtype=logp.dtype, device=logp.device)
         return zeros.masked_scatter(keep, logp), zeros.masked_scatter(keep, entropy)
 
@@ -280,16 +287,23 @@ class LearnerRank(EngineCalls):
             out["grad_norm"] = float(grad_norm)
         return out
 
+    @property
+    def _replay(self) -> bool:
+        return self.cfg.algorithm.routing_replay == "rollout"
+
     def _old_logprobs(self, micros: list[MicroBatch]) -> list[torch.Tensor]:
         self.engine.eval()
         with torch.no_grad():
-            parts = [self._logprobs(self.engine, m)[0] for m in micros]
+            parts = [self._logprobs(self.engine, m, self._replay)[0] for m in micros]
         self.engine.train()
         return parts
 
     def _micro_step(self, micro: MicroBatch, old_logp: torch.Tensor | None) -> dict[str, float]:
-        logp, entropy = self._logprobs(self.engine, micro)
         t = micro.tokens
+        routing = [] if "experts" in t else None
+        logp, entropy = self._logprobs(self.engine, micro, self._replay, routing)
+        # (read before the backward, whose recomputation under checkpointing records again)
+        agreement = grpo.routing_agreement(torch.stack(routing, -2), t["experts"], t["mask"]) if routing else {}
         ref_logp = None
         if self.loss_config.kl_coef:
             with torch.no_grad():
@@ -322,7 +336,8 @@ class LearnerRank(EngineCalls):
                        # NeMo RL's token probability error: mean of max(p/q, q/p), 1 where they agree
                        token_prob_error=float((diff.abs().exp() * mask).sum()) / max(n, 1),
                        # KL(engine || trainer) on sampled tokens, k3 estimator
-                       engine_trainer_kl=float((grpo.kl_k3(t["engine_logp"], logp.detach()) * mask).sum()) / max(n, 1))
+                       engine_trainer_kl=float((grpo.kl_k3(t["engine_logp"], logp.detach()) * mask).sum()) / max(n, 1),
+                       **agreement)
         # Token means -> token sums, so that the group can average over all ranks' tokens.
         out = {k: v * n for k, v in metrics.items()}
         out.update(loss=float(loss.detach()), tokens=n, old_logprob_mismatch=old_mismatch)
@@ -523,7 +538,7 @@ class LearnerGroup:
                   "advantages": batch.advantages[:, None].expand_as(batch.mask)}
         if weights is not None:
             tokens["weights"] = weights
-        for key in ("old_logp", "is_weights"):
+        for key in ("old_logp", "is_weights", "experts"):
             if getattr(batch, key) is not None:
                 tokens[key] = getattr(batch, key)
         plans = packing.plan(batch.lengths.tolist(), shares, self.cfg.learner.max_tokens_per_micro_batch)

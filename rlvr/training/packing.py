@@ -60,7 +60,7 @@ class MicroBatch:
 
     input_ids: Tensor  # (R, W) int64
     seq_idx: Tensor | None  # (R, W) document number within the row (padding: one more)
-    tokens: dict[str, Tensor]  # name -> (R, W - 1) per-token values (mask, advantages, ...)
+    tokens: dict[str, Tensor]  # name -> (R, W - 1, ...) per-token values (mask, advantages, experts, ...)
     sequences: list[list[int]]  # per row, the batch index of each sequence in it
 
     def to(self, device) -> MicroBatch:
@@ -118,12 +118,13 @@ def plan(lengths: list[int], shares: list[list[int]], max_tokens: int) -> list[l
 def pack(input_ids: Tensor, lengths: Tensor, tokens: dict[str, Tensor], rows: list[list[int]], pad_id: int = 0
          ) -> MicroBatch:
     """The sequences of ``rows`` from a right-padded batch: input_ids (B, L), lengths (B,),
-    per-token tensors (B, L - 1) -> a ``MicroBatch`` of width max(L_i in it) when no row holds
+    per-token tensors (B, L - 1, ...) -> a ``MicroBatch`` of width max(L_i in it) when no row holds
     two sequences, else of width L. ``rows == []`` gives one empty row of zeros: the micro-batch
     a rank with no sequences left runs so that all ranks take part in each backward."""
     if not rows:
         ids = torch.full((1, 2), pad_id, dtype=input_ids.dtype)
-        return MicroBatch(ids, None, {k: torch.zeros(1, 1, dtype=v.dtype) for k, v in tokens.items()}, [[]])
+        return MicroBatch(ids, None, {k: torch.full((1, 1, *v.shape[2:]), _fill(v), dtype=v.dtype)
+                                      for k, v in tokens.items()}, [[]])
     flat = [i for row in rows for i in row]
     n = lengths[flat]
     if all(len(row) == 1 for row in rows):
@@ -141,12 +142,18 @@ def pack(input_ids: Tensor, lengths: Tensor, tokens: dict[str, Tensor], rows: li
     seq_idx.view(-1)[dst] = torch.repeat_interleave(torch.tensor([d for row in rows for d in range(len(row))]), n)
     packed = {}
     for k, v in tokens.items():
-        out = torch.zeros(len(rows), W - 1, dtype=v.dtype)
+        out = torch.full((len(rows), W - 1, *v.shape[2:]), _fill(v), dtype=v.dtype)
         # Targets inside a sequence: its first n - 1 positions; the last one would predict the
-        # next sequence's first token and stays 0.
-        out.view(-1)[_spans(row_of * (W - 1) + starts, n - 1)] = v.reshape(-1)[_spans(src * (W - 1), n - 1)]
+        # next sequence's first token and keeps the fill.
+        out.flatten(0, 1)[_spans(row_of * (W - 1) + starts, n - 1)] = v.flatten(0, 1)[_spans(src * (W - 1), n - 1)]
         packed[k] = out
     return MicroBatch(ids, seq_idx, packed, rows)
+
+
+def _fill(values: Tensor) -> int:
+    """What a per-token tensor holds where no sequence's token is: 0, or -1 for integers (expert
+    choices: none recorded)."""
+    return 0 if values.is_floating_point() else -1
 
 
 def unpack(values: Tensor, micro: MicroBatch, lengths: Tensor, out: Tensor) -> None:

@@ -56,7 +56,33 @@ def build_batch(completions: list[Completion], pad_id: int, masks: list[list[int
     masks = masks or [[1] * len(c.token_ids) for c in completions]
     generated = [lp for c, m in zip(completions, masks) for lp, keep in zip(c.logprobs, m) if keep]
     engine_logp = torch.zeros_like(mask).masked_scatter_(mask.bool(), torch.tensor(generated, dtype=mask.dtype))
-    return TrainBatch(ids, mask, torch.zeros(len(completions)), engine_logp, lengths)
+    return TrainBatch(ids, mask, torch.zeros(len(completions)), engine_logp, lengths,
+                      experts=routing_records(completions, mask.shape[1]))
+
+
+def routing_records(completions: list[Completion], width: int) -> torch.Tensor | None:
+    """The engines' expert choices in the batch's token layout, (B, width, MoE layers, top_k):
+    position j holds the experts of input token j (-1 where there is no record), or None when
+    no completion has them."""
+    recorded = [c.experts for c in completions if c.experts is not None]
+    if not recorded:
+        return None
+    out = torch.full((len(completions), width, *recorded[0].shape[1:]), -1, dtype=recorded[0].dtype)
+    for row, c in enumerate(completions):
+        if c.experts is not None:
+            n = min(len(c.experts), width)
+            out[row, :n] = c.experts[:n]
+    return out
+
+
+def prefill_gap(completions: list[Completion]) -> dict[str, float]:
+    """|prefill - decode| log-probabilities of the samples an engine scored both ways
+    (``SamplingParams.prefill_logprobs``): mean and max over their tokens; {} when none was."""
+    gaps = [abs(p - d) for c in completions if c.prefill_logprobs is not None
+            for p, d in zip(c.prefill_logprobs, c.logprobs)]
+    if not gaps:
+        return {}
+    return {"rollout/prefill_decode_gap": sum(gaps) / len(gaps), "rollout/prefill_decode_gap_max": max(gaps)}
 
 
 def longest_turn(mask: list[int]) -> int:
@@ -379,7 +405,8 @@ class Trainer:
         for round_ in range(cfg.algorithm.max_refills + 1 if cfg.algorithm.dynamic_sampling else 1):
             with self.collect_lock:
                 prompts = self.stream.next(want - len(kept))
-                got = self.collector.collect(prompts, G, cfg.rollout.sampling, sampling_seed(cfg.seed, step, round_))
+                got = self.collector.collect(prompts, G, cfg.rollout.sampling, sampling_seed(cfg.seed, step, round_),
+                                             **self._records(step))
             samples, masks, rewards = got.samples, got.masks, got.rewards
             for key in ("rollout_seconds", "reward_seconds", "scoring_failures"):
                 stats[key] += getattr(got, key)
@@ -397,8 +424,15 @@ class Trainer:
         stats["informative_groups"] = len(kept) / want
         stats.update(episode_metrics(episodes))
         kept = (kept + spare)[:want]
+        stats.update(prefill_gap([c for _, cs, _, _ in kept for c in cs]))
         return StepRollouts(step, [p for p, _, _, _ in kept], [c for _, cs, _, _ in kept for c in cs],
                             [m for _, _, ms, _ in kept for m in ms], torch.cat([r for _, _, _, r in kept]), stats)
+
+    def _records(self, step: int) -> dict[str, bool]:
+        """What the engines return with this step's samples besides them."""
+        every = self.cfg.rollout.prefill_gap_every
+        return {"routed_experts": self.cfg.algorithm.records_routing,
+                "prefill_logprobs": bool(every) and (step - 1) % every == 0}
 
     def _step_metrics(self, prompts, rewards, lengths, truncated, learner_metrics, stats, t) -> dict[str, float]:
         G = self.cfg.algorithm.group_size
@@ -409,7 +443,7 @@ class Trainer:
              "response/truncated": float(truncated.float().mean()),
              "rollout/rounds": stats["rounds"], "rollout/informative_groups": stats["informative_groups"],
              "reward/scoring_failures": stats["scoring_failures"],
-             **{k: v for k, v in stats.items() if k.startswith(("episode/", "staleness/", "is/"))},
+             **{k: v for k, v in stats.items() if k.startswith(("episode/", "staleness/", "is/", "rollout/"))},
              "throughput/generated_tokens_per_s": float(lengths.sum()) / max(t["rollout"], 1e-9),
              "throughput/tokens_per_s": float(lengths.sum()) / max(t["step"], 1e-9)}
         for env in sorted({p.env for p in prompts}):

@@ -57,7 +57,7 @@ def test_sampled_logprobs_equal_teacher_forced_forward(engine, dtype):
     fp32 = engine.model
     if dtype != torch.float32:
         engine = BuiltinEngine(_copy(fp32, dtype), ByteTokenizer(), max_batch=64)
-    sampling = SamplingParams(temperature=1.0, top_p=0.9, max_tokens=16, n=3, seed=7)
+    sampling = SamplingParams(temperature=1.0, top_p=0.9, max_tokens=16, n=3, seed=7, prefill_logprobs=True)
     completions = engine.generate(PROMPTS, sampling)
     assert len(completions) == len(PROMPTS) * 3
     gaps, mismatch = [], []
@@ -68,6 +68,8 @@ def test_sampled_logprobs_equal_teacher_forced_forward(engine, dtype):
                 logp = torch.log_softmax(model(ids)[0, len(c.prompt_ids) - 1:-1].float(), -1)
                 forced = logp.gather(1, torch.tensor(c.token_ids)[:, None])[:, 0]
                 out.append((forced - torch.tensor(c.logprobs)).abs())
+                if model is engine.model:  # the engine's own prefill scores (batched, right-padded)
+                    assert torch.allclose(torch.tensor(c.prefill_logprobs), forced, atol=1e-5)
     gaps, mismatch = torch.cat(gaps), torch.cat(mismatch)
     print(f"{dtype}: |decode - prefill| mean {gaps.mean():.2e}, max {gaps.max():.2e}; "
           f"|engine - fp32 model| mean {mismatch.mean():.2e}, max {mismatch.max():.2e}")

@@ -119,3 +119,28 @@ def test_episodes_stop_at_their_token_budget():
         assert ep.finish_reason == "max_total_tokens"
         assert len(ep.prompt_ids) + len(ep.token_ids) <= Chatty.max_total_tokens
         assert ep.mask[-1] == 1  # the last observation is dropped when no turn can follow it
+
+
+def test_episode_routing_records_cover_every_token_read_once():
+    """Each token keeps the record of the turn that first read it (the one its turn's later
+    tokens were sampled under); observations are first read by the next turn's prefill."""
+    from rlvr.rollout.multiturn import Episode
+    ep = Episode(task={}, prompt_ids=[1, 2])
+    first, second = torch.zeros(5, 1, 2, dtype=torch.int8), torch.ones(9, 1, 2, dtype=torch.int8)
+    ep.read_routing(first)
+    ep.read_routing(None)  # (a turn aborted before its prefill adds nothing)
+    ep.read_routing(second)
+    assert torch.equal(ep.experts, torch.cat([first, second[5:]]))
+
+    torch.manual_seed(0)
+    model = M.HybridLM(tiny(initializer_range=0.1))
+    engine = BuiltinEngine(model, ByteTokenizer())
+    sampling = SamplingParams(temperature=1.0, max_tokens=12, stop=("\n",), seed=0, routed_experts=True)
+    for ep in run_episodes(engine, ScriptedTool, [{"id": i, "turns": 3} for i in range(2)], sampling):
+        ids = torch.tensor([ep.prompt_ids + ep.token_ids])
+        assert ep.experts.shape == (ids.shape[1] - 1, 1, 2)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids[:, :-1], experts=ep.experts[None])[0, len(ep.prompt_ids) - 1:], -1)
+        forced = logp.gather(1, torch.tensor(ep.token_ids)[:, None])[:, 0]
+        mask = torch.tensor(ep.mask, dtype=torch.bool)
+        assert (forced[mask] - torch.tensor(ep.logprobs)[mask]).abs().max() <= 1e-4

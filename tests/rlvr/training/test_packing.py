@@ -55,6 +55,25 @@ def test_pack_unpack_round_trip_and_boundaries_masked():
     assert torch.equal(out, engine)
 
 
+def test_packed_expert_records_follow_their_tokens():
+    """Routing replay's records, (B, L - 1, layers, top_k) integers: each stays with the input
+    token it was recorded for; positions of no sequence hold -1 (no record)."""
+    ids, lengths, mask, adv, engine = _ragged()
+    L = ids.shape[1]
+    experts = torch.stack([ids[:, :-1] % 8, (ids[:, :-1] + 1) % 8], -1)[:, :, None].to(torch.int8)
+    experts[torch.arange(L - 1)[None, :] >= lengths[:, None] - 1] = -1
+    rows = packing.pack_rows(lengths.tolist(), list(range(len(lengths))), L)
+    micro = packing.pack(ids, lengths, {"mask": mask, "experts": experts}, rows)
+    got = micro.tokens["experts"]
+    assert got.shape == (len(rows), L - 1, 1, 2) and got.dtype == torch.int8 and any(len(r) > 1 for r in rows)
+    recorded = (got >= 0).all(-1)[..., 0]
+    assert int(recorded.sum()) == int((lengths - 1).sum()) and bool(((got >= 0) == (got[..., :1] >= 0)).all())
+    inputs = micro.input_ids[:, :-1][recorded]
+    assert torch.equal(got[recorded][:, 0].long(), torch.stack([inputs % 8, (inputs + 1) % 8], -1))
+    empty = packing.pack(ids, lengths, {"mask": mask, "experts": experts}, [])
+    assert bool((empty.tokens["experts"] == -1).all()) and float(empty.tokens["mask"].sum()) == 0
+
+
 @pytest.mark.parametrize("aggregation,policy_ratio,is_level", [
     ("token_mean", "token", "token"), ("seq_mean_token_mean", "token", "token"),
     ("seq_mean_token_sum_norm", "token", "token"),

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from rlvr.rollout.engine import Completion
-from rlvr.training.trainer import build_batch
+from rlvr.training.trainer import build_batch, prefill_gap
 
 # A small, fast job: 1-digit addition, a short SFT warm start, 4 GRPO steps of 16 prompts x 4.
 QUICK = [
@@ -44,6 +44,34 @@ def test_build_batch_aligns_tokens_masks_and_logprobs():
     # targets input_ids[:, 1:] = [[6, 7, 8, 9], [6, 7, 10, 0]]: generated ones are 8, 9 and 10
     assert batch.mask.tolist() == [[0, 0, 1, 1], [0, 0, 1, 0]]
     assert batch.engine_logp.tolist() == [[0, 0, -0.5, -0.25], [0, 0, -1.0, 0]]
+
+
+def test_build_batch_puts_expert_records_under_their_input_tokens_and_measures_the_prefill_gap():
+    first = torch.tensor([[[0, 1]], [[2, 3]], [[4, 5]], [[6, 7]]], dtype=torch.int8)  # 3 prompt + 2 - 1 read
+    c = [Completion(0, 0, [5, 6, 7], [8, 9], [-0.5, -0.25], "", "stop", experts=first, prefill_logprobs=[-0.5, -0.2]),
+         Completion(0, 1, [5, 6, 7], [10], [-1.0], "", "stop"),  # (no record: -1, the learner routes itself)
+         Completion(0, 2, [5], [10, 11, 12, 13, 14], [-1.0] * 5, "", "stop", experts=torch.ones(5, 1, 2, dtype=torch.int8))]
+    batch = build_batch(c, pad_id=0)
+    assert batch.experts.shape == (3, 5, 1, 2) and batch.experts.dtype == torch.int8
+    assert torch.equal(batch.experts[0, :4], first) and bool((batch.experts[0, 4:] == -1).all())
+    assert bool((batch.experts[1] == -1).all()) and bool((batch.experts[2] == 1).all())
+    assert build_batch(c[1:2], pad_id=0).experts is None
+    gap = prefill_gap(c)
+    assert gap["rollout/prefill_decode_gap"] == pytest.approx(0.025) and gap["rollout/prefill_decode_gap_max"] == pytest.approx(0.05)
+    assert prefill_gap(c[1:]) == {}
+
+
+@pytest.mark.slow
+def test_routing_replay_with_bf16_rollouts_trains_and_reports_the_mismatch(tmp_path):
+    done = subprocess.run(_command(tmp_path, "steps=2", "eval_every=0", "algorithm.routing_replay=rollout",
+                                   "rollout.dtype=bfloat16", "rollout.prefill_gap_every=1"),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = _metrics(tmp_path)
+    print({k: metrics[2][k] for k in ("train/routing_agreement", "train/routing_tokens_agree",
+                                      "rollout/prefill_decode_gap", "train/token_prob_error")})
+    assert 0.5 < metrics[2]["train/routing_agreement"] <= 1 and 0 < metrics[2]["train/routing_tokens_agree"] <= 1
+    assert metrics[1]["rollout/prefill_decode_gap"] < 1e-4 and "rollout/prefill_decode_gap" in metrics[2]
 
 
 @pytest.mark.slow
