@@ -139,7 +139,8 @@ class Collector:
         for key, idx in by_key.items():
             before = time.monotonic()
             if key is None:
-                completions = self.pool.generate([prompts[i].text for i in idx], sampling.params(n=n, seed=seed, **records))
+                params = sampling.params(n=n, seed=seed, **records)
+                completions = self.pool.generate([prompts[i].text for i in idx], params)
                 out.rollout_seconds += time.monotonic() - before
                 before = time.monotonic()
                 scored, failures, infos = self._score([prompts[i] for i in idx], completions, n)
@@ -150,7 +151,8 @@ class Collector:
                 found = [(c, [1] * len(c.token_ids), float(r)) for c, r in zip(completions, scored)]
             else:
                 tasks = [prompts[i].task for i in idx for _ in range(n)]
-                played = self.pool.run_episodes(tasks, key[0], key[1], sampling.params(n=1, seed=seed, **records), group=n)
+                params = sampling.params(n=1, seed=seed, **records)
+                played = self.pool.run_episodes(tasks, key[0], key[1], params, group=n)
                 out.rollout_seconds += time.monotonic() - before
                 out.episodes += played
                 found = [(as_completion(e, k // n), e.mask, e.reward) for k, e in enumerate(played)]

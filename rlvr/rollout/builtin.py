@@ -193,7 +193,8 @@ class BuiltinEngine:
         n = sampling.n
         keys = request_keys(prompt_ids, n, sampling.seed if sampling.seed is not None else random.randrange(2**63))
         pending = deque(range(len(prompts) * n))  # request r is sample r % n of prompt r // n
-        out = _Outputs(len(prompts) * n, sampling.max_tokens, self._routing_shape() if sampling.routed_experts else None)
+        routing = self._routing_shape() if sampling.routed_experts else None
+        out = _Outputs(len(prompts) * n, sampling.max_tokens, routing)
         stop = threading.Event()
         with self._running_lock:
             self._running.add(stop)
