@@ -351,7 +351,8 @@ class Config(_Strict):
             raise ValueError("rollout.prefill_gap_every: the prefill scores come from rollout.engine=builtin only")
         if self.algorithm.records_routing and self.rollout.engine != "builtin":
             raise ValueError("algorithm.routing_replay / routing_metrics: the expert choices come from "
-                             "rollout.engine=builtin only (rlvr does not read vLLM's routed-experts output yet)")
+                             "rollout.engine=builtin only (rlvr does not read vLLM's routed experts yet: "
+                             "docs/training.md, MoE routing)")
         if self.rollout.sampling.temperature == 0:
             raise ValueError(f"rollout.sampling.temperature: 0 is greedy: the {self.algorithm.group_size} samples "
                              "of a group would be identical, their advantages zero, and nothing learnt")

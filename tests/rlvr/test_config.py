@@ -17,6 +17,9 @@ def test_sampling_config_maps_to_the_engines_sampling_params():
     params = cfg.rollout.sampling.params(n=4, seed=9)
     assert (params.temperature, params.top_k, params.stop, params.n, params.seed) == (0.7, 5, ("\n",), 4, 9)
     assert params.max_tokens == cfg.rollout.sampling.max_tokens
+    assert not params.routed_experts and cfg.rollout.sampling.params(n=1, seed=0, routed_experts=True).routed_experts
+    assert not cfg.algorithm.records_routing
+    assert load_config({"data": DATA, "algorithm": {"routing_metrics": True}}).algorithm.records_routing
 
 
 def test_defaults_and_derived_batch_arithmetic():
@@ -42,6 +45,10 @@ def test_defaults_and_derived_batch_arithmetic():
     ({"algorithm": {"policy_ratio": "group"}}, "algorithm.policy_ratio"),
     ({"rollout": {"dtype": "float16"}}, "rollout.dtype"),
     ({"rollout": {"dtype": "bfloat16", "colocate": True}}, "rollout.dtype: bfloat16 differs from the learner's"),
+    ({"algorithm": {"routing_replay": "learner"}}, "algorithm.routing_replay"),
+    ({"algorithm": {"routing_replay": "rollout"}, "rollout": {"engine": "vllm"}}, "algorithm.routing_replay / routing_metrics"),
+    ({"algorithm": {"routing_metrics": True}, "rollout": {"engine": "vllm"}}, "rollout.engine=builtin only"),
+    ({"rollout": {"prefill_gap_every": 5, "engine": "vllm"}}, "rollout.prefill_gap_every"),
 ])
 def test_errors_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as err:

@@ -243,3 +243,13 @@ def test_grpo_loss_wires_everything():
         grpo.grpo_loss(logp, old, adv, mask, grpo.LossConfig(kl_coef=0.1))
     loss_kl, m = grpo.grpo_loss(logp, old, adv, mask, grpo.LossConfig(kl_coef=0.1, tis_cap=None), ref_logp=old)
     assert m["kl"] > 0 and loss_kl.item() > grpo.grpo_loss(logp, old, adv, mask, grpo.LossConfig(tis_cap=None))[0].item()
+
+
+def test_routing_agreement_counts_expert_sets_on_recorded_trained_tokens():
+    # 3 tokens x 2 layers x top-2; token 2 has no record (-1), token 1 is not trained
+    own = torch.tensor([[[0, 1], [2, 3]], [[4, 5], [6, 7]], [[0, 1], [0, 1]]])
+    recorded = torch.tensor([[[1, 0], [2, 4]], [[4, 5], [6, 7]], [[-1, -1], [-1, -1]]], dtype=torch.int8)
+    got = grpo.routing_agreement(own, recorded, torch.tensor([1.0, 0.0, 1.0]))
+    # token 0: layer 0 the same set in another order, layer 1 differs -> 1/2 of its decisions
+    assert got == {"routing_agreement": 0.5, "routing_tokens_agree": 0.0}
+    assert grpo.routing_agreement(own, recorded, torch.ones(3))["routing_agreement"] == 0.75
