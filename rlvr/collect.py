@@ -61,13 +61,18 @@ def as_completion(episode: Episode, index: int) -> Completion:
 
 def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
     """Turns per episode, the share of tool calls the environment reported as errors (its final
-    info's ``tool_errors``), episode length in tokens (model and observation) and how episodes ended."""
+    info's ``tool_errors``), episode length in tokens (model and observation) and how episodes
+    ended; where the environment reports them, tool calls per episode (``tool_calls``) and the
+    share of answers given without any (``answered_without_tool``)."""
     if not episodes:
         return {}
     turns = sum(e.turns for e in episodes)
     out = {"episode/turns_mean": turns / len(episodes),
            "episode/tool_error_rate": sum(e.info.get("tool_errors", 0) for e in episodes) / max(turns, 1),
            "episode/length_mean": sum(len(e.prompt_ids) + len(e.token_ids) for e in episodes) / len(episodes)}
+    for key in ("tool_calls", "answered_without_tool"):
+        if any(key in e.info for e in episodes):
+            out[f"episode/{key}_mean"] = sum(float(e.info.get(key, 0)) for e in episodes) / len(episodes)
     for reason in ("done", "max_turns", "max_total_tokens"):
         out[f"episode/ended_{reason}"] = sum(e.finish_reason == reason for e in episodes) / len(episodes)
     return out
