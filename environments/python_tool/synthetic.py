@@ -7,7 +7,9 @@ imperfect teacher: with probability ``use_tool`` it runs the computation in the 
 reads the output and answers with it; otherwise it guesses, a near miss (the answer with one digit
 changed), standing in for a model that answers from its head. The tool's output in a
 demonstration is what the environment returns for that code's output (``observe``), not a
-sandboxed run: ``print`` of an integer expression prints its value.
+sandboxed run: ``print`` of an integer expression prints its value. ``response`` holds the same
+teacher's final answer alone: the warm start of the same task as single-turn math, without the
+tool (``experiment=tir_no_tool``).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def tool_arithmetic_rows(n: int, seed: int = 0, holdout: str | None = None, teac
         row = {"question": question, "answer": str(answer)}
         if teacher:
             row["messages"] = demonstration(question, code, answer, rng.random() < use_tool, rng)
+            row["response"] = row["messages"][-1]["content"]
         rows.append(row)
     return rows
 
