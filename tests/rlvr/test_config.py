@@ -94,6 +94,7 @@ def test_the_shipped_configs_compose_and_validate():
     configs = Path(__file__).resolve().parents[2] / "configs"
     with initialize_config_dir(str(configs), version_base="1.3"):
         for overrides in ([], ["algorithm=dapo"], ["algorithm=dr_grpo"], ["algorithm=gspo"], ["learner=zero2_2ranks"],
-                          ["experiment=two_node"], ["experiment=nano_gpu", "model.path=/models/nano"]):
+                          ["experiment=two_node"], ["experiment=nano_gpu", "model.path=/models/nano"],
+                          ["experiment=sql"], ["experiment=code"], ["experiment=tir"], ["experiment=tir_no_tool"]):
             cfg = compose("config", overrides=overrides)
             assert isinstance(load_config(OmegaConf.to_container(cfg, resolve=True)), Config), overrides
