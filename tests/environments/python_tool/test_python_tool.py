@@ -154,3 +154,17 @@ def test_rlvr_score_replays_transcripts(tmp_path):
     scored = [json.loads(line) for line in out.read_text().splitlines()]
     used_tool = [not r["reward_info"]["answered_without_tool"] for r in scored]
     assert [r["reward"] for r in scored] == [float(u) for u in used_tool] and 0 < sum(used_tool) < 12
+
+
+def test_rlvr_eval_plays_episodes_and_keeps_transcripts(tiny_checkpoint, tmp_path, capsys):
+    from rlvr.cli import main
+
+    src, out = tmp_path / "tasks.jsonl", tmp_path / "rows.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in tool_arithmetic_rows(3, seed=4)))
+    assert main(["eval", "--model", str(tiny_checkpoint), "--env", "python_tool", "--input", str(src),
+                 "--prompt-field", "question", "--max-tokens", "8", "--env-arg", "system_prompt=null",
+                 "--output", str(out), "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert summary["problems"] == 3 and len(rows) == 3
+    assert all(r["transcripts"][0][0] == {"role": "user", "content": r["question"]} for r in rows)
