@@ -156,7 +156,8 @@ class Collector:
                 found = [(c, [1] * len(c.token_ids), float(r)) for c, r in zip(completions, scored)]
             else:
                 tasks = [prompts[i].task for i in idx for _ in range(n)]
-                params = sampling.params(n=1, seed=seed, **records)
+                # (an episode's turns are not scored by prefill: its samples are whole episodes)
+                params = sampling.params(n=1, seed=seed, **(records | {"prefill_logprobs": False}))
                 played = self.pool.run_episodes(tasks, key[0], key[1], params, group=n)
                 out.rollout_seconds += time.monotonic() - before
                 out.episodes += played

@@ -80,7 +80,8 @@ class PythonToolEnvironment(MultiTurnEnvironment):
     """Math episodes with a Python tool (module docstring)."""
 
     name = "python_tool"
-    task_fields: ClassVar[Mapping[str, type | tuple[type, ...]]] = {"question": str, "answer": (str, int, float)}
+    # (an episode also needs ``question``, checked by ``reset``; offline scoring does not)
+    task_fields: ClassVar[Mapping[str, type | tuple[type, ...]]] = {"answer": (str, int, float)}
 
     def __init__(self, max_turns: int = 4, max_chars: int = 400, timeout: float = 5.0, memory_mb: int = 512,
                  backend: str = "auto", sandboxes: int | None = None, system_prompt: str | None = SYSTEM_PROMPT,

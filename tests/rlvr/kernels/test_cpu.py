@@ -94,7 +94,10 @@ def test_moe_matches_reference(shape):
     w = MoEWeights(torch.randn(E, d, generator=g), torch.randn(E, generator=g) * 0.1,
                    torch.randn(E, I, d, generator=g) * 0.2, torch.randn(E, d, I, generator=g) * 0.2)
     x = torch.randn(300, d, generator=g)
-    _report(f"moe {shape}", cpu.moe_routed_cpu(x, x, w, dims), moe_routed_ref(x, x, w, dims))
+    chosen, want = torch.empty(300, k, dtype=torch.long), torch.empty(300, k, dtype=torch.long)
+    _report(f"moe {shape}", cpu.moe_routed_cpu(x, x, w, dims, chosen), moe_routed_ref(x, x, w, dims, chosen_out=want))
+    # the experts it records (an engine's, for routing replay) are the reference's choice
+    assert torch.equal(chosen.sort(-1).values, want.sort(-1).values)
 
 
 def test_moe_latent_input_differs_from_router_input():
