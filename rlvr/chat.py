@@ -41,6 +41,13 @@ def _template(tokenizer):
     return inner if getattr(inner, "chat_template", None) else None
 
 
+def is_messages(value) -> bool:
+    """Whether ``value`` is a list of chat messages ({"role": str, "content": str} each): what a
+    transcript or a conversation in a data row must be."""
+    return isinstance(value, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
+
+
 def render(tokenizer, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
     """``messages`` ({"role", "content"}) as the model's text."""
     template = _template(tokenizer)

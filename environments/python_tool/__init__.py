@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 
 from environments.code.sandbox import BACKENDS, Limits, Result, Sandbox, WarmRunner
 from environments.math import MathEnvironment
+from rlvr import chat
 from rlvr.env import MultiTurnEnvironment, Observation, Reward, Step, TaskError
 from rlvr.tool_calls import cap, read_call
 
@@ -157,9 +158,7 @@ class PythonToolEnvironment(MultiTurnEnvironment):
         """A transcript (chat messages) replayed as an episode, or one model turn (a string)."""
         if isinstance(response, str):
             response = [{"role": "assistant", "content": response}]
-        if not (isinstance(response, list) and all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in response)):
+        if not chat.is_messages(response):
             raise TaskError("field 'response': a string, or a transcript: a list of {\"role\", \"content\"} messages")
         self.reset({"question": ""} | dict(task))
         step = None

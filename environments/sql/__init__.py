@@ -23,6 +23,7 @@ from environments.sql import executor
 from environments.sql.database import QueryError, QueryLimits
 from environments.sql.reward import degenerate, has_top_level_order_by, results_match
 from environments.sql.tools import CALL_OPEN, cap, format_table, parse_action
+from rlvr import chat
 from rlvr.env import MultiTurnEnvironment, Observation, Reward, Step, TaskError
 
 SYSTEM_PROMPT = (
@@ -173,8 +174,7 @@ class SqlEnvironment(MultiTurnEnvironment):
     def _replay(self, task: Mapping[str, Any], messages: list) -> Reward:
         """The model's turns of a transcript, played through ``reset``/``step``: the tool results
         are the environment's own, never the transcript's."""
-        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                   for m in messages):
+        if not chat.is_messages(messages):
             raise TaskError("field 'response': a transcript is a list of {\"role\", \"content\"} messages")
         turns = [m["content"] for m in messages if m["role"] == "assistant"]
         self._begin(task)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rlvr import chat
 from rlvr.env import Environment, Reward, TaskError
 from reward_models.genrm.aggregate import comparison_pairs, group_rewards, reference_reward
 from reward_models.genrm.judge import Comparison, HttpJudge, LocalJudge
@@ -55,9 +56,7 @@ class JudgeEnvironment(Environment):
     def check_task(self, task: Mapping[str, Any]) -> None:
         conversation = task.get("conversation")
         if conversation is not None:
-            if not (isinstance(conversation, list) and conversation and all(
-                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                    for m in conversation)):
+            if not (conversation and chat.is_messages(conversation)):
                 raise TaskError("field 'conversation' must be a non-empty list of {role, content} messages")
         elif not isinstance(task.get("prompt"), str):
             raise TaskError("missing field 'prompt' (or 'conversation')")

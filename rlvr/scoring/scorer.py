@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from rlvr import chat
 from rlvr.env import Environment, MultiTurnEnvironment, TaskError, get_environment_class
 from rlvr.rows import mapped
 from rlvr.scoring.pool import Outcome
@@ -25,8 +26,7 @@ def build_task(row: Mapping[str, Any], field_map: Mapping[str, str], env: Enviro
         raise TaskError(f"missing field {RESPONSE_FIELD!r}")
     response = task[RESPONSE_FIELD]
     if isinstance(env, MultiTurnEnvironment) and isinstance(response, list):  # an episode's transcript
-        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                   for m in response):
+        if not chat.is_messages(response):
             raise TaskError(f"field {RESPONSE_FIELD!r}: a transcript is a list of {{\"role\", \"content\"}} messages")
     elif not isinstance(response, str):
         raise TaskError(f"field {RESPONSE_FIELD!r} must be str"
